@@ -1,0 +1,1 @@
+"""The ``sparseyolo`` command line: one entry, one module per subcommand."""
