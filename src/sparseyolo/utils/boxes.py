@@ -67,18 +67,19 @@ def clip_boxes(boxes, shape: tuple[int, int]):
 def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
     """Map xyxy boxes from a letterboxed image (``img1_shape`` h, w) back to the original.
 
-    ``ratio_pad`` = ((ratio_h, ratio_w), (pad_w, pad_h)) as returned by the letterbox;
+    ``ratio_pad`` = ((ratio_h, ratio_w), (pad_w, pad_h)), the dataset's ``shapes[1]``;
     if omitted it is recomputed assuming a centred letterbox.
     """
     if ratio_pad is None:
-        gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
-        pad = (img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2
+        gain_h = gain_w = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
+        pad = (img1_shape[1] - img0_shape[1] * gain_w) / 2, (img1_shape[0] - img0_shape[0] * gain_h) / 2
     else:
-        gain = ratio_pad[0][0]
-        pad = ratio_pad[1]
+        # resized sizes are rounded to whole pixels, so each axis has its own exact gain
+        (gain_h, gain_w), pad = ratio_pad
     boxes[..., [0, 2]] -= pad[0]
     boxes[..., [1, 3]] -= pad[1]
-    boxes[..., :4] /= gain
+    boxes[..., [0, 2]] /= gain_w
+    boxes[..., [1, 3]] /= gain_h
     return clip_boxes(boxes, img0_shape)
 
 

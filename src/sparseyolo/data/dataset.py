@@ -1,0 +1,205 @@
+"""YOLO-format detection dataset and its DataLoader.
+
+Images under ``.../images/...`` pair with labels under ``.../labels/...`` (``.txt``, one
+``cls cx cy w h`` row per object, normalised). Bad images and label rows are skipped and reported
+once per dataset (see :mod:`sparseyolo.data.labels`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, distributed
+
+from sparseyolo.data.augment import (augment_hsv, letterbox, mixup, mosaic4, random_flips, random_perspective,
+                                     xywhn_to_xyxy)
+from sparseyolo.data.image_cache import ImageCache
+from sparseyolo.data.labels import Problems, cache_path_for, img2label_paths, list_images, scan_labels
+from sparseyolo.utils.errors import DataError
+from sparseyolo.utils.logging import LOGGER
+
+# YOLOv5 hyp.scratch augmentation values, used for any key the caller's hyp leaves out
+AUGMENT_DEFAULTS = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5,
+                    "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0}
+
+
+def _source_name(path) -> str:
+    return ", ".join(map(str, path)) if isinstance(path, (list, tuple)) else str(path)
+
+
+class YoloDataset(Dataset):
+    """Images + YOLO labels, letterboxed to ``img_size`` (or per-batch rectangles with ``rect``).
+
+    ``__getitem__`` returns ``(img, labels, path, shapes)``: ``img`` uint8 (3, H, W) RGB,
+    ``labels`` float (n, 6) rows ``[0, cls, cx, cy, w, h]`` normalised to the returned image,
+    ``shapes = ((h0, w0), ((ratio_h, ratio_w), (pad_w, pad_h)))`` mapping the returned image back to
+    the original (None for mosaic samples, which have no single original).
+
+    Attributes: ``im_files``, ``label_files``, ``labels`` (list of (n, 5) ``[cls, cx, cy, w, h]``
+    arrays), ``shapes`` ((n, 2) original width, height), ``batch_shapes`` ((nb, 2) h, w with ``rect``).
+    ``nc`` (optional) rejects label rows whose class id is >= nc.
+    """
+
+    def __init__(self, path, img_size: int = 640, batch_size: int = 16, augment: bool = False,
+                 hyp: dict | None = None, rect: bool = False, cache: str | bool | None = None, stride: int = 32,
+                 pad: float = 0.0, prefix: str = "", nc: int | None = None, workers: int = 4):
+        self.path, self.img_size, self.augment, self.rect, self.stride = path, img_size, augment, rect, stride
+        self.hyp = {**AUGMENT_DEFAULTS, **(hyp or {})}
+        self.prefix = prefix
+        self.problems = Problems()
+        im_files = list_images(path, self.problems)
+        label_files = img2label_paths(im_files)
+        entries, from_cache = scan_labels(im_files, label_files, prefix, workers,
+                                          cache_file=cache_path_for(path, label_files))
+        self._collect(im_files, label_files, entries, nc)
+        if self.problems:
+            LOGGER.warning(f"{prefix}{_source_name(path)}: {self.problems.summary()}")
+        if not self.im_files:
+            raise DataError(f"{prefix}no usable images in {_source_name(path)}"
+                            + (f" ({self.problems.summary()})" if self.problems else ""))
+        n_obj = sum(len(lb) for lb in self.labels)
+        LOGGER.info(f"{prefix}{len(self.im_files)} images, {n_obj} objects"
+                    f"{' (label cache)' if from_cache else ''}")
+        if rect:
+            self._make_rect_batches(batch_size, pad)
+        self.images = ImageCache(self.im_files, img_size, augment, cache, prefix)
+
+    def _collect(self, im_files: list[str], label_files: list[str], entries: dict, nc: int | None) -> None:
+        self.im_files, self.label_files, self.labels, hw = [], [], [], []
+        for im, lb in zip(im_files, label_files):
+            e = entries[im]
+            self.problems.extend(e.get("problems", {}))
+            if not e["ok"]:
+                continue
+            rows = np.array(e["labels"], dtype=np.float32).reshape(-1, 5)
+            if nc is not None and len(rows) and rows[:, 0].max() >= nc:
+                self.problems.add("class id >= nc", f"{Path(lb).name} (class {int(rows[:, 0].max())}, nc={nc})")
+                continue
+            self.im_files.append(im)
+            self.label_files.append(lb)
+            self.labels.append(rows)
+            hw.append(e["shape"])
+        hw = np.array(hw, dtype=np.float64).reshape(-1, 2)
+        self.shapes = hw[:, ::-1].copy()  # (w, h) per image, as autoanchor-style code expects
+
+    def _make_rect_batches(self, batch_size: int, pad: float) -> None:
+        """Sort by aspect ratio and give each batch the smallest stride-multiple shape that fits."""
+        ar = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
+        order = ar.argsort()
+        self.im_files = [self.im_files[i] for i in order]
+        self.label_files = [self.label_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes, ar = self.shapes[order], ar[order]
+        self.batch = np.floor(np.arange(len(ar)) / batch_size).astype(int)
+        nb = int(self.batch[-1]) + 1
+        rel = np.ones((nb, 2))
+        for i in range(nb):
+            ari = ar[self.batch == i]
+            if ari.max() < 1:      # all landscape: height shrinks
+                rel[i] = [ari.max(), 1]
+            elif ari.min() > 1:    # all portrait: width shrinks
+                rel[i] = [1, 1 / ari.min()]
+        self.batch_shapes = (np.ceil(rel * self.img_size / self.stride + pad) * self.stride).astype(int)
+
+    def __len__(self) -> int:
+        return len(self.im_files)
+
+    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """BGR image ``i`` resized so its long side is ``img_size``; returns (img, (h0, w0), (h, w))."""
+        return self.images.get(i)
+
+    def __getitem__(self, index: int):
+        hyp = self.hyp
+        if self.augment and not self.rect and random.random() < hyp["mosaic"]:  # rect keeps batch shapes
+            img, labels = self._mosaic(index)
+            shapes = None
+            if random.random() < hyp["mixup"]:
+                img, labels = mixup(img, labels, *self._mosaic(random.randrange(len(self))))
+        else:
+            img, (h0, w0), (h, w) = self.load_image(index)
+            shape = tuple(self.batch_shapes[self.batch[index]]) if self.rect else self.img_size
+            img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+            shapes = ((h0, w0), ((h * ratio[1] / h0, w * ratio[0] / w0), pad))
+            labels = self.labels[index].copy()
+            if len(labels):
+                labels[:, 1:] = xywhn_to_xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
+            if self.augment:
+                img, labels = random_perspective(img, labels, degrees=hyp["degrees"], translate=hyp["translate"],
+                                                 scale=hyp["scale"], shear=hyp["shear"],
+                                                 perspective=hyp["perspective"])
+        labels = _xyxy_to_xywhn(labels, img.shape[1], img.shape[0])
+        if self.augment:
+            img = augment_hsv(np.ascontiguousarray(img), hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+            img, labels = random_flips(img, labels, hyp["flipud"], hyp["fliplr"])
+        out = torch.zeros((len(labels), 6))
+        if len(labels):
+            out[:, 1:] = torch.from_numpy(labels)
+        img = np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+        return torch.from_numpy(img), out, self.im_files[index], shapes
+
+    def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        indices = [index] + random.choices(range(len(self)), k=3)
+        random.shuffle(indices)
+        return mosaic4(lambda i: self.load_image(i)[0], lambda i: self.labels[i], indices, self.img_size, self.hyp)
+
+    @staticmethod
+    def collate_fn(batch):
+        """Stack images; concatenate labels with column 0 set to the image's index in the batch."""
+        imgs, labels, paths, shapes = zip(*batch)
+        for i, lb in enumerate(labels):
+            lb[:, 0] = i
+        return torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes
+
+
+def _xyxy_to_xywhn(labels: np.ndarray, w: int, h: int) -> np.ndarray:
+    """``[cls, x1, y1, x2, y2]`` pixels -> ``[cls, cx, cy, w, h]`` normalised, clipped to the image."""
+    labels = np.asarray(labels, dtype=np.float32).reshape(-1, 5).copy()
+    if not len(labels):
+        return labels
+    x1, x2 = labels[:, 1].clip(0, w), labels[:, 3].clip(0, w)
+    y1, y2 = labels[:, 2].clip(0, h), labels[:, 4].clip(0, h)
+    labels[:, 1], labels[:, 2] = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+    labels[:, 3], labels[:, 4] = (x2 - x1) / w, (y2 - y1) / h
+    return labels[(labels[:, 3] > 0) & (labels[:, 4] > 0)]
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give numpy and ``random`` in each worker the seed torch derived from the loader's generator."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def create_dataloader(path, img_size: int, batch_size: int, stride: int, hyp: dict | None = None,
+                      augment: bool = False, rect: bool = False, cache: str | bool | None = None, workers: int = 8,
+                      shuffle: bool = False, rank: int = -1, seed: int = 0, prefix: str = "",
+                      nc: int | None = None, pad: float = 0.0) -> tuple[DataLoader, YoloDataset]:
+    """Build a :class:`YoloDataset` and its DataLoader (DistributedSampler when ``rank != -1``).
+
+    ``workers`` is capped at the CPU count; ``seed`` makes shuffles and worker augmentations
+    reproducible.
+    """
+    if rect and shuffle:
+        LOGGER.warning(f"{prefix}rect=True sorts images by aspect ratio; shuffle=True ignored")
+        shuffle = False
+    dataset = YoloDataset(path, img_size, batch_size, augment=augment, hyp=hyp, rect=rect, cache=cache,
+                          stride=stride, pad=pad, prefix=prefix, nc=nc, workers=workers)
+    batch_size = min(batch_size, len(dataset))
+    world = 1
+    if rank != -1:
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() \
+            else int(os.environ.get("WORLD_SIZE", 1))
+    nw = min(os.cpu_count() or 1, max(0, workers), batch_size if batch_size > 1 else 0)
+    nw = min(nw, max(1, (os.cpu_count() or 1) // world)) if nw else 0
+    sampler = None if rank == -1 else distributed.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed + max(rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                        num_workers=nw, pin_memory=torch.cuda.is_available(), collate_fn=YoloDataset.collate_fn,
+                        worker_init_fn=_seed_worker, generator=generator, persistent_workers=nw > 0)
+    return loader, dataset

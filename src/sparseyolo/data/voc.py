@@ -1,0 +1,343 @@
+"""Pascal VOC (XML) -> YOLO (txt) conversion.
+
+Box convention. VOC ``<bndbox>`` values are 1-based, inclusive pixel indices: ``xmin=1, xmax=W``
+spans the whole image width. Pixel ``i`` covers the continuous interval ``[i - 1, i]``, so the
+box's edges are ``x1 = xmin - 1`` and ``x2 = xmax`` (same for y), clipped to ``[0, W]``, and::
+
+    cx = (xmin - 1 + xmax) / 2 / W        w = (xmax - xmin + 1) / W
+    cy = (ymin - 1 + ymax) / 2 / H        h = (ymax - ymin + 1) / H
+
+A box with ``xmax <= xmin`` or ``ymax <= ymin`` (a click or a line, such as the zero-width boxes in
+BCCD) has no area as drawn by the annotator; it is dropped and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sparseyolo.utils.errors import DataError
+from sparseyolo.utils.logging import LOGGER
+
+VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+             "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+STANDARD_SPLITS = ("train", "val", "trainval", "test")
+
+
+@dataclass
+class VocObject:
+    name: str
+    difficult: bool
+    box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax as written in the XML
+
+
+@dataclass
+class VocAnnotation:
+    xml: Path
+    width: int | None
+    height: int | None
+    objects: list[VocObject]
+
+
+@dataclass
+class SplitCounts:
+    images: int = 0
+    boxes: int = 0
+    difficult: int = 0       # difficult boxes seen (kept or dropped, see ConversionReport.difficult_mode)
+    zero_area: int = 0
+    per_class: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class ConversionReport:
+    out: Path
+    names: list[str]
+    difficult_mode: str
+    splits: dict[str, SplitCounts] = field(default_factory=dict)
+    zero_area: list[str] = field(default_factory=list)    # "file.xml: name (xmin,ymin,xmax,ymax)"
+    missing_images: list[str] = field(default_factory=list)
+    clipped: int = 0
+    yaml_path: Path | None = None
+
+    def lines(self) -> list[str]:
+        """Human-readable counts, one line per split, plus problems."""
+        out = []
+        verb = "kept" if self.difficult_mode == "keep" else "dropped"
+        for split, c in self.splits.items():
+            per = ", ".join(f"{n}={c.per_class[n]}" for n in self.names if c.per_class[n])
+            out.append(f"{split}: {c.images} images, {c.boxes} boxes kept, {c.difficult} difficult {verb}, "
+                       f"{c.zero_area} zero-area dropped; per class: {per or 'none'}")
+        if self.zero_area:
+            out.append(f"zero-area boxes dropped ({len(self.zero_area)}): {'; '.join(self.zero_area[:10])}"
+                       + (f" and {len(self.zero_area) - 10} more" if len(self.zero_area) > 10 else ""))
+        if self.missing_images:
+            out.append(f"annotations without an image, skipped ({len(self.missing_images)}): "
+                       + ", ".join(self.missing_images[:10]))
+        if self.clipped:
+            out.append(f"{self.clipped} boxes extended past the image and were clipped to it")
+        if self.yaml_path:
+            out.append(f"data YAML: {self.yaml_path}")
+        return out
+
+
+def _text(node: ET.Element | None, tag: str) -> str | None:
+    child = node.find(tag) if node is not None else None
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def parse_voc_xml(xml_path: str | os.PathLike) -> VocAnnotation:
+    """Read one VOC annotation file; raises :class:`DataError` naming the file for bad content."""
+    xml_path = Path(xml_path)
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise DataError(f"{xml_path}: cannot parse VOC XML ({e})") from None
+    size = root.find("size")
+    try:
+        w, h = int(float(_text(size, "width") or 0)), int(float(_text(size, "height") or 0))
+    except ValueError:
+        raise DataError(f"{xml_path}: <size> must hold numbers") from None
+    objects = []
+    for k, obj in enumerate(root.iter("object"), 1):
+        name = _text(obj, "name")
+        bb = obj.find("bndbox")
+        if not name or bb is None:
+            raise DataError(f"{xml_path}: <object> #{k} lacks <name> or <bndbox>")
+        try:
+            box = tuple(float(_text(bb, t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError):
+            raise DataError(f"{xml_path}: <object> #{k} ({name}) has a missing or non-numeric bndbox value") from None
+        difficult = (_text(obj, "difficult") or "0") not in ("0", "false", "")
+        objects.append(VocObject(name, difficult, box))
+    return VocAnnotation(xml_path, w or None, h or None, objects)
+
+
+def voc_box_to_yolo(box: tuple[float, float, float, float], width: float, height: float
+                    ) -> tuple[tuple[float, float, float, float], bool]:
+    """VOC (xmin, ymin, xmax, ymax), 1-based inclusive -> normalised (cx, cy, w, h); also says if clipped."""
+    xmin, ymin, xmax, ymax = box
+    x1, y1, x2, y2 = xmin - 1, ymin - 1, xmax, ymax
+    cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+    cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+    clipped = (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2)
+    return ((cx1 + cx2) / 2 / width, (cy1 + cy2) / 2 / height, (cx2 - cx1) / width, (cy2 - cy1) / height), clipped
+
+
+def parse_names(spec: str | list[str] | None, default: list[str] | None = VOC_NAMES) -> list[str] | None:
+    """``--names``: None -> default, ``auto`` -> None (collect), a file (one per line) or ``a,b,c``."""
+    if spec is None:
+        return list(default) if default is not None else None
+    if isinstance(spec, (list, tuple)):
+        return [str(s) for s in spec]
+    if spec == "auto":
+        return None
+    p = Path(spec)
+    if p.is_file():
+        names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    else:
+        names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise DataError(f"--names {spec!r}: no class names given")
+    if len(set(names)) != len(names):
+        raise DataError(f"--names {spec!r}: duplicate class names")
+    return names
+
+
+def find_image(voc_root: Path, stem: str) -> Path | None:
+    folder = voc_root / "JPEGImages"
+    for ext in IMAGE_EXTS:
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    return None
+
+
+def read_split_ids(voc_root: Path, split: str) -> list[str]:
+    f = voc_root / "ImageSets" / "Main" / f"{split}.txt"
+    if not f.is_file():
+        raise DataError(f"split {split!r} not found: {f}")
+    return [ln.split()[0] for ln in f.read_text().splitlines() if ln.strip()]
+
+
+def available_splits(voc_root: Path) -> list[str]:
+    """Standard split files present under ImageSets/Main (per-class lists are ignored)."""
+    main = voc_root / "ImageSets" / "Main"
+    return [s for s in STANDARD_SPLITS if (main / f"{s}.txt").is_file()]
+
+
+def _image_size(ann: VocAnnotation, image: Path) -> tuple[int, int]:
+    if ann.width and ann.height:
+        return ann.width, ann.height
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            return im.size
+    except OSError as e:
+        raise DataError(f"{ann.xml}: no <size> and the image {image} cannot be read ({e})") from None
+
+
+def _check_names(anns: dict[str, VocAnnotation], names: list[str] | None) -> list[str]:
+    """Fix the class list: verify every XML name is known, or collect them (``names=None``)."""
+    if names is None:
+        return sorted({o.name for a in anns.values() for o in a.objects})
+    known = set(names)
+    where: dict[str, list[str]] = {}
+    for a in anns.values():
+        for o in a.objects:
+            if o.name not in known and a.xml.name not in where.setdefault(o.name, []):
+                where[o.name].append(a.xml.name)
+    if where:
+        parts = [f"{n!r} in {len(files)} files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+                 for n, files in sorted(where.items())]
+        raise DataError(f"class names not in the class list [{', '.join(names)}]: {'; '.join(parts)}. "
+                        f"Pass --names with the dataset's classes in id order (e.g. --names "
+                        f"{','.join(sorted(where))}) or --names auto")
+    return names
+
+
+def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    if copy:
+        shutil.copy2(src, dst)
+    else:
+        os.symlink(src.resolve(), dst)
+
+
+def convert_jobs(jobs: dict[str, list[tuple[Path, list[str]]]], out: str | os.PathLike, names: list[str] | None,
+                 difficult: str = "drop", copy: bool = False, progress: bool = True) -> ConversionReport:
+    """Convert ``{out_split: [(voc_root, [image ids]), ...]}`` into ``out/images|labels/<split>/``.
+
+    All XMLs are read and the class list checked before anything is written.
+    """
+    from tqdm import tqdm
+
+    if difficult not in ("drop", "keep"):
+        raise DataError(f"--difficult must be 'drop' or 'keep', got {difficult!r}")
+    out = Path(out)
+    anns: dict[str, VocAnnotation] = {}
+    for items in jobs.values():
+        for voc_root, ids in items:
+            for i in ids:
+                key = str(voc_root / "Annotations" / f"{i}.xml")
+                if key not in anns:
+                    if not Path(key).is_file():
+                        raise DataError(f"annotation listed in a split but missing: {key}")
+                    anns[key] = parse_voc_xml(key)
+    names = _check_names(anns, names)
+    index = {n: k for k, n in enumerate(names)}
+    report = ConversionReport(out, names, difficult)
+    seen_problems: set[str] = set()
+    for split, items in jobs.items():
+        img_dir, lb_dir = out / "images" / split, out / "labels" / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lb_dir.mkdir(parents=True, exist_ok=True)
+        counts = report.splits.setdefault(split, SplitCounts())
+        used: set[str] = set()
+        total = sum(len(ids) for _, ids in items)
+        bar = tqdm(total=total, desc=f"voc2yolo {split}", disable=not progress or total < 500, leave=False)
+        for voc_root, ids in items:
+            for i in ids:
+                bar.update()
+                ann = anns[str(voc_root / "Annotations" / f"{i}.xml")]
+                image = find_image(voc_root, i)
+                if image is None:
+                    if str(ann.xml) not in seen_problems:
+                        report.missing_images.append(f"{i} (no image in {voc_root / 'JPEGImages'})")
+                        seen_problems.add(str(ann.xml))
+                    continue
+                w, h = _image_size(ann, image)
+                rows = []
+                for o in ann.objects:
+                    if o.difficult:
+                        counts.difficult += 1
+                        if difficult == "drop":
+                            continue
+                    xmin, ymin, xmax, ymax = o.box
+                    if xmax <= xmin or ymax <= ymin:
+                        counts.zero_area += 1
+                        tag = f"{ann.xml.name}: {o.name} ({xmin:g},{ymin:g},{xmax:g},{ymax:g})"
+                        if tag not in seen_problems:
+                            report.zero_area.append(tag)
+                            seen_problems.add(tag)
+                        continue
+                    (cx, cy, bw, bh), clipped = voc_box_to_yolo(o.box, w, h)
+                    report.clipped += clipped
+                    if bw <= 0 or bh <= 0:  # wholly outside the image
+                        counts.zero_area += 1
+                        continue
+                    rows.append(f"{index[o.name]} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
+                    counts.per_class[o.name] += 1
+                stem = i if i not in used else f"{voc_root.name}_{i}"  # the same id from two VOC years
+                used.add(stem)
+                _link_or_copy(image, img_dir / f"{stem}{image.suffix}", copy)
+                (lb_dir / f"{stem}.txt").write_text("".join(r + "\n" for r in rows))
+                counts.images += 1
+                counts.boxes += len(rows)
+        bar.close()
+    return report
+
+
+def write_data_yaml(out: Path, names: list[str], train: str, val: str, test: str | None,
+                    filename: str = "data.yaml") -> Path:
+    """A data YAML for the converted folder (absolute ``path``, splits relative to it)."""
+    from sparseyolo.utils.io import atomic_write_text
+
+    data = {"path": str(out.resolve()), "train": f"images/{train}", "val": f"images/{val}"}
+    if test:
+        data["test"] = f"images/{test}"
+    data["nc"] = len(names)
+    data["names"] = {k: n for k, n in enumerate(names)}
+    return atomic_write_text(out / filename, yaml.safe_dump(data, sort_keys=False))
+
+
+def default_roles(splits: list[str]) -> tuple[str, str, str | None]:
+    """Pick (train, val, test): trainval/test when both exist (the VOC protocol), else train/val/test."""
+    if "trainval" in splits and "test" in splits:
+        return "trainval", "test", "test"
+    train = "train" if "train" in splits else splits[0]
+    val = "val" if "val" in splits else ("test" if "test" in splits else train)
+    return train, val, "test" if "test" in splits else None
+
+
+def convert_voc(voc_dir: str | os.PathLike, out: str | os.PathLike, splits: list[str] | None = None,
+                names: list[str] | None = VOC_NAMES, difficult: str = "drop", copy: bool = False,
+                train: str | None = None, val: str | None = None, test: str | None = None,
+                yaml_name: str = "data.yaml", progress: bool = True) -> ConversionReport:
+    """Convert one VOC folder (Annotations/, JPEGImages/, optional ImageSets/Main/) to YOLO layout.
+
+    ``splits`` default to the standard split files present; without ImageSets every annotated image
+    forms one split ``all``. ``names=None`` collects class names from the XMLs (sorted).
+    """
+    voc = Path(voc_dir)
+    if not (voc / "Annotations").is_dir():
+        raise DataError(f"not a Pascal VOC folder (no Annotations/): {voc}")
+    if not splits:
+        splits = available_splits(voc)
+    if not splits:
+        LOGGER.info(f"{voc}: no ImageSets/Main split files; converting every annotation as split 'all'")
+        jobs = {"all": [(voc, sorted(p.stem for p in (voc / "Annotations").glob("*.xml")))]}
+        splits = ["all"]
+    else:
+        jobs = {}
+        for s in splits:
+            jobs[s] = [(voc, read_split_ids(voc, s))] if s != "all" else \
+                [(voc, sorted(p.stem for p in (voc / "Annotations").glob("*.xml")))]
+    if not any(ids for items in jobs.values() for _, ids in items):
+        raise DataError(f"{voc}: no annotations found")
+    d_train, d_val, d_test = default_roles(splits)
+    train, val = train or d_train, val or d_val
+    test = test if test is not None else d_test
+    for role, s in (("train", train), ("val", val), ("test", test)):
+        if s and s not in splits:
+            raise DataError(f"--{role}-split {s!r} is not among the converted splits {splits}")
+    report = convert_jobs(jobs, out, names, difficult, copy, progress)
+    report.yaml_path = write_data_yaml(Path(out), report.names, train, val, test, yaml_name)
+    return report

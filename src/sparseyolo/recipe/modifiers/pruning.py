@@ -1,0 +1,279 @@
+"""Pruning modifiers: gradual magnitude pruning (per layer or global) and constant masks.
+
+Semantics follow SparseML's ``GMPruningModifier`` / ``MagnitudePruningModifier`` /
+``GlobalMagnitudePruningModifier`` / ``ConstantPruningModifier``:
+
+* the target sparsity follows :func:`sparseyolo.sparsity.interpolate` from ``init_sparsity`` at
+  ``start_epoch`` to ``final_sparsity`` at ``end_epoch``;
+* masks are recomputed at ``start_epoch``, then each time the fractional epoch crosses
+  ``start_epoch + k * update_frequency``, and exactly at ``end_epoch`` (to ``final_sparsity``);
+* scores are ``|w|`` (block mean for blocks), masks are monotone and hit the target count exactly;
+* ``leave_enabled: False`` stops holding the zeros after ``end_epoch``.
+
+``GMPruningModifier`` is the name SparseML's published recipes use; it is the same modifier as
+``MagnitudePruningModifier`` (one class, two tags).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sparseyolo.recipe.modifiers.base import EPS, REQUIRED, Modifier, register
+from sparseyolo.sparsity import (
+    ParamMasker,
+    interpolate,
+    magnitude_masks,
+    parse_mask_type,
+    resolve_params,
+    tensor_sparsity,
+)
+from sparseyolo.sparsity.masks import check_shape
+from sparseyolo.sparsity.schedule import check_inter_func
+
+if TYPE_CHECKING:
+    from sparseyolo.recipe.manager import RecipeManager
+
+FROM_PARAM_TOKEN = "__FROM_PARAM__"
+
+
+def _sparsity_value(mod: Modifier, key: str, value: Any) -> float:
+    v = mod._number(key, value)
+    if not 0.0 <= v < 1.0:
+        raise mod.error(f"{key} must be in [0, 1), got {v}")
+    return v
+
+
+class PruningBase(Modifier):
+    """Shared by all pruning modifiers: parameter resolution, the masker, state."""
+
+    ORDER = 30
+    is_pruning = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.masker: ParamMasker | None = None
+        super().__init__(*args, **kwargs)
+
+    def _param_specs(self) -> list[str]:
+        params = self.params
+        if isinstance(params, str):
+            return [params]
+        if not isinstance(params, list):
+            raise self.error(f"params must be a list of names, 're:' patterns or __ALL_PRUNABLE__, got {params!r}")
+        return params
+
+    def masks_active(self) -> bool:
+        return self.masker is not None and self.masker.enabled
+
+    def apply_masks(self) -> None:
+        if self.masks_active():
+            self.masker.apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.masker is not None:
+            state["masks"] = {n: m.detach().cpu().clone() for n, m in self.masker.masks.items()}
+            state["enabled"] = self.masker.enabled
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+        super().load_state_dict(state, manager)
+        if "masks" in state and self.masker is not None:
+            missing = set(self.masker.params) ^ set(state["masks"])
+            if missing:
+                raise self.error(f"recipe state masks do not match the parameters: {sorted(missing)[:5]}")
+            self.masker.set_masks(state["masks"])
+            if state.get("enabled"):
+                self.masker.enable()
+            else:
+                self.masker.disable()
+
+    def report(self) -> list[dict[str, Any]]:
+        if self.masker is None:
+            return []
+        rows = []
+        for name, p in self.masker.params.items():
+            rows.append({
+                "name": name, "shape": list(p.shape), "numel": p.numel(),
+                "sparsity": tensor_sparsity(p.detach()), "mask_sparsity": self.masker.sparsity(name),
+                "target": self.current_target(name), "modifier": self.tag,
+            })
+        return rows
+
+    def current_target(self, name: str) -> float | None:
+        return None
+
+
+@register
+class MagnitudePruningModifier(PruningBase):
+    """Gradual magnitude pruning of each parameter to its own target."""
+
+    tag = "MagnitudePruningModifier"
+    FIELDS = {
+        "init_sparsity": REQUIRED, "final_sparsity": REQUIRED, "start_epoch": REQUIRED,
+        "end_epoch": REQUIRED, "update_frequency": REQUIRED, "params": None,
+        "inter_func": "linear", "leave_enabled": True, "mask_type": "unstructured",
+        # legacy GMPruningModifier keys: one global threshold; the only score SparseML had here
+        "global_sparsity": False, "score_type": "magnitude",
+    }
+
+    def validate(self) -> None:
+        super().validate()
+        if self.start_epoch < 0 or self.end_epoch < self.start_epoch:
+            raise self.error("start_epoch must be >= 0 and end_epoch >= start_epoch")
+        self.update_frequency = self._number("update_frequency", self.update_frequency)
+        if self.update_frequency <= 0:
+            raise self.error("update_frequency must be > 0")
+        check_inter_func(self.inter_func, self.where)
+        if not isinstance(self.global_sparsity, bool):
+            raise self.error(f"global_sparsity must be true or false, got {self.global_sparsity!r}")
+        if self.score_type != "magnitude":
+            raise self.error(f"score_type {self.score_type!r} is not supported (only 'magnitude')")
+        if not isinstance(self.leave_enabled, bool):
+            raise self.error(f"leave_enabled must be true or false, got {self.leave_enabled!r}")
+        self.mask = parse_mask_type(self.mask_type, self.where)
+        if self.init_sparsity != FROM_PARAM_TOKEN:
+            self.init_sparsity = _sparsity_value(self, "init_sparsity", self.init_sparsity)
+        # final_sparsity: a number, or {sparsity: [params]}
+        self.targets: list[tuple[float, list[str]]] = []
+        if isinstance(self.final_sparsity, dict):
+            if self.global_sparsity:
+                raise self.error("final_sparsity must be a single number for global pruning")
+            if self.params:
+                raise self.error("with a final_sparsity mapping {sparsity: [params]}, leave params empty")
+            for key, names in self.final_sparsity.items():
+                names = [names] if isinstance(names, str) else names
+                if not isinstance(names, list):
+                    raise self.error(f"final_sparsity {key}: expected a list of params, got {names!r}")
+                self.targets.append((_sparsity_value(self, "final_sparsity", key), names))
+        else:
+            final = _sparsity_value(self, "final_sparsity", self.final_sparsity)
+            if not self.params:
+                raise self.error("params is required (names, 're:' patterns or __ALL_PRUNABLE__)")
+            self.targets.append((final, self._param_specs()))
+        for final, _ in self.targets:
+            if final > self.mask.max_sparsity + 1e-12:
+                raise self.error(
+                    f"final_sparsity {final} is above what mask_type {self.mask.to_recipe()!r} allows "
+                    f"({self.mask.max_sparsity})"
+                )
+        self.final_by_param: dict[str, float] = {}
+        self.init_by_param: dict[str, float] = {}
+        self.next_update: float | None = None
+        self.last_update: float | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def on_attach(self, manager: "RecipeManager") -> None:
+        named: list[tuple[str, torch.nn.Parameter]] = []
+        for final, specs in self.targets:
+            key = "params" if "params" in self.given else "final_sparsity"
+            for name, p in resolve_params(manager.model, specs, self.where_key(key)):
+                if name in self.final_by_param:
+                    continue
+                check_shape(p.shape, self.mask, name, self.where_key("mask_type"))
+                self.final_by_param[name] = final
+                named.append((name, p))
+        self.masker = ParamMasker(named)
+
+    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+        assert self.masker is not None
+        for name, p in self.masker.params.items():
+            if self.init_sparsity == FROM_PARAM_TOKEN:
+                # keep the zeros the parameter already has and start the schedule from there
+                self.init_by_param[name] = tensor_sparsity(p.detach())
+                self.masker.set_masks({name: p.detach() != 0})
+            else:
+                self.init_by_param[name] = float(self.init_sparsity)
+        self.masker.enable()
+        self._update_masks(manager, epoch)
+        self.next_update = self.start_epoch + self.update_frequency
+
+    def on_update(self, manager: "RecipeManager", epoch: float) -> None:
+        if self.next_update is not None and epoch + EPS >= self.next_update:
+            self._update_masks(manager, epoch)
+            # next point of the grid start + k * update_frequency after this epoch
+            k = int((epoch + EPS - self.start_epoch) // self.update_frequency) + 1
+            self.next_update = self.start_epoch + k * self.update_frequency
+
+    def on_end(self, manager: "RecipeManager", epoch: float) -> None:
+        self._update_masks(manager, self.end_epoch)
+        if not self.leave_enabled and self.masker is not None:
+            self.masker.disable()
+
+    def target_at(self, name: str, epoch: float) -> float:
+        init = self.init_by_param.get(name, 0.0 if self.init_sparsity == FROM_PARAM_TOKEN else self.init_sparsity)
+        return interpolate(epoch, self.start_epoch, self.end_epoch, init, self.final_by_param[name], self.inter_func)
+
+    def current_target(self, name: str) -> float | None:
+        return None if self.last_update is None else self.target_at(name, self.last_update)
+
+    def _update_masks(self, manager: "RecipeManager", epoch: float) -> None:
+        assert self.masker is not None
+        names = list(self.masker.params)
+        weights = [self.masker.params[n] for n in names]
+        old = [self.masker.masks[n] for n in names]
+        targets = [self.target_at(n, epoch) for n in names]
+        new = magnitude_masks(weights, old, targets if not self.global_sparsity else targets[0],
+                              self.mask, self.global_sparsity)
+        self.masker.set_masks(dict(zip(names, new)), manager.optimizer)
+        self.last_update = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(next_update=self.next_update, last_update=self.last_update,
+                     init_by_param=dict(self.init_by_param))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+        super().load_state_dict(state, manager)
+        self.next_update = state.get("next_update")
+        self.last_update = state.get("last_update")
+        self.init_by_param = dict(state.get("init_by_param", {}))
+
+
+@register
+class GMPruningModifier(MagnitudePruningModifier):
+    """SparseML's name for gradual magnitude pruning (same behaviour as MagnitudePruningModifier)."""
+
+    tag = "GMPruningModifier"
+
+
+@register
+class GlobalMagnitudePruningModifier(MagnitudePruningModifier):
+    """Gradual magnitude pruning with one threshold across all its parameters."""
+
+    tag = "GlobalMagnitudePruningModifier"
+    FIELDS = {k: v for k, v in MagnitudePruningModifier.FIELDS.items() if k != "global_sparsity"}
+
+    def validate(self) -> None:
+        self.global_sparsity = True
+        super().validate()
+
+
+@register
+class ConstantPruningModifier(PruningBase):
+    """Holds the zeros the parameters have when it starts (e.g. fine-tuning a pruned model)."""
+
+    tag = "ConstantPruningModifier"
+    FIELDS = {"params": REQUIRED, "start_epoch": -1.0, "end_epoch": -1.0, "update_frequency": -1.0}
+
+    def validate(self) -> None:
+        super().validate()
+        self._param_specs()
+
+    def on_attach(self, manager: "RecipeManager") -> None:
+        self.masker = ParamMasker(resolve_params(manager.model, self._param_specs(), self.where_key("params")))
+
+    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+        assert self.masker is not None
+        masks = {n: p.detach() != 0 for n, p in self.masker.params.items()}
+        self.masker.set_masks(masks, manager.optimizer)
+        self.masker.enable()
+
+    def on_end(self, manager: "RecipeManager", epoch: float) -> None:
+        if self.masker is not None:
+            self.masker.disable()
+
+    def current_target(self, name: str) -> float | None:
+        return None if self.masker is None else self.masker.sparsity(name)

@@ -1,0 +1,96 @@
+"""Keeping pruned weights at zero during training.
+
+A :class:`ParamMasker` owns a boolean keep-mask for each of its parameters and enforces it twice:
+
+* a gradient hook multiplies the gradient by the mask, so the optimizer sees no gradient there;
+* :meth:`apply` zeroes the weights again after every optimizer step, so momentum buffers and
+  decoupled weight decay (AdamW) cannot move a pruned weight away from zero either.
+
+When a mask changes, the optimizer state (momentum, Adam moments) at newly pruned positions is
+zeroed too, so a buffer filled before pruning does not keep pushing on a pruned weight.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+class ParamMasker:
+    """Boolean keep-masks for named parameters, applied to weights and gradients."""
+
+    def __init__(self, params: Iterable[tuple[str, nn.Parameter]]):
+        self.params: dict[str, nn.Parameter] = dict(params)
+        self.masks: dict[str, torch.Tensor] = {
+            name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()
+        }
+        # inverted masks, cached: apply() runs after every optimizer step
+        self._pruned: dict[str, torch.Tensor] = {name: ~m for name, m in self.masks.items()}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._handles)
+
+    def enable(self) -> None:
+        """Register the gradient hooks (idempotent)."""
+        if self._handles:
+            return
+        for name, p in self.params.items():
+            self._handles.append(p.register_hook(self._grad_hook(name)))
+
+    def _grad_hook(self, name: str):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            return grad.masked_fill(self._pruned[name].to(grad.device), 0.0)
+
+        return hook
+
+    def disable(self) -> None:
+        """Remove the gradient hooks; weights are no longer held at zero."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def set_masks(self, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Install new masks, zero the weights and the optimizer state at pruned positions."""
+        for name, mask in masks.items():
+            p = self.params[name]
+            if mask.shape != p.shape:
+                raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, parameter {tuple(p.shape)}")
+            self.masks[name] = mask.to(device=p.device, dtype=torch.bool)
+            self._pruned[name] = ~self.masks[name]
+        self.apply()
+        if optimizer is not None:
+            self.mask_optimizer_state(optimizer)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Zero the pruned weights in place."""
+        for name, p in self.params.items():
+            p.masked_fill_(self._pruned[name], 0.0)  # masked_fill, not mul: NaN * 0 is NaN
+
+    @torch.no_grad()
+    def mask_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        for name, p in self.params.items():
+            state = optimizer.state.get(p, {})
+            for value in state.values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    value.masked_fill_(self._pruned[name], 0)
+
+    @torch.no_grad()
+    def apply_to(self, module: nn.Module) -> int:
+        """Zero the same positions in another module holding parameters of the same names (EMA)."""
+        named = dict(module.named_parameters())
+        done = 0
+        for name, mask in self.masks.items():
+            target = named.get(name)
+            if target is not None and target.shape == mask.shape:
+                target.masked_fill_(~mask.to(target.device), 0.0)
+                done += 1
+        return done
+
+    def sparsity(self, name: str) -> float:
+        mask = self.masks[name]
+        return 1.0 - float(mask.sum()) / max(mask.numel(), 1)
