@@ -1,0 +1,104 @@
+"""Tables, files and the sparsity bar chart for ``sparseyolo analyze``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from sparseyolo.benchmark.analyze import ModelAnalysis
+from sparseyolo.benchmark.table import markdown_table
+from sparseyolo.utils.io import atomic_write_text
+
+
+def human(n: float | None, unit: str = "") -> str:
+    """12_345_678 -> '12.35M' (K, M, G, T)."""
+    if n is None:
+        return "?"
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def analysis_table(a: ModelAnalysis) -> str:
+    """Per-layer Markdown table with a totals row."""
+    header = ["#", "layer", "op", "weight shape", "params", "sparsity", "FLOPs", "FLOPs sparse", "quant"]
+    rows = [[i, l.name, l.op, "x".join(map(str, l.shape)), human(l.params), f"{l.sparsity:.1%}", human(l.flops),
+             human(l.sparse_flops), "yes" if l.quantized else "no"] for i, l in enumerate(a.layers)]
+    t = a.totals()
+    rows.append(["", f"total ({t['layers']} layers; model params {human(t['params'])})", "", "", human(t["layer_params"]),
+                 f"{t['sparsity']:.1%}", human(t["flops"]), human(t["sparse_flops"]), f"{t['quantized_layers']}/{t['layers']}"])
+    return markdown_table(header, rows, align="rllrrrrrr")
+
+
+def summary_line(a: ModelAnalysis) -> str:
+    t = a.totals()
+    red = f", {t['flops_reduction']:.2f}x fewer FLOPs if all zeros were skipped" if t["flops_reduction"] else ""
+    return (f"{Path(a.source).name} at {a.img[0]}x{a.img[1]}: {human(t['params'])} parameters, "
+            f"{t['sparsity']:.1%} of conv/linear weights are zero, {human(t['flops'])}FLOPs dense -> "
+            f"{human(t['sparse_flops'])}FLOPs sparse{red}; {t['quantized_layers']}/{t['layers']} layers quantized")
+
+
+def layers_csv(a: ModelAnalysis) -> str:
+    buf = io.StringIO()
+    fields = ["name", "op", "shape", "params", "zeros", "sparsity", "out_shape", "flops", "sparse_flops", "quantized"]
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for l in a.layers:
+        row = l.to_dict()
+        row["shape"] = "x".join(map(str, l.shape))
+        row["out_shape"] = "x".join(map(str, l.out_shape)) if l.out_shape else ""
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def plot_sparsity(a: ModelAnalysis, path: str | Path) -> Path:
+    """Bar chart of per-layer sparsity (quantized layers hatched), one bar per layer in model order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(a.layers)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * n + 2), 4.5), dpi=120)
+    xs = range(n)
+    colors = ["tab:orange" if l.quantized else "tab:blue" for l in a.layers]
+    ax.bar(xs, [l.sparsity * 100 for l in a.layers], color=colors, width=0.8)
+    t = a.totals()
+    line = ax.axhline(t["sparsity"] * 100, color="k", lw=0.8, ls="--", label=f"overall {t['sparsity']:.1%}")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("sparsity (% zero weights)")
+    ax.set_xlabel("layer")
+    step = max(1, n // 40)
+    ax.set_xticks(list(xs)[::step])
+    ax.set_xticklabels([_short(l.name) for l in a.layers][::step], rotation=90, fontsize=6)
+    from matplotlib.patches import Patch
+
+    handles = [line] + [Patch(color=c, label=lab) for c, lab, on in (
+        ("tab:blue", "float", not all(l.quantized for l in a.layers)),
+        ("tab:orange", "quantized", any(l.quantized for l in a.layers))) if on]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
+    ax.set_title(f"{Path(a.source).name}: per-layer sparsity")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _short(name: str) -> str:
+    return name[:-len(".weight")] if name.endswith(".weight") else name[-28:]
+
+
+def save_analysis(a: ModelAnalysis, save_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+    """Write analysis.json, layers.csv, layers.md and (``plot``) sparsity.png into ``save_dir``."""
+    d = Path(save_dir)
+    files = {"json": atomic_write_text(d / "analysis.json", json.dumps(a.to_dict(), indent=2)),
+             "csv": atomic_write_text(d / "layers.csv", layers_csv(a)),
+             "markdown": atomic_write_text(d / "layers.md", analysis_table(a) + "\n\n" + summary_line(a) + "\n")}
+    if plot:
+        files["plot"] = plot_sparsity(a, d / "sparsity.png")
+    return files

@@ -1,0 +1,368 @@
+"""Inference engines behind one small interface, found by name in ``ENGINES``.
+
+``engine.load(path, batch_size=1, threads=None) -> Runner``; a runner has ``run(inputs)`` (one
+inference), ``time_slice(seconds)`` (repeat inference on its own random input for about ``seconds``,
+return per-call latencies) and ``close()``. ``engine.available()`` says whether it can run here and,
+if not, how to install it; the benchmark reports a missing engine instead of crashing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from sparseyolo.benchmark.deepsparse_worker import time_slice
+from sparseyolo.benchmark.onnx_info import random_inputs
+from sparseyolo.utils.errors import SparseYoloError
+from sparseyolo.utils.logging import LOGGER
+from sparseyolo.utils.registry import Registry
+
+ENGINES: Registry[type["Engine"]] = Registry("engine")
+
+
+class EngineUnavailable(SparseYoloError):
+    """The engine is not installed (message carries the install hint)."""
+
+
+class Runner:
+    """A loaded model on one engine, with its benchmark input already made."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], seed: int = 0):
+        self.shapes = dict(shapes)
+        self.dtypes = dict(dtypes)
+        self.inputs = random_inputs(self.shapes, self.dtypes, seed)
+        self.cleanup_paths: list[Path] = []
+
+    def run(self, inputs: Mapping[str, np.ndarray] | np.ndarray | None = None) -> list[np.ndarray]:
+        """One inference on ``inputs`` (a dict by input name, a single array, or None = the random input)."""
+        raise NotImplementedError
+
+    def _feed(self, inputs) -> dict[str, np.ndarray]:
+        if inputs is None:
+            return self.inputs
+        if isinstance(inputs, np.ndarray):
+            if len(self.shapes) != 1:
+                raise SparseYoloError(f"the model has {len(self.shapes)} inputs; pass a dict by input name")
+            return {next(iter(self.shapes)): inputs}
+        return dict(inputs)
+
+    def time_slice(self, seconds: float, min_iters: int = 1) -> list[float]:
+        """Latencies (s) of back-to-back inferences on the random input for about ``seconds``."""
+        feed = self.inputs
+        return time_slice(lambda: self._infer(feed), seconds, min_iters)
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> object:
+        return self.run(feed)
+
+    def close(self) -> None:
+        """Free the engine's resources (a worker process, a session)."""
+
+    def release(self) -> None:
+        """``close()`` and delete temporary files made for this runner."""
+        try:
+            self.close()
+        finally:
+            for p in self.cleanup_paths:
+                Path(p).unlink(missing_ok=True)
+
+
+class Engine:
+    """Base class: subclasses set ``name``/``install_hint`` and implement ``_version`` and ``load``."""
+
+    name = ""
+    install_hint = ""
+
+    def available(self) -> tuple[bool, str]:
+        """(True, version) if usable here, else (False, reason with install hint)."""
+        try:
+            return True, self._version()
+        except ImportError as e:
+            return False, f"not installed ({e}); {self.install_hint}"
+
+    def version(self) -> str:
+        ok, text = self.available()
+        if not ok:
+            raise EngineUnavailable(f"{self.name}: {text}")
+        return text
+
+    def _version(self) -> str:
+        raise NotImplementedError
+
+    def load(self, path: str | Path, batch_size: int = 1, threads: int | None = None,
+             shapes: Mapping[str, tuple[int, ...]] | None = None, dtypes: Mapping[str, str] | None = None,
+             static: bool | None = None, seed: int = 0) -> Runner:
+        """Compile ``path`` for ``batch_size`` using ``threads`` CPU threads (None = the engine's default).
+
+        ``shapes`` / ``dtypes`` (per input name) default to the model's own, with dynamic axes set from
+        ``batch_size`` and 512x512 images; ``static`` says whether the file's shapes are all fixed.
+        """
+        if shapes is None or dtypes is None or static is None:
+            from sparseyolo.benchmark.onnx_info import read_model_info, resolve_input_shapes
+
+            info = read_model_info(path)
+            shapes = shapes or resolve_input_shapes(info, batch_size, None)
+            dtypes = dtypes or {i.name: i.dtype for i in info.inputs}
+            static = all(i.static for i in info.inputs) if static is None else static
+        return self._compile(Path(path), int(batch_size), threads, dict(shapes), dict(dtypes), bool(static), seed)
+
+    def _compile(self, path: Path, batch_size: int, threads: int | None, shapes: dict, dtypes: dict,
+                 static: bool, seed: int) -> Runner:
+        raise NotImplementedError
+
+
+def get_engine(name: str) -> Engine:
+    """An engine instance by registry name (unknown names list close matches)."""
+    return ENGINES.get(name.strip().lower())()
+
+
+def parse_engines(values: list[str] | str | None, default: str = "onnxruntime") -> list[str]:
+    """``--engine a --engine b,c`` -> ["a", "b", "c"] (validated, order kept, duplicates dropped)."""
+    if values is None:
+        values = [default]
+    if isinstance(values, str):
+        values = [values]
+    names: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name and name not in names:
+                ENGINES.get(name)  # raises with close matches for typos
+                names.append(name)
+    if not names:
+        raise SparseYoloError("no engine given")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------- ORT
+class _OrtRunner(Runner):
+    def __init__(self, session, shapes, dtypes, seed):
+        super().__init__(shapes, dtypes, seed)
+        self.session = session
+
+    def run(self, inputs=None):
+        return self.session.run(None, self._feed(inputs))
+
+    def close(self):
+        self.session = None
+
+
+@ENGINES.register("onnxruntime")
+class OnnxRuntimeEngine(Engine):
+    """ONNX Runtime CPU: intra-op threads = ``threads``, sequential execution, all graph optimisations."""
+
+    name = "onnxruntime"
+    install_hint = "pip install onnxruntime"
+
+    def _version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = int(threads or 0)  # 0 = ORT's default (all physical cores)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise SparseYoloError(f"{path}: onnxruntime cannot load the model: {e}") from None
+        return _OrtRunner(session, shapes, dtypes, seed)
+
+
+# ------------------------------------------------------------------------------------------ OpenVINO
+class _OvRunner(Runner):
+    def __init__(self, compiled, shapes, dtypes, seed):
+        super().__init__(shapes, dtypes, seed)
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def run(self, inputs=None):
+        result = self.request.infer(self._feed(inputs))
+        return [np.asarray(result[out]) for out in self.compiled.outputs]
+
+    def _infer(self, feed):
+        return self.request.infer(feed)  # skip copying outputs while timing
+
+    def close(self):
+        self.request = self.compiled = None
+
+
+@ENGINES.register("openvino")
+class OpenVinoEngine(Engine):
+    """OpenVINO CPU plugin with ``INFERENCE_NUM_THREADS`` = ``threads`` and the LATENCY hint (one stream).
+
+    ``INFERENCE_PRECISION_HINT`` is pinned to f32: on CPUs with AVX-512 BF16 OpenVINO would otherwise
+    run fp32 models in bfloat16, which changes accuracy and makes the comparison with the other engines
+    unfair. int8 (QDQ) models still run in int8.
+    """
+
+    name = "openvino"
+    precision = "f32"
+    install_hint = "pip install openvino"
+
+    def _version(self) -> str:
+        import openvino
+
+        return openvino.get_version() if hasattr(openvino, "get_version") else openvino.__version__
+
+    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed):
+        import openvino as ov
+
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+            if not static:
+                model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+            config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": self.precision}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:
+            raise SparseYoloError(f"{path}: openvino cannot compile the model: {e}") from None
+        return _OvRunner(compiled, shapes, dtypes, seed)
+
+
+# ---------------------------------------------------------------------------------------- DeepSparse
+class _DsRunner(Runner):
+    """DeepSparse in this interpreter (when ``import deepsparse`` works here)."""
+
+    def __init__(self, engine, shapes, dtypes, seed):
+        super().__init__(shapes, dtypes, seed)
+        self.engine = engine
+        self.ordered = list(self.shapes)
+
+    def run(self, inputs=None):
+        feed = self._feed(inputs)
+        return self.engine.run([feed[name] for name in self.ordered])
+
+    def time_slice(self, seconds, min_iters=1):
+        arrays = [self.inputs[name] for name in self.ordered]
+        return time_slice(lambda: self.engine.run(arrays), seconds, min_iters)
+
+    def close(self):
+        self.engine = None
+
+
+def deepsparse_python() -> Path | None:
+    """The interpreter of the separate DeepSparse venv: ``$SPARSEYOLO_DEEPSPARSE_PYTHON``, else
+    ``.venv-deepsparse`` in the working directory, else in the source checkout (editable installs)."""
+    env = os.environ.get("SPARSEYOLO_DEEPSPARSE_PYTHON")
+    if env:
+        return Path(env) if Path(env).exists() else None
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        candidate = root / ".venv-deepsparse" / "bin" / "python"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+DEEPSPARSE_MAX_IR = 9  # DeepSparse 1.8 embeds an ONNX Runtime that reads IR versions <= 9
+
+
+def _deepsparse_copy(path: Path, shapes: Mapping[str, tuple[int, ...]], static: bool) -> Path | None:
+    """A temporary copy of ``path`` that DeepSparse 1.8 can take as is, or None if the file already fits.
+
+    - DeepSparse's own ``input_shapes`` override rewrites the user's ONNX file in place (seen with
+      1.8.0), so dynamic axes are fixed here, in a private copy, instead;
+    - ``ir_version`` is lowered to 9 when newer (recent onnx writes IR 10+ for graphs that use
+      nothing newer), since DeepSparse's embedded ONNX Runtime rejects it.
+    """
+    import tempfile
+
+    import onnx
+
+    header = onnx.load(str(path), load_external_data=False)
+    if static and header.ir_version <= DEEPSPARSE_MAX_IR:
+        return None
+    model = onnx.load(str(path))
+    if header.ir_version > DEEPSPARSE_MAX_IR:
+        LOGGER.info(f"{path.name}: ONNX IR version {header.ir_version} -> {DEEPSPARSE_MAX_IR} for DeepSparse 1.8")
+        model.ir_version = DEEPSPARSE_MAX_IR
+    for vi in model.graph.input:
+        if vi.name in shapes:
+            for d, size in zip(vi.type.tensor_type.shape.dim, shapes[vi.name]):
+                d.ClearField("dim_param")
+                d.dim_value = int(size)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.deepsparse.", suffix=".onnx")
+    os.close(fd)
+    onnx.save(model, tmp)
+    return Path(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _worker_version(python: str) -> str:
+    from sparseyolo.benchmark.worker_client import WorkerClient
+
+    try:
+        with WorkerClient(python) as client:
+            info = client.request({"cmd": "version"})
+    except SparseYoloError as e:  # a broken venv counts as "not installed", with the reason
+        raise ImportError(f"deepsparse worker {python} failed: {e}", name="deepsparse") from None
+    return f"{info['deepsparse']} (worker: {python})"
+
+
+@ENGINES.register("deepsparse")
+class DeepSparseEngine(Engine):
+    """Neural Magic DeepSparse 1.8 (``num_cores`` = ``threads``); in-process or in a worker subprocess."""
+
+    name = "deepsparse"
+    install_hint = ("run scripts/setup_deepsparse.sh (creates .venv-deepsparse with deepsparse==1.8.0) "
+                    "or set SPARSEYOLO_DEEPSPARSE_PYTHON")
+
+    def _in_process(self) -> bool:
+        try:
+            import deepsparse  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def _version(self) -> str:
+        if self._in_process():
+            import deepsparse
+
+            return deepsparse.__version__
+        python = deepsparse_python()
+        if python is None:
+            env = os.environ.get("SPARSEYOLO_DEEPSPARSE_PYTHON")
+            where = f"SPARSEYOLO_DEEPSPARSE_PYTHON={env} does not exist" if env else \
+                "no deepsparse in this interpreter and no ./.venv-deepsparse"
+            raise ImportError(where, name="deepsparse")
+        return _worker_version(str(python))
+
+    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed):
+        tmp = _deepsparse_copy(Path(path), shapes, static)
+        try:
+            # the copy has static shapes: DeepSparse must not override (and rewrite) them itself
+            runner = self._compile_file(tmp or path, batch_size, threads, shapes, dtypes, True, seed)
+        except BaseException:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise
+        if tmp is not None:
+            runner.cleanup_paths.append(tmp)
+        return runner
+
+    def _compile_file(self, path, batch_size, threads, shapes, dtypes, static, seed):
+        if self._in_process():
+            from sparseyolo.benchmark.deepsparse_worker import compile_engine
+
+            try:
+                engine = compile_engine(str(path), batch_size, threads, shapes, not static)
+            except Exception as e:
+                raise SparseYoloError(f"{path}: deepsparse cannot compile the model: {e}") from None
+            return _DsRunner(engine, shapes, dtypes, seed)
+        python = deepsparse_python()
+        if python is None:
+            raise EngineUnavailable(f"deepsparse: not installed; {self.install_hint}")
+        from sparseyolo.benchmark.worker_client import RemoteRunner
+
+        return RemoteRunner(python, path, batch_size, threads, shapes, dtypes, static, seed)

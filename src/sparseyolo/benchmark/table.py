@@ -1,0 +1,93 @@
+"""Markdown tables and JSON documents for benchmark results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+from sparseyolo.benchmark.runner import BenchResult
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table; ``align`` is one of 'l'/'r' per column (default: 'l' then 'r')."""
+    cells = [[str(h) for h in header]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    align = align or "l" + "r" * (len(header) - 1)
+
+    def fmt(row):
+        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1)) for w, a in zip(widths, align)) + "|"
+    return "\n".join([fmt(cells[0]), rule] + [fmt(r) for r in cells[1:]])
+
+
+def _short_names(paths: list[str]) -> dict[str, str]:
+    """File names, or parent/name where two models share a file name (best.onnx in several runs)."""
+    names = {p: Path(p).name for p in paths}
+    if len(set(names.values())) < len(set(paths)):
+        names = {p: str(Path(*Path(p).parts[-3:])) for p in paths}
+    return names
+
+
+def results_table(results: list[BenchResult]) -> str:
+    """Markdown table: model, engine, batch, img/s, latency p50/p90/p99 (ms), ratio to the first row."""
+    names = _short_names([r.model for r in results])
+    multi_engine = len({r.engine for r in results}) > 1
+    header = ["model", "engine", "batch", "img/s", "p50 ms", "p90 ms", "p99 ms", "x base"]
+    if multi_engine:
+        header.append("x same engine")
+    rows = []
+    for r in results:
+        if r.status != "ok":
+            row = [names[r.model], r.engine, r.batch_size, "not installed" if r.status == "unavailable" else "error",
+                   "", "", "", ""]
+        else:
+            lat = r.latency_ms
+            row = [names[r.model], r.engine, r.batch_size, f"{r.images_per_s:.1f}", f"{lat['p50']:.2f}",
+                   f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", _ratio(r.ratio)]
+        if multi_engine:
+            row.append(_ratio(r.ratio_same_engine) if r.status == "ok" else "")
+        rows.append(row)
+    return markdown_table(header, rows, align="llr" + "r" * (len(header) - 3))
+
+
+def results_notes(results: list[BenchResult]) -> str:
+    """One line per engine that is missing and per model an engine could not run (the table says only
+    'not installed' / 'error')."""
+    names = _short_names([r.model for r in results])
+    seen, lines = set(), []
+    for r in results:
+        if r.status == "unavailable" and r.engine not in seen:
+            seen.add(r.engine)
+            lines.append(f"{r.engine}: {r.message}")
+        elif r.status == "error":
+            lines.append(f"{r.engine} / {names[r.model]}: {r.message}")
+    return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def system_info() -> dict:
+    return {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def results_json(results: list[BenchResult], settings: dict) -> str:
+    """JSON document: settings, system info and one entry per (model, engine)."""
+    doc = {"settings": settings, "system": system_info(), "results": [r.to_dict() for r in results]}
+    return json.dumps(doc, indent=2)

@@ -1,0 +1,91 @@
+"""``sparseyolo export``: checkpoint -> ONNX (FP32, or QDQ + QLinearConv for a QAT checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Export a checkpoint to ONNX (FP32; QDQ and QLinearConv int8 for quantized checkpoints)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="checkpoint (.pt) or Darknet .weights (with --cfg)")
+    parser.add_argument("--cfg", default=None, help="model config for Darknet .weights (name or YAML)")
+    parser.add_argument("--img-size", "--img", "--imgsz", nargs="+", type=int, default=[512, 512],
+                        dest="img_size", help="image size h w (one value: square); rounded up to the max stride")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch size of the exported graph")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic batch and image size axes")
+    parser.add_argument("--simplify", action="store_true", help="simplify the graph with onnxsim (if installed)")
+    parser.add_argument("--include-nms", action="store_true",
+                        help="decode boxes and run NMS in the graph: one (batch, max-det, 6) output")
+    parser.add_argument("--max-det", type=int, default=300, help="--include-nms: boxes kept per image")
+    parser.add_argument("--conf-thres", type=float, default=0.25, help="--include-nms: score threshold")
+    parser.add_argument("--iou-thres", type=float, default=0.45, help="--include-nms: NMS IoU threshold")
+    parser.add_argument("--opset", type=int, default=13, help="ONNX opset (13..17; 13 loads everywhere)")
+    parser.add_argument("--device", default="cpu", help="device to trace on: cpu or cuda[:N]")
+    parser.add_argument("--uint8-input", action="store_true",
+                        help="quantized models: take uint8 pixels (0-255) and drop the input QuantizeLinear")
+    parser.add_argument("--qlinear-ops", default="Conv,Add,LeakyRelu,Concat,MaxPool,Resize,Pad",
+                        help="quantized models: ops converted to the integer domain in the .qlinear.onnx file "
+                             "(Add, LeakyRelu, Concat become com.microsoft QLinear* contrib ops)")
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sparseyolo.export.onnx import export_onnx
+    from sparseyolo.export.qlinear import export_qlinear
+    from sparseyolo.export.size import size_table
+    from sparseyolo.quantization import is_qat_model
+    from sparseyolo.utils.errors import SparseYoloError
+    from sparseyolo.utils.logging import LOGGER
+
+    if len(args.img_size) not in (1, 2):
+        raise SparseYoloError(f"--img-size takes one or two integers, got {args.img_size}")
+    img_size = tuple(args.img_size) * (2 if len(args.img_size) == 1 else 1)
+    device = _device(args.device, torch)
+    weights, model = _load(args.weights, args.cfg)
+    model = model.to(device).float().eval()
+    out = weights.with_suffix(".onnx")
+    qat = is_qat_model(model)
+    export_onnx(model, out, img_size=img_size, batch_size=args.batch_size, dynamic=args.dynamic,
+                simplify=args.simplify, include_nms=args.include_nms, opset=args.opset, device=device,
+                uint8_input=args.uint8_input, max_det=args.max_det, conf_thres=args.conf_thres,
+                iou_thres=args.iou_thres)
+    files = [out]
+    if qat:
+        ops = [o.strip() for o in args.qlinear_ops.split(",") if o.strip()]
+        qlinear = weights.with_suffix(".qlinear.onnx")
+        export_qlinear(out, qlinear, ops)
+        files.append(qlinear)
+    LOGGER.info(f"export: wrote {', '.join(str(f) for f in files)}\n")
+    print(size_table([weights, *files]))
+    return 0
+
+
+def _device(spec: str, torch):
+    from sparseyolo.utils.errors import SparseYoloError
+
+    spec = str(spec).strip().lower()
+    if spec.isdigit():
+        spec = f"cuda:{spec}"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise SparseYoloError(f"--device {spec!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SparseYoloError(f"--device {spec}: CUDA is not available on this machine")
+    return device
+
+
+def _load(spec: str, cfg):
+    """``(local weights path, model)`` from a checkpoint, Darknet weights, URL or zoo stub.
+
+    The loader re-applies the QAT structure recorded in a checkpoint and raises ``WeightsError``
+    for missing or corrupt files.
+    """
+    from sparseyolo.models.weights import load_model, resolve_weights
+
+    path = resolve_weights(spec)
+    model, _ckpt = load_model(path, cfg=cfg)
+    return path, model

@@ -1,0 +1,56 @@
+"""``sparseyolo report``: the results table of a series of training runs (mAP, size, speed per engine)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "results table (mAP, gzip size, img/s per engine, epochs, wall time) for training runs, with a plot"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run folders (runs/train/expN)")
+    parser.add_argument("--engines", "--engine", action="append", dest="engines", metavar="NAME",
+                        help="onnxruntime | openvino | deepsparse; repeat or comma-separate (default: onnxruntime)")
+    parser.add_argument("--img", "--img-size", type=int, default=None, dest="img",
+                        help="benchmark / export size (default: the ONNX file's own static size, 512 for exports)")
+    parser.add_argument("--batch-size", type=int, default=None, help="benchmark batch size (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine")
+    parser.add_argument("--time", type=float, default=10.0, help="measured seconds per run and engine")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per run and engine")
+    parser.add_argument("--baseline", default="first", help="first | last | run name | index")
+    parser.add_argument("--data", default=None, help="re-validate each ONNX on this data YAML for mAP")
+    parser.add_argument("--no-export", action="store_true", help="do not export runs that lack an .onnx file")
+    parser.add_argument("--out", default=None, help="write the Markdown table here (e.g. docs/results.md)")
+    parser.add_argument("--json", default=None, help="write all numbers as JSON here")
+    parser.add_argument("--plot", default=None, help="write the mAP vs. speed-up plot here (PNG)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from sparseyolo.benchmark.engines import parse_engines
+    from sparseyolo.benchmark.report import build_report
+    from sparseyolo.benchmark.report_output import pick_baseline, plot_report, report_json, report_notes, report_table
+    from sparseyolo.cli.benchmark import check_positive
+    from sparseyolo.utils.io import atomic_write_text
+
+    check_positive(args)
+    engines = parse_engines(args.engines)
+    pick_baseline([SimpleNamespace(name=Path(d).name, dir=Path(d)) for d in args.runs], args.baseline)  # fail early
+    runs = build_report(args.runs, engines, img=args.img, batch_size=args.batch_size, threads=args.threads,
+                        time_s=args.time, warmup_s=args.warmup, export=not args.no_export, data=args.data,
+                        progress=not args.quiet)
+    base = pick_baseline(runs, args.baseline)
+    text = report_table(runs, engines, base) + "\n\n" + report_notes(runs, engines, base) + "\n"
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"table written to {args.out}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report_json(runs, engines, base), indent=2))
+    if args.plot:
+        print(f"plot written to {plot_report(runs, engines, base, args.plot)}")
+    return 0

@@ -1,0 +1,263 @@
+"""One inference interface over a PyTorch ``DetectionModel`` and an ONNX Runtime session.
+
+Both backends take a uint8 RGB batch ``(bs, 3, H, W)`` and return decoded predictions
+``(bs, N, 5 + nc)`` (xywh in input pixels, sigmoid-ed objectness and class scores), ready for
+:func:`sparseyolo.utils.nms.non_max_suppression`. ``preprocess`` and ``forward`` are separate so
+callers can time them separately.
+
+ONNX files exported by ``sparseyolo export`` output, by default, the raw head tensors (one per
+level, ``(bs, na*no, ny, nx)`` or ``(bs, na, ny, nx, no)``) and carry metadata props ``names``,
+``stride``, ``anchors`` (pixels, ``(nl, na, 2)``), ``decode`` and ``imgsz`` (JSON strings); the
+backend decodes them with :meth:`Detect.decode_xy_wh`. A single 3-D output ``(bs, N, 5 + nc)`` is
+taken as already decoded. An export with NMS in the graph (metadata ``output_format: "nms"``, one
+``(bs, max_det, 6)`` output of ``x1, y1, x2, y2, score, cls`` rows, zero-score padding) sets
+``end2end``; :func:`postprocess` then filters instead of running NMS again. A uint8 input
+(QOperator models) receives the raw uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparseyolo.utils.errors import WeightsError
+from sparseyolo.utils.nms import non_max_suppression
+
+
+class Backend:
+    """Common attributes: ``names``, ``stride`` (max stride, int), ``device``, ``fixed_shape``
+    ((h, w) when the model only accepts one input size, else None), ``fixed_batch``."""
+
+    names: list[str]
+    stride: int = 32
+    device: torch.device = torch.device("cpu")
+    fixed_shape: tuple[int, int] | None = None
+    fixed_batch: int | None = None
+    kind: str = ""
+    end2end: bool = False  # forward() already returns NMS-ed (bs, max_det, 6) detections
+
+    def preprocess(self, imgs: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def forward(self, x: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
+        return self.forward(self.preprocess(imgs))
+
+    def warmup(self, imgsz: tuple[int, int] = (640, 640)) -> None:
+        h, w = self.fixed_shape or imgsz
+        self(torch.zeros((self.fixed_batch or 1, 3, h, w), dtype=torch.uint8))
+
+
+class TorchBackend(Backend):
+    """A ``DetectionModel`` (or any module whose eval forward returns ``(pred, raw)`` or ``pred``)."""
+
+    kind = "pytorch"
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", half: bool = False):
+        self.device = torch.device(device)
+        self.half = half and self.device.type != "cpu"  # fp16 convs are not supported on CPU
+        self.model = model.to(self.device).eval()
+        self.model = self.model.half() if self.half else self.model.float()
+        if getattr(model, "export_raw", False):
+            model.export_raw = False  # we need the decoded predictions
+        stride = getattr(model, "stride", None)
+        self.stride = int(max(stride.tolist())) if isinstance(stride, torch.Tensor) and stride.numel() else 32
+        nc = getattr(model, "nc", None)
+        self.names = list(getattr(model, "names", None) or [f"class{i}" for i in range(nc or 0)])
+
+    def preprocess(self, imgs: torch.Tensor) -> torch.Tensor:
+        x = imgs.to(self.device, non_blocking=True)
+        x = x.half() if self.half else x.float()
+        return x / 255.0
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        pred = out[0] if isinstance(out, (list, tuple)) else out
+        return pred.float()
+
+
+def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
+    if key not in meta:
+        return None
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError:
+        if key == "decode":
+            return meta[key]
+        raise WeightsError(f"{path}: ONNX metadata {key!r} is not valid JSON: {meta[key][:80]!r}") from None
+
+
+class OnnxBackend(Backend):
+    """An ONNX Runtime session over a ``.onnx`` file (see the module docstring for the I/O forms)."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise WeightsError(f"ONNX file not found: {self.path}")
+        self.device = torch.device("cpu")  # outputs are returned as CPU tensors
+        providers = ["CPUExecutionProvider"]
+        if str(device) not in ("cpu", "") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt models
+            raise WeightsError(f"{self.path}: ONNX Runtime cannot load the model: {e}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.uint8 = inp.type == "tensor(uint8)"
+        self.np_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        shape = inp.shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        if len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape[2:]):
+            self.fixed_shape = (shape[2], shape[3])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._load_head_meta(meta)
+
+    def _load_head_meta(self, meta: dict[str, str]) -> None:
+        names = _meta_json(meta, "names", self.path)
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names, key=lambda k: int(k))]
+        anchors = _meta_json(meta, "anchors", self.path)
+        strides = _meta_json(meta, "stride", self.path)
+        self.decode_mode = _meta_json(meta, "decode", self.path) or "v5"
+        self.anchors = torch.tensor(anchors, dtype=torch.float32) if anchors is not None else None
+        self.strides = [float(s) for s in strides] if strides is not None else None
+        if self.anchors is not None:
+            self.anchors = self.anchors.view(len(self.strides or self.anchors), -1, 2)
+        self.stride = int(max(self.strides)) if self.strides else 32
+        self.decoded_output = len(self.outputs) == 1 and len(self.session.get_outputs()[0].shape) == 3
+        fmt = _meta_json(meta, "output_format", self.path)
+        last = self.session.get_outputs()[0].shape[-1]
+        self.end2end = self.decoded_output and (fmt == "nms" or (fmt is None and last == 6 and names is not None
+                                                                  and len(names) != 1))
+        if not self.decoded_output and (self.anchors is None or self.strides is None):
+            raise WeightsError(f"{self.path}: raw head outputs need the 'anchors' and 'stride' metadata "
+                               "props (written by `sparseyolo export`)")
+        if names is None and self.end2end:
+            raise WeightsError(f"{self.path}: an NMS-included export needs the 'names' metadata prop")
+        if names is None:
+            no = None
+            if self.anchors is not None:
+                shape = self.session.get_outputs()[0].shape
+                last = shape[-1] if len(shape) in (3, 5) else (shape[1] // self.anchors.shape[1]
+                                                              if isinstance(shape[1], int) else None)
+                no = last if isinstance(last, int) else None
+            names = [f"class{i}" for i in range((no or 5) - 5)]
+        self.names = list(names)
+
+    def preprocess(self, imgs: torch.Tensor) -> np.ndarray:
+        x = imgs.cpu().numpy()
+        if self.uint8:
+            return np.ascontiguousarray(x.astype(np.uint8, copy=False))
+        return np.ascontiguousarray(x.astype(self.np_dtype) / self.np_dtype(255.0))
+
+    def forward(self, x: np.ndarray) -> torch.Tensor:
+        if self.fixed_shape and tuple(x.shape[2:]) != tuple(self.fixed_shape):
+            raise WeightsError(f"{self.path} takes {self.fixed_shape[0]}x{self.fixed_shape[1]} inputs, "
+                               f"got {x.shape[2]}x{x.shape[3]}; use --img {self.fixed_shape[1]} and no --rect")
+        step = self.fixed_batch or len(x)
+        chunks = [self.session.run(self.outputs, {self.input_name: x[i:i + step]})
+                  for i in range(0, len(x), step)]
+        outs = [np.concatenate([c[k] for c in chunks], 0) for k in range(len(self.outputs))]
+        if self.decoded_output:
+            return torch.from_numpy(outs[0]).float()
+        return self.decode(outs, x.shape[2])
+
+    def decode(self, outs: Sequence[np.ndarray], input_h: int) -> torch.Tensor:
+        """Raw head outputs -> (bs, N, no), levels in the order of the metadata strides."""
+        na = self.anchors.shape[1]
+        head = SimpleNamespace(decode=self.decode_mode)
+        from sparseyolo.models.detect import Detect
+
+        levels = []
+        for o in outs:
+            t = torch.from_numpy(np.asarray(o)).float()
+            if t.ndim == 4:  # (bs, na*no, ny, nx)
+                bs, c, ny, nx = t.shape
+                t = t.view(bs, na, c // na, ny, nx).permute(0, 1, 3, 4, 2)
+            elif t.ndim != 5:
+                raise WeightsError(f"{self.path}: unexpected head output shape {tuple(t.shape)}")
+            ny = t.shape[2]
+            stride = input_h / ny
+            li = int(np.argmin([abs(s - stride) for s in self.strides]))
+            levels.append((li, t))
+        preds = []
+        for li, t in sorted(levels, key=lambda p: p[0]):
+            bs, _, ny, nx, no = t.shape
+            grid = Detect.make_grid(nx, ny)
+            anchor = self.anchors[li].view(1, na, 1, 1, 2)
+            # the one decode implementation, called with a stand-in for the head's attributes
+            xy, wh = Detect.decode_xy_wh(head, t[..., :2], t[..., 2:4], grid, anchor, self.strides[li])
+            preds.append(torch.cat((xy, wh, t[..., 4:].sigmoid()), -1).reshape(bs, -1, no))
+        return torch.cat(preds, 1)
+
+
+def postprocess(backend: Backend, pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                classes: list[int] | None = None, agnostic: bool = False, max_det: int = 300,
+                multi_label: bool = False) -> list[torch.Tensor]:
+    """Per-image (n, 6) detections from ``backend.forward`` output: NMS for decoded predictions, a
+    score / class filter for end-to-end (NMS-included) exports."""
+    if not backend.end2end:
+        return non_max_suppression(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic,
+                                   max_det=max_det, multi_label=multi_label)
+    out = []
+    for d in pred.float():
+        keep = d[:, 4] > conf_thres
+        if classes is not None:
+            keep &= (d[:, 5:6] == torch.tensor(classes, device=d.device, dtype=d.dtype)).any(1)
+        d = d[keep]
+        out.append(d[d[:, 4].argsort(descending=True)][:max_det])
+    return out
+
+
+def load_backend(weights: str | Path | nn.Module | Backend, device: str | torch.device = "cpu",
+                 half: bool = False, cfg: str | None = None, nc: int | None = None) -> Backend:
+    """A backend from a module, a ``.onnx`` file, or anything ``models.load_model`` accepts
+    (``.pt`` checkpoint, Darknet ``.weights`` with ``cfg``, URL, ``zoo:`` stub)."""
+    if isinstance(weights, Backend):
+        return weights
+    if isinstance(weights, nn.Module):
+        return TorchBackend(weights, device, half)
+    if str(weights).lower().endswith(".onnx"):
+        return OnnxBackend(weights, device)
+    from sparseyolo.models import load_model
+
+    model, _ = load_model(weights, cfg=cfg, nc=nc)
+    return TorchBackend(model, device, half)
+
+
+def select_device(device: str | None) -> torch.device:
+    """``''``/``None`` -> cuda:0 when available else cpu; ``'0'`` -> cuda:0; ``'cpu'`` -> cpu."""
+    from sparseyolo.utils.errors import SparseYoloError
+
+    d = (device or "").strip().lower()
+    if d in ("", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if d == "cpu":
+        return torch.device("cpu")
+    d = d.replace("cuda:", "")
+    if not torch.cuda.is_available():
+        raise SparseYoloError(f"--device {device}: CUDA is not available; use --device cpu")
+    first = d.split(",")[0]
+    if not first.isdigit() or int(first) >= torch.cuda.device_count():
+        raise SparseYoloError(f"--device {device}: invalid CUDA device (found {torch.cuda.device_count()})")
+    return torch.device(f"cuda:{first}")

@@ -1,0 +1,99 @@
+"""A small epoch-based trainer skeleton: the loop plus hooks (detectron2's ``TrainerBase`` idea).
+
+The trainer owns the loop; LR schedule, EMA, the recipe manager, evaluation, checkpointing and
+logging are hooks. A hook may keep state through ``state_dict()`` / ``load_state_dict()``; the
+trainer gathers them by hook class name so that a resumed run restores every schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+class HookBase:
+    """Override any of the six callbacks; ``self.trainer`` is set by :meth:`TrainerBase.register_hooks`.
+
+    ``before_step`` should stay cheap; expensive work belongs in ``after_step`` / ``after_epoch``.
+    ``after_train`` runs in a ``finally``: check ``self.trainer.failed`` before writing results.
+    """
+
+    trainer: "TrainerBase"
+
+    def before_train(self) -> None: ...
+    def before_epoch(self) -> None: ...
+    def before_step(self) -> None: ...
+    def after_step(self) -> None: ...
+    def after_epoch(self) -> None: ...
+    def after_train(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class TrainerBase:
+    """``before_train``; per epoch ``before_epoch``, per batch ``before_step / run_step / after_step``,
+    ``after_epoch``; ``after_train`` in a ``finally``.
+
+    Subclasses implement :meth:`run_step` and :meth:`batches`. Hooks may set ``self.stop = True``
+    (e.g. early stopping) to end training after the current epoch.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: list[HookBase] = []
+        self.epoch = 0
+        self.start_epoch = 0
+        self.max_epochs = 0
+        self.iter = 0          # batch index within the epoch
+        self.global_iter = 0   # batches seen since the start of training (across resumes)
+        self.stop = False
+        self.failed = False
+
+    def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
+        for h in hooks:
+            if h is None:
+                continue
+            h.trainer = self
+            self._hooks.append(h)
+
+    def hook(self, cls: type) -> Any:
+        """The registered hook of type ``cls`` or None."""
+        return next((h for h in self._hooks if isinstance(h, cls)), None)
+
+    def batches(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def run_step(self) -> None:
+        raise NotImplementedError
+
+    def train(self) -> None:
+        self.failed = True  # until the loop completes
+        try:
+            self._call("before_train")
+            for self.epoch in range(self.start_epoch, self.max_epochs):
+                self._call("before_epoch")
+                for self.iter, self.batch in enumerate(self.batches()):
+                    self._call("before_step")
+                    self.run_step()
+                    self._call("after_step")
+                    self.global_iter += 1
+                self._call("after_epoch")
+                if self.stop:
+                    break
+            self.failed = False
+        finally:
+            self._call("after_train")
+
+    def _call(self, name: str) -> None:
+        for h in self._hooks:
+            getattr(h, name)()
+
+    def hooks_state_dict(self) -> dict[str, dict]:
+        return {type(h).__name__: s for h in self._hooks if (s := h.state_dict())}
+
+    def load_hooks_state_dict(self, state: dict[str, dict]) -> None:
+        for h in self._hooks:
+            if type(h).__name__ in state:
+                h.load_state_dict(state[type(h).__name__])

@@ -1,0 +1,103 @@
+"""Checkpoint hook, RNG state capture and ``--resume`` lookup."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparseyolo.engine.base import HookBase
+from sparseyolo.engine.ddp import barrier
+from sparseyolo.engine.ema import de_parallel
+from sparseyolo.utils.errors import WeightsError
+from sparseyolo.utils.logging import LOGGER
+
+
+# -- RNG state as plain tensors / lists (loads with torch.load(weights_only=True)) -------------
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any] | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def find_last_checkpoint(project: str | Path) -> Path:
+    """The most recently written ``last.pt`` under ``project`` (for a bare ``--resume``)."""
+    candidates = sorted(Path(project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise WeightsError(f"--resume: no weights/last.pt found under {project}; pass the checkpoint path")
+    return candidates[-1]
+
+
+class CheckpointHook(HookBase):
+    """Writes ``weights/last.pt`` every epoch, ``best.pt`` when fitness improves, ``epochN.pt`` every
+    ``save_period`` epochs; atomically, on rank 0, with barriers so no rank races ahead.
+
+    After a successful run the optimizer / scaler state is stripped from ``last.pt`` and ``best.pt``.
+    A failed run leaves the last good checkpoint untouched.
+    """
+
+    def __init__(self, weights_dir: Path, save_period: int = -1, nosave: bool = False):
+        self.dir = Path(weights_dir)
+        self.last, self.best = self.dir / "last.pt", self.dir / "best.pt"
+        self.save_period, self.nosave = save_period, nosave
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        final = t.epoch + 1 >= t.max_epochs or t.stop
+        if t.dist.main and (not self.nosave or final):
+            from sparseyolo.models.checkpoint import save_checkpoint
+
+            fields = t.checkpoint_fields()
+            save_checkpoint(self.last, **fields)
+            ev = t.eval_hook
+            if ev is not None and ev.is_best:
+                save_checkpoint(self.best, **fields)
+            if self.save_period > 0 and (t.epoch + 1) % self.save_period == 0:
+                save_checkpoint(self.dir / f"epoch{t.epoch + 1}.pt", **fields)
+        barrier(t.dist)
+
+    def after_train(self) -> None:
+        t = self.trainer
+        if t.failed or not t.dist.main:
+            return
+        from sparseyolo.models.checkpoint import load_checkpoint, save_checkpoint
+
+        for f in (self.last, self.best):
+            if f.exists():
+                ckpt = load_checkpoint(f)
+                ckpt.update(optimizer=None, scaler=None)
+                save_checkpoint(f, **ckpt)
+                LOGGER.info(f"optimizer state stripped from {f} ({f.stat().st_size / 1e6:.1f} MB)")
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in de_parallel(model).state_dict().items()}

@@ -1,0 +1,159 @@
+"""Training hooks: LR schedule, recipe manager, EMA, evaluation / model selection, early stopping.
+
+Checkpointing and logging hooks live in :mod:`engine.checkpointing` and :mod:`engine.logger`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparseyolo.engine.base import HookBase
+from sparseyolo.engine.ddp import broadcast_buffers, broadcast_object
+from sparseyolo.engine.optim import apply_lr, lr_lambda, warmup_iterations
+from sparseyolo.utils.logging import LOGGER
+
+
+class DDPBufferSyncHook(HookBase):
+    """Under DDP, gives every rank rank 0's buffers at each epoch end (see ``broadcast_buffers``)."""
+
+    def after_epoch(self) -> None:
+        broadcast_buffers(self.trainer.model, self.trainer.dist)
+
+
+class LRScheduleHook(HookBase):
+    """Warm-up then linear / cosine decay to ``lr0 * lrf``, set before every batch.
+
+    Stateless by design: the lr is a function of (global iteration, epoch), so a resumed run gets
+    exactly the lr the uninterrupted run had. While the recipe's LR modifiers are in control
+    (``manager.controls_lr``) only momentum is warmed up.
+    """
+
+    def __init__(self, hyp: dict[str, float], cos: bool = False):
+        self.hyp, self.cos = hyp, cos
+
+    def before_train(self) -> None:
+        t = self.trainer
+        self.lf = lr_lambda(t.max_epochs, self.hyp["lrf"], self.cos)
+        self.nw = warmup_iterations(self.hyp["warmup_epochs"], t.batches_per_epoch)
+
+    def before_step(self) -> None:
+        t = self.trainer
+        manager = getattr(t, "manager", None)
+        set_lr = not (manager is not None and manager.controls_lr)
+        apply_lr(t.optimizer, self.hyp, t.global_iter, self.nw, t.epoch, self.lf, set_lr=set_lr)
+
+
+class RecipeHook(HookBase):
+    """Drives the SparseML-style recipe manager: ``manager.step()`` after each optimizer step.
+
+    At QAT start it turns AMP and EMA off (as the seed did): fake-quant observers must see fp32
+    activations, and an EMA of pre-QAT float weights would not match the quantized graph.
+    """
+
+    def __init__(self, manager: Any):
+        self.manager = manager
+        self._qat_seen = False
+
+    def before_train(self) -> None:
+        self._qat_seen = bool(self.manager.qat_active)
+        if self._qat_seen:
+            self.trainer.on_qat_start()
+
+    def after_step(self) -> None:
+        if not self.trainer.stepped:
+            return
+        self.manager.step()
+        if self.manager.qat_active and not self._qat_seen:
+            self._qat_seen = True
+            self.trainer.on_qat_start()
+
+    def after_train(self) -> None:
+        if not self.trainer.failed:
+            self.manager.finalize()
+
+
+class EMAHook(HookBase):
+    """Updates the weight EMA after each optimizer step and keeps its pruned weights at zero."""
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.stepped and t.ema is not None:
+            t.ema.update(t.model)
+            if getattr(t, "manager", None) is not None:
+                t.manager.apply_masks(t.ema.ema)
+
+
+class EvalHook(HookBase):
+    """Validates at the end of each epoch (rank 0), tracks the best fitness, early-stops.
+
+    Best-model selection restarts (best fitness reset) when pruning first finishes and when QAT
+    starts, so a denser or float model from before can never be chosen as ``best.pt``.
+    """
+
+    def __init__(self, evaluate, noval: bool = False, patience: int = 0):
+        self.evaluate = evaluate  # callable(final: bool) -> (metrics dict, fitness float)
+        self.noval, self.patience = noval, patience
+        self.best_fitness: float | None = None
+        self.best_epoch = -1
+        self.is_best = False
+        self.metrics: dict[str, float] = {}
+        self._pruning_done_seen = False
+        self._qat_seen = False
+
+    def before_train(self) -> None:
+        manager = getattr(self.trainer, "manager", None)
+        if manager is not None and not self.trainer.resumed:
+            self._pruning_done_seen = bool(manager.pruning_done)
+            self._qat_seen = bool(manager.qat_active)
+
+    def _restart_selection(self) -> None:
+        manager = getattr(self.trainer, "manager", None)
+        if manager is None:
+            return
+        if manager.pruning_done and not self._pruning_done_seen:
+            self._pruning_done_seen = True
+            LOGGER.info("pruning finished: best.pt is chosen among the pruned models from now on")
+            self.best_fitness, self.best_epoch = None, -1
+        if manager.qat_active and not self._qat_seen:
+            self._qat_seen = True
+            LOGGER.info("QAT started: best.pt is chosen among the quantization-aware models from now on")
+            self.best_fitness, self.best_epoch = None, -1
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        final = t.epoch + 1 >= t.max_epochs
+        self.is_best = False
+        self._restart_selection()
+        stop = False
+        if t.dist.main:
+            if not self.noval or final:
+                self.metrics, fi = self.evaluate(final)
+            else:
+                self.metrics, fi = {}, None
+            if fi is not None and (self.best_fitness is None or fi >= self.best_fitness):
+                self.best_fitness, self.best_epoch, self.is_best = fi, t.epoch, True
+            if fi is None and self.noval:
+                self.is_best = True  # without validation the latest model is the best we know
+            if self.patience > 0 and self.best_epoch >= 0 and t.epoch - self.best_epoch >= self.patience:
+                LOGGER.info(f"early stopping: no improvement in the last {self.patience} epochs; best was "
+                            f"epoch {self.best_epoch + 1}. Change --patience to train longer.")
+                stop = True
+        t.stop = bool(broadcast_object(stop, t.dist)) or t.stop
+
+    def after_train(self) -> None:
+        """Like YOLOv5: when best.pt is not the final model, validate it once more with plots so
+        the curves and confusion matrix in the run folder describe the model you will deploy."""
+        t = self.trainer
+        if t.failed or not t.dist.main or self.noval or self.best_epoch < 0 or self.best_epoch == t.epoch:
+            return
+        t.evaluate_best()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
+                "pruning_done_seen": self._pruning_done_seen, "qat_seen": self._qat_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_fitness = state.get("best_fitness")
+        self.best_epoch = int(state.get("best_epoch", -1))
+        self._pruning_done_seen = bool(state.get("pruning_done_seen", False))
+        self._qat_seen = bool(state.get("qat_seen", False))

@@ -1,0 +1,356 @@
+"""The detection trainer: setup, one training step, and the hooks that do everything else.
+
+Usage::
+
+    from sparseyolo.engine import TrainConfig, train
+    save_dir = train(TrainConfig(weights="yolov3-tiny.weights", data="voc.yaml", img_size=416, epochs=50))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sparseyolo.engine.base import TrainerBase
+from sparseyolo.engine.checkpointing import (CheckpointHook, find_last_checkpoint, rng_state, seed_all,
+                                             set_rng_state)
+from sparseyolo.engine.ddp import (any_rank, barrier, broadcast_object, cleanup, dist_info, init_distributed,
+                                   select_device)
+from sparseyolo.engine.ema import ModelEMA, de_parallel
+from sparseyolo.engine.hooks import DDPBufferSyncHook, EMAHook, EvalHook, LRScheduleHook, RecipeHook
+from sparseyolo.engine.hyp import load_hyp
+from sparseyolo.engine.logger import LoggerHook, progress_header
+from sparseyolo.engine.loss import YoloLoss
+from sparseyolo.engine.optim import accumulate_steps, build_optimizer, scaled_weight_decay
+from sparseyolo.engine.setup import TrainConfig, build_train_model, check_img_size, freeze_layers
+from sparseyolo.utils.errors import DataError, SparseYoloError, WeightsError
+from sparseyolo.utils.io import atomic_write_text, increment_path
+from sparseyolo.utils.logging import LOGGER
+
+GRAD_CLIP = 10.0  # max gradient norm; guards the first iterations of scratch runs
+
+
+class NonFiniteLossError(SparseYoloError):
+    """Training produced a NaN / inf loss; the run stops and keeps its last good checkpoint."""
+
+
+def _supported_kwargs(fn, **kwargs) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+class Trainer(TrainerBase):
+    """Builds model, data, optimizer, loss, EMA, recipe manager and hooks from a :class:`TrainConfig`."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.dist = dist_info()
+        self.device = select_device(cfg.device, self.dist)
+        init_distributed(self.dist, self.device)
+        resume_ckpt, cfg = self._resume_config(cfg)
+        self.cfg, self.resumed = cfg, resume_ckpt is not None
+        self.pbar = None
+        self.stepped = False
+        self.loss_items = torch.zeros(3)
+        self._setup_dirs(resume_ckpt)
+        self.hyp = load_hyp(resume_ckpt["hyp"] if resume_ckpt and resume_ckpt.get("hyp") else cfg.hyp)
+        seed_all(cfg.seed + max(self.dist.rank, 0))
+        self._setup_model(resume_ckpt)
+        self._setup_data()
+        self._setup_optimization(resume_ckpt)
+        self._register_default_hooks()
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+        if self.dist.main:
+            atomic_write_text(self.save_dir / "hyp.yaml", yaml.safe_dump(self.hyp, sort_keys=False))
+            atomic_write_text(self.save_dir / "opt.yaml", yaml.safe_dump(self.config_dict(), sort_keys=False))
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _resume_config(self, cfg: TrainConfig) -> tuple[dict | None, TrainConfig]:
+        if not cfg.resume:
+            return None, cfg
+        from sparseyolo.models.checkpoint import load_checkpoint
+
+        path = find_last_checkpoint(cfg.project) if cfg.resume is True or cfg.resume == "" else Path(cfg.resume)
+        ckpt = load_checkpoint(path)
+        if not ckpt.get("train_args") or ckpt.get("optimizer") is None:
+            raise WeightsError(f"{path}: this run already finished (or is not a training checkpoint); nothing "
+                               f"to resume. Start a new run with --weights {path}")
+        saved = TrainConfig.from_dict(ckpt["train_args"])
+        # the hardware may differ from the interrupted run; everything else continues as it was
+        saved.device, saved.workers, saved.resume = cfg.device, cfg.workers, str(path)
+        LOGGER.info(f"resuming {path} from epoch {ckpt['epoch'] + 2}")
+        return ckpt, saved
+
+    def _setup_dirs(self, ckpt: dict | None) -> None:
+        if ckpt is not None:
+            save_dir = Path(self.cfg.resume).resolve().parent.parent
+        elif self.dist.main:
+            save_dir = increment_path(Path(self.cfg.project) / self.cfg.name, exist_ok=self.cfg.exist_ok)
+        else:
+            save_dir = None
+        self.save_dir = Path(broadcast_object(str(save_dir) if save_dir else None, self.dist))
+        self.weights_dir = self.save_dir / "weights"
+        if self.dist.main:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+
+    def _setup_model(self, ckpt: dict | None) -> None:
+        from sparseyolo.data.config import load_data_config
+
+        cfg = self.cfg
+        self.data = load_data_config(cfg.data)
+        nc, names = int(self.data["nc"]), list(self.data["names"])
+        if ckpt is not None:
+            from sparseyolo.models.checkpoint import model_from_checkpoint
+
+            model = model_from_checkpoint(ckpt, use_ema=False)
+        else:
+            model, _ = build_train_model(cfg, nc, names)
+        freeze_layers(model, cfg.freeze)
+        self.model = model.to(self.device)
+        self.max_stride = int(max(int(model.stride.max()), 32))
+        self.img_size = check_img_size(cfg.img_size, self.max_stride)
+        if cfg.sync_bn and self.dist.distributed and self.device.type == "cuda":
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.dist.main:
+                LOGGER.info("using SyncBatchNorm")
+        elif cfg.sync_bn and self.dist.main:
+            LOGGER.warning("--sync-bn needs DDP on CUDA (torchrun with GPUs); ignored")
+
+    def _setup_data(self) -> None:
+        from sparseyolo.data.dataset import create_dataloader
+
+        cfg, world = self.cfg, self.dist.world_size
+        if not self.data.get("train"):
+            raise DataError(f"{cfg.data}: no 'train' images given")
+        batch = max(cfg.batch_size // world, 1)
+        self.train_loader, self.train_dataset = create_dataloader(
+            self.data["train"], self.img_size, batch, self.max_stride, hyp=self.hyp, augment=True,
+            cache=cfg.cache, workers=cfg.workers, shuffle=True, rank=self.dist.rank, seed=cfg.seed,
+            prefix="train: ", **_supported_kwargs_data(nc=int(self.data["nc"])))
+        if len(self.train_dataset) == 0:
+            raise DataError(f"{cfg.data}: the training set {self.data['train']} has no usable images")
+        self.batches_per_epoch = len(self.train_loader)
+        self.val_loader = None
+        if self.dist.main and self.data.get("val"):
+            self.val_loader, _ = create_dataloader(
+                self.data["val"], self.img_size, batch * 2, self.max_stride, hyp=self.hyp, augment=False,
+                rect=True, cache=cfg.cache, workers=cfg.workers, shuffle=False, rank=-1, seed=cfg.seed,
+                prefix="val: ", **_supported_kwargs_data(nc=int(self.data["nc"]), pad=0.5))
+        elif self.dist.main:
+            LOGGER.warning(f"{cfg.data}: no 'val' set; metrics will be empty and best.pt follows last.pt")
+
+    def _setup_optimization(self, ckpt: dict | None) -> None:
+        cfg, hyp = self.cfg, self.hyp
+        batch = cfg.batch_size
+        self.accumulate = accumulate_steps(batch)
+        wd = scaled_weight_decay(hyp["weight_decay"], batch, self.accumulate)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, hyp["lr0"], hyp["momentum"], wd)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)
+        self.loss_fn = YoloLoss(self.model, hyp, self.img_size, cfg.label_smoothing)
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.recipe, self.manager = None, None
+        recipe_text = ckpt.get("recipe") if ckpt else None
+        if recipe_text or cfg.recipe:
+            from sparseyolo.recipe import Recipe
+
+            self.recipe = Recipe.load(recipe_text) if recipe_text else Recipe.load(cfg.recipe, cfg.recipe_args or None)
+            self.manager = self.recipe.manager()
+            self.manager.attach(self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch)
+            if ckpt is not None and ckpt.get("recipe_state"):
+                self.manager.load_state_dict(ckpt["recipe_state"])
+            if int(self.manager.max_epochs) != cfg.epochs:
+                LOGGER.info(f"the recipe sets the number of epochs: {int(self.manager.max_epochs)} "
+                            f"(--epochs {cfg.epochs} ignored)")
+            self.max_epochs = int(math.ceil(self.manager.max_epochs))
+        else:
+            self.max_epochs = cfg.epochs
+        self.ema = ModelEMA(self.model) if self.dist.main else None
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+
+    def _register_default_hooks(self) -> None:
+        cfg = self.cfg
+        self.eval_hook = EvalHook(self._evaluate, noval=cfg.noval or self.val_loader is None, patience=cfg.patience)
+        self.register_hooks([
+            LRScheduleHook(self.hyp, cos=cfg.cos_lr),
+            RecipeHook(self.manager) if self.manager is not None else None,
+            EMAHook(),
+            DDPBufferSyncHook() if self.dist.distributed else None,
+            self.eval_hook,
+            LoggerHook(self.save_dir, list(de_parallel(self.model).names), tensorboard=cfg.tensorboard,
+                       wandb=cfg.wandb, plots=not cfg.noplots, run_name=self.save_dir.name),
+            CheckpointHook(self.weights_dir, save_period=cfg.save_period, nosave=cfg.nosave),
+        ])
+
+    def _restore(self, ckpt: dict) -> None:
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.global_iter = self.start_epoch * self.batches_per_epoch
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler") and self.amp:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                self.ema.ema.load_state_dict(ckpt["ema"])
+                self.ema.updates = int(ckpt.get("ema_updates") or 0)
+            else:
+                self.ema = None  # EMA had been turned off (QAT)
+        self.load_hooks_state_dict(ckpt.get("trainer_state") or {})
+        if self.eval_hook.best_fitness is None and ckpt.get("best_fitness") is not None:
+            self.eval_hook.best_fitness = float(ckpt["best_fitness"])
+        set_rng_state(ckpt.get("rng"))
+        if self.start_epoch >= self.max_epochs:
+            raise WeightsError(f"{self.cfg.resume}: all {self.max_epochs} epochs are done; nothing to resume")
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def batches(self):
+        epoch_seed = self.cfg.seed + 1_000_003 * self.epoch + max(self.dist.rank, 0)
+        seed_all(epoch_seed)  # each epoch's randomness depends only on (seed, epoch, rank): exact resume
+        if getattr(self.train_loader, "generator", None) is not None:
+            self.train_loader.generator.manual_seed(epoch_seed)
+        if hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(self.epoch)
+        self.model.train()
+        if not self.dist.main:
+            return self.train_loader
+        from tqdm import tqdm
+
+        LOGGER.info("\n" + progress_header())
+        self.pbar = tqdm(self.train_loader, total=self.batches_per_epoch, bar_format="{l_bar}{bar:10}{r_bar}")
+        return self.pbar
+
+    def run_step(self) -> None:
+        imgs, targets = self.batch[0], self.batch[1]
+        imgs = imgs.to(self.device, non_blocking=True).float() / 255
+        targets = targets.to(self.device)
+        last_micro = (self.iter + 1) % self.accumulate == 0 or self.iter + 1 == self.batches_per_epoch
+        # DDP: all-reduce gradients only on the micro-batch that steps the optimizer
+        sync = self.model.no_sync() if (self.dist.distributed and not last_micro) else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(self.device.type, enabled=self.amp):
+                preds = self.model(imgs)
+                loss, items = self.loss_fn(preds, targets)
+            if any_rank(not bool(torch.isfinite(loss).all()), self.dist, self.device):
+                self._non_finite(items)
+            if self.dist.distributed:
+                loss = loss * self.dist.world_size  # DDP averages gradients across ranks
+            self.scaler.scale(loss).backward()
+        self.stepped = False
+        if last_micro:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=GRAD_CLIP)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.stepped = True
+        self.loss_items = items
+
+    def _non_finite(self, items: torch.Tensor) -> None:
+        last = self.weights_dir / "last.pt"
+        keep = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        box, obj, cls = (float(v) for v in items.float().cpu())
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {self.epoch + 1}, batch {self.iter} (box {box:.4g}, obj {obj:.4g}, "
+            f"cls {cls:.4g}); training stopped and {keep}. Usual causes: a learning rate too high for this "
+            f"batch size (--hyp lr0), or broken labels.")
+
+    def on_qat_start(self) -> None:
+        """Called by :class:`RecipeHook` when the recipe's quantization-aware training begins."""
+        if self.amp:
+            LOGGER.info("QAT: mixed precision turned off (fake-quant observers need fp32)")
+            self.amp = False
+            self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+        if self.ema is not None:
+            LOGGER.info("QAT: weight EMA turned off; checkpoints hold the live QAT model")
+            self.ema = None
+
+    def _evaluate(self, final: bool) -> tuple[dict, float | None]:
+        from sparseyolo.engine.val import validate
+        from sparseyolo.evaluation.metrics import fitness
+
+        if self.val_loader is None:
+            return {}, None
+        model = self.ema.ema if self.ema is not None else de_parallel(self.model)
+        plots = final and not self.cfg.noplots
+        kwargs = _supported_kwargs(validate, names=list(de_parallel(self.model).names), plots=plots,
+                                   save_dir=self.save_dir, compute_loss=self.loss_fn, verbose=final)
+        # half=False: the backend converts the module in place, and this is the live EMA / model
+        metrics, _ = validate(model, self.val_loader, **kwargs)
+        return metrics, fitness(metrics)
+
+    def evaluate_best(self) -> None:
+        from sparseyolo.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+        best = self.weights_dir / "best.pt"
+        if self.cfg.nosave or not best.exists() or self.val_loader is None:
+            return
+        LOGGER.info(f"\nvalidating {best} (epoch {self.eval_hook.best_epoch + 1}):")
+        model = model_from_checkpoint(load_checkpoint(best)).to(self.device)
+        from sparseyolo.engine.val import validate
+
+        validate(model, self.val_loader, **_supported_kwargs(
+            validate, names=list(model.names), plots=not self.cfg.noplots, save_dir=self.save_dir, verbose=True))
+
+    # -- checkpoint contents ----------------------------------------------------------------------
+    def checkpoint_fields(self) -> dict[str, Any]:
+        bare = de_parallel(self.model)
+        return dict(
+            model_yaml=bare.yaml, names=list(bare.names), model=bare.state_dict(),
+            ema=self.ema.ema.state_dict() if self.ema is not None else None,
+            ema_updates=self.ema.updates if self.ema is not None else 0,
+            optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.amp else None,
+            epoch=self.epoch, best_fitness=self.eval_hook.best_fitness,
+            recipe=self.recipe.to_yaml() if self.recipe is not None else None,
+            recipe_args=self.cfg.recipe_args or None,
+            recipe_state=self.manager.state_dict() if self.manager is not None else None,
+            train_args=self.config_dict(), hyp=dict(self.hyp), rng=rng_state(),
+            metrics={k: float(v) for k, v in self.eval_hook.metrics.items() if isinstance(v, (int, float))} or None,
+            trainer_state=self.hooks_state_dict(),  # extra key: every hook's state for --resume
+        )
+
+    def config_dict(self) -> dict[str, Any]:
+        d = self.cfg.to_dict()
+        d["img_size"] = self.img_size
+        d["epochs"] = self.max_epochs
+        return d
+
+    def train(self) -> Path:  # type: ignore[override]
+        try:
+            LOGGER.info(f"training {self.max_epochs - self.start_epoch} epochs, {self.batches_per_epoch} batches "
+                        f"each (optimizer step every {self.accumulate}), img {self.img_size}, "
+                        f"device {self.device}{', AMP' if self.amp else ''}; results to {self.save_dir}")
+            super().train()
+            barrier(self.dist)
+        finally:
+            cleanup(self.dist)
+        if self.dist.main:
+            LOGGER.info(f"results saved to {self.save_dir}")
+        return self.save_dir
+
+
+def _supported_kwargs_data(**kwargs) -> dict[str, Any]:
+    from sparseyolo.data.dataset import create_dataloader
+
+    return _supported_kwargs(create_dataloader, **kwargs)
+
+
+def train(config: TrainConfig | None = None, **kwargs) -> Path:
+    """Train and return the run folder (``runs/train/expN``); ``kwargs`` override ``config`` fields,
+    e.g. ``train(cfg="yolov3-tiny", data="voc.yaml", epochs=50)``."""
+    unknown = set(kwargs) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"train() got unknown options {sorted(unknown)}")
+    cfg = TrainConfig.from_dict({**(config.to_dict() if config else {}), **kwargs})
+    return Trainer(cfg).train()

@@ -1,0 +1,343 @@
+"""ONNX export: FP32 / QDQ / QLinear parity with PyTorch through ONNX Runtime, sparsity, metadata."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from sparseyolo.export import (
+    convert_to_qlinear,
+    export_onnx,
+    export_qlinear,
+    file_size,
+    fold_batchnorm,
+    gzip_size,
+    size_table,
+)
+from sparseyolo.export.graph import MAX_IR_VERSION
+from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
+from sparseyolo.utils.errors import SparseYoloError
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def meta(proto) -> dict:
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+
+
+class Block(nn.Module):
+    def __init__(self, c1, c2, k=3, s=1):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(Block(3, 8), nn.MaxPool2d(2), Block(8, 16, 3, 2), Block(16, 8, 1))
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def randomize_bn(model):
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from sparseyolo.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("yolov3-tiny", nc=3, width_multiple=0.25).eval()
+    randomize_bn(model)
+    return model
+
+
+def qat_tiny(tiny, x):
+    model = copy.deepcopy(tiny)
+    prepare_qat(model, [f"model.{i}" for i in range(len(model.model) - 1)], QATConfig())
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(2):  # a few real QAT steps: weights, BN statistics and ranges all move
+        sum(o.square().mean() for o in model(x)).backward()
+        opt.step()
+        opt.zero_grad()
+    freeze_bn_stats(model)
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+def test_fp32_generic_cnn_parity_and_original_untouched(tmp_path):
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    randomize_bn(model)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path = export_onnx(model, tmp_path / "cnn.onnx", img_size=32, batch_size=2)
+    assert isinstance(model.body[0].bn, nn.BatchNorm2d)  # the model was copied, not folded in place
+    proto = onnx.load(path)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 4
+    out = session(path).run(None, {"images": x.numpy()})[0]
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_fold_batchnorm_is_exact_enough():
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    randomize_bn(model)
+    folded = copy.deepcopy(model)
+    assert fold_batchnorm(folded) == 3
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(model(x), folded(x), atol=1e-5)
+
+
+def test_fp32_yolo_parity_metadata_opset(tiny, tmp_path):
+    x = torch.rand(1, 3, 64, 96)
+    m = copy.deepcopy(tiny)
+    m.export_raw = True
+    with torch.no_grad():
+        ref = [r.numpy() for r in m(x)]
+    path = export_onnx(tiny, tmp_path / "tiny.onnx", img_size=(64, 96))
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    assert proto.ir_version <= MAX_IR_VERSION
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 13)]
+    info = meta(proto)
+    assert info["format"] == "fp32" and info["imgsz"] == [64, 96] and info["nc"] == 3 and info["na"] == 3
+    assert info["stride"] == [16, 32] and info["decode"] == tiny.decode and len(info["names"]) == 3
+    assert np.allclose(info["anchors"], tiny.model[-1].anchors.numpy())
+    assert info["input_dtype"] == "float32" and info["output_format"] == "raw"
+    outs = session(path).run(None, {"images": x.numpy()})
+    assert len(outs) == 2
+    for o, r in zip(outs, ref):
+        assert o.shape == r.shape
+        assert np.abs(o - r).max() <= 1e-4 * np.abs(r).max()
+
+
+def conv_weight_sparsity(proto) -> list[float]:
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    out = []
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "QLinearConv"):
+            continue
+        name = node.input[1] if node.op_type == "Conv" else node.input[3]
+        if name not in inits:  # QDQ: weight -> DequantizeLinear -> Conv
+            name = producers[name].input[0]
+        out.append(float((inits[name] == 0).mean()))
+    return out
+
+
+def prune(model, amount=0.6):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                w = m.weight
+                k = int(w.numel() * amount)
+                thr = w.abs().flatten().kthvalue(k).values
+                w[w.abs() <= thr] = 0.0
+
+
+def test_pruned_weights_stay_zero_fp32_and_qdq(tiny, tmp_path):
+    model = copy.deepcopy(tiny)
+    prune(model)
+    expected = [int((m.weight == 0).sum()) / m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d)]
+    fp32 = onnx.load(export_onnx(model, tmp_path / "sparse.onnx", img_size=64))
+    assert conv_weight_sparsity(fp32) == pytest.approx(expected, abs=1e-9)
+    x = torch.rand(1, 3, 64, 64)
+    qat = qat_tiny(model, x)
+    with torch.no_grad():  # the two QAT steps moved weights: re-prune as the recipe's masks would
+        for m in qat.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight[m.weight.abs() < 1e-12] = 0.0
+    expected = [int((m.weight == 0).sum()) / m.weight.numel() for m in qat.modules() if isinstance(m, nn.Conv2d)]
+    qdq = onnx.load(export_onnx(qat, tmp_path / "sparse_q.onnx", img_size=64))
+    got = conv_weight_sparsity(qdq)
+    assert got[:-2] >= [e - 1e-9 for e in expected[:-2]]  # int8 rounding may add zeros, never remove
+    assert got[-2:] == pytest.approx(expected[-2:], abs=1e-9)  # float head
+
+
+def test_qdq_parity_with_pytorch_qat(tiny, tmp_path):
+    x = torch.rand(2, 3, 64, 64)
+    qat = qat_tiny(tiny, x)
+    qat.export_raw = True
+    with torch.no_grad():
+        ref = [r.numpy() for r in qat(x)]
+    path = export_onnx(qat, tmp_path / "q.onnx", img_size=64, batch_size=2)
+    proto = onnx.load(path)
+    assert meta(proto)["format"] == "qdq"
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    int8 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8) == 11  # every quantized conv stores int8 weights
+    assert not [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4
+                and t.dims[0] != 24]  # no float conv weights left, except the float head (3 * 8 outputs)
+    outs = session(path).run(None, {"images": x.numpy()})
+    for o, r in zip(outs, ref):
+        err = np.abs(o - r)
+        # int8 kernels vs float fake-quant: rounding ties can flip single steps; measured ~0.2% max
+        assert err.max() <= 0.02 * np.abs(r).max(), err.max()
+        assert err.mean() <= 0.005 * np.abs(r).max(), err.mean()
+
+
+def test_qlinear_matches_qdq_and_uint8_input(tiny, tmp_path):
+    x = torch.rand(1, 3, 64, 64)
+    qat = qat_tiny(tiny, x)
+    qdq = export_onnx(qat, tmp_path / "q.onnx", img_size=64)
+    ref = session(qdq).run(None, {"images": x.numpy()})
+    for ops in (("Conv", "Add", "MaxPool", "Resize", "Pad"),
+                ("Conv", "Add", "MaxPool", "Resize", "Pad", "LeakyRelu", "Concat")):
+        path = export_qlinear(qdq, tmp_path / "q.qlinear.onnx", ops)
+        proto = onnx.load(path)
+        types = [n.op_type for n in proto.graph.node]
+        assert types.count("QLinearConv") == 11 and types.count("Conv") == 2  # the float head
+        domains = {o.domain for o in proto.opset_import}
+        assert domains == ({"", "com.microsoft"} if "LeakyRelu" in ops else {""})  # no unused imports
+        if "LeakyRelu" in ops:
+            assert types.count("QLinearLeakyRelu") == 11 and "QLinearConcat" in types
+        assert meta(proto)["format"] == "qlinear"
+        outs = session(path).run(None, {"images": x.numpy()})
+        for o, r in zip(outs, ref):
+            assert np.abs(o - r).max() <= 1e-3 * np.abs(r).max()
+    u8 = export_onnx(qat, tmp_path / "u8.onnx", img_size=64, uint8_input=True)
+    proto = onnx.load(u8)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert meta(proto)["input_dtype"] == "uint8"
+    pixels = (x.numpy() * 255).round().astype(np.uint8)
+    outs = session(u8).run(None, {"images": pixels})
+    for o, r in zip(outs, ref):
+        assert np.abs(o - r).max() <= 0.05 * np.abs(r).max()
+    qlin_u8, _ = convert_to_qlinear(onnx.load(u8))
+    assert qlin_u8.graph.node[0].op_type == "QLinearConv"  # pixels go straight into the first conv
+
+
+def test_uint8_input_needs_qat(tiny, tmp_path):
+    with pytest.raises(SparseYoloError, match="uint8"):
+        export_onnx(tiny, tmp_path / "x.onnx", img_size=64, uint8_input=True)
+
+
+def test_include_nms_and_dynamic(tiny, tmp_path):
+    from sparseyolo.utils.nms import non_max_suppression
+
+    x = torch.rand(2, 3, 64, 64)
+    path = export_onnx(tiny, tmp_path / "nms.onnx", img_size=64, batch_size=2, include_nms=True, dynamic=True,
+                       max_det=20, conf_thres=0.001, iou_thres=0.45)
+    proto = onnx.load(path)
+    info = meta(proto)
+    assert info["output_format"] == "nms" and info["max_det"] == 20 and info["outputs"] == ["detections"]
+    assert "NonMaxSuppression" in [n.op_type for n in proto.graph.node]
+    sess = session(path)
+    det = sess.run(None, {"images": x.numpy()})[0]
+    assert det.shape == (2, 20, 6)
+    m = copy.deepcopy(tiny)
+    m.export_raw = False
+    with torch.no_grad():
+        ref = non_max_suppression(m(x)[0], conf_thres=0.001, iou_thres=0.45, max_det=20)
+    for b in range(2):
+        valid = det[b][det[b, :, 4] > 0]
+        r = ref[b].numpy()
+        n = min(len(valid), len(r), 5)
+        assert n > 0
+        assert np.allclose(valid[:n, 4], r[:n, 4], atol=1e-4)  # same top scores, same order
+        assert np.all(np.diff(det[b, :, 4]) <= 1e-7)  # sorted by score, padding last
+    det1 = sess.run(None, {"images": np.random.rand(1, 3, 96, 64).astype(np.float32)})[0]
+    assert det1.shape == (1, 20, 6)
+
+
+def test_size_helpers(tmp_path):
+    data = (b"\x00" * 5000) + bytes(range(256)) * 20
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert gzip_size(path) == len(gzip.compress(data, compresslevel=9, mtime=0))
+    fs = file_size(path)
+    assert fs.raw == len(data) and fs.gzip < fs.raw
+    table = size_table([path])
+    assert "blob.bin" in table and "gzip -9" in table
+    with pytest.raises(SparseYoloError, match="no such file"):
+        file_size(tmp_path / "missing.onnx")
+
+
+def test_bad_opset_and_size_rounding(tiny, tmp_path, caplog):
+    with pytest.raises(SparseYoloError, match="opset"):
+        export_onnx(tiny, tmp_path / "x.onnx", img_size=64, opset=11)
+    path = export_onnx(tiny, tmp_path / "r.onnx", img_size=(70, 64))
+    dims = [d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 96, 64]
+    assert "multiple" in caplog.text
+
+
+def test_fp32_parity_official_yolov3_tiny(shared_dir, tmp_path):
+    """The real Darknet YOLOv3-tiny (decode 'darknet') exports with raw outputs matching PyTorch."""
+    from sparseyolo.models.weights import load_model
+
+    weights = shared_dir / "weights" / "yolov3-tiny.weights"
+    if not weights.is_file():
+        pytest.skip("yolov3-tiny.weights not in shared data")
+    model, _ = load_model(weights)
+    model.eval()
+    x = torch.rand(1, 3, 128, 128)
+    model.export_raw = True
+    with torch.no_grad():
+        ref = [r.numpy() for r in model(x)]
+    model.export_raw = False
+    path = export_onnx(model, tmp_path / "yolov3-tiny.onnx", img_size=128)
+    info = meta(onnx.load(path))
+    assert info["decode"] == "darknet" and info["nc"] == 80 and info["stride"] == [16, 32]
+    outs = session(path).run(None, {"images": x.numpy()})
+    for o, r in zip(outs, ref):
+        assert np.abs(o - r).max() <= 1e-4 * np.abs(r).max()
+
+
+@pytest.mark.parametrize("config", [QATConfig(reduce_range=True, per_channel=True), QATConfig(tensorrt=True),
+                                    pytest.param(QATConfig(activation_bits=6, weight_bits=4), marks=pytest.mark.slow)],
+                         ids=["reduce_range", "tensorrt", "a6w4"])
+def test_qat_variants_export_and_run(tiny, tmp_path, config):
+    model = copy.deepcopy(tiny)
+    prepare_qat(model, None, config)  # whole model, head included
+    x = torch.rand(1, 3, 64, 64)
+    freeze_bn_stats(model)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model.export_raw = True
+    with torch.no_grad():
+        ref = [r.numpy() for r in model(x)]
+    path = export_onnx(model, tmp_path / "v.onnx", img_size=64)
+    outs = session(path).run(None, {"images": x.numpy()})
+    for o, r in zip(outs, ref):
+        assert np.abs(o - r).max() <= 0.03 * np.abs(r).max()
+    qlin = export_qlinear(path, tmp_path / "v.qlinear.onnx")
+    outs2 = session(qlin).run(None, {"images": x.numpy()})
+    for o, r in zip(outs2, outs):
+        assert np.abs(o - r).max() <= 0.03 * np.abs(r).max()

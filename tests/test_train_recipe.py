@@ -1,0 +1,57 @@
+"""Training under a recipe: epochs from the recipe, masks on the EMA, best.pt after pruning, QAT + resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparseyolo.engine.setup import TrainConfig
+from sparseyolo.engine.trainer import Trainer, train
+
+from test_train import FAST, _StopAfter, _load, tiny  # noqa: F401,F811  (tiny: shared fixture)
+
+PRUNED = "yolov3-tiny.pruned"
+PRUNED_QAT = "yolov3-tiny.pruned_quantized"
+
+
+def test_pruning_recipe_masks_ema_and_restarts_best(tiny, tmp_path):
+    t = Trainer(TrainConfig(cfg=tiny["cfg"], data=tiny["data"], recipe=PRUNED, epochs=99, project=str(tmp_path),
+                            recipe_args={"num_epochs": 3, "pruning_end_epoch": 2}, hyp="finetune",
+                            **{**FAST, "batch_size": 2}))
+    assert t.max_epochs == 3  # the recipe decides
+    t.train()
+    assert t.manager.pruning_done
+    ck = _load(t.weights_dir / "last.pt")
+    assert ck["recipe"] and ck["recipe_state"]["epoch"] == pytest.approx(3.0)
+    name = "model.8.conv.weight"  # a 0.75-sparsity layer in the recipe
+    for key in ("model", "ema"):
+        w = ck[key][name]
+        assert (w == 0).float().mean().item() == pytest.approx(0.75, abs=0.02), key
+    # zeros of the EMA copy are exactly the model's pruning mask
+    assert torch.equal(ck["ema"][name] == 0, ck["model"][name] == 0)
+    best = _load(t.weights_dir / "best.pt")
+    assert best["epoch"] >= 1  # chosen after pruning ended (end of epoch index 1), never the dense epoch 0
+    assert (best["ema"][name] == 0).float().mean().item() == pytest.approx(0.75, abs=0.02)
+    t.evaluate_best()  # what after_train runs when best.pt is not the final epoch
+
+
+@pytest.mark.slow
+def test_qat_recipe_turns_off_ema_and_resumes(tiny, tmp_path):
+    args = {"num_epochs": 3, "pruning_end_epoch": 1, "quantization_start_epoch": 2}
+    common = dict(cfg=tiny["cfg"], data=tiny["data"], recipe=PRUNED_QAT, recipe_args=args, hyp="pruned_quantized",
+                  project=str(tmp_path), noval=True, **{**FAST, "batch_size": 2})
+    ref = train(name="ref", **common)
+    t = Trainer(TrainConfig(name="cut", **common))
+    t.register_hooks([_StopAfter(1)])
+    with pytest.raises(KeyboardInterrupt):
+        t.train()
+    train(resume=str(tmp_path / "cut/weights/last.pt"), workers=0, device="cpu")
+    a, b = _load(ref / "weights/last.pt"), _load(tmp_path / "cut/weights/last.pt")
+    assert a["ema"] is None and a["recipe_state"].get("qat")  # QAT ran, EMA turned off
+    assert any("scale" in k or "observer" in k or "min_val" in k or "fake" in k for k in a["model"])
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), f"{k} differs after resume in the QAT phase"
+    from sparseyolo.models.checkpoint import model_from_checkpoint
+
+    model = model_from_checkpoint(b).eval()
+    assert model(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 85

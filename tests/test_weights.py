@@ -1,0 +1,168 @@
+"""Weights resolution (path / URL / zoo stub) and load_model, against a loopback HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+import yaml
+
+from sparseyolo.models import build_model
+from sparseyolo.models.checkpoint import save_checkpoint
+from sparseyolo.models.darknet import save_darknet_weights
+from sparseyolo.models.weights import load_model, load_zoo, resolve_weights, zoo_file
+from sparseyolo.utils.errors import ConfigError, DownloadError, WeightsError
+
+TINY_SHA = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).requests.append(self.path)
+        super().do_GET()
+
+
+@pytest.fixture()
+def served(tmp_path, monkeypatch):
+    """A loopback file server over tmp/served, a private cache and a private zoo file."""
+    root = tmp_path / "served"
+    root.mkdir()
+    _Quiet.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path / "cache"))
+    zoo = tmp_path / "zoo.yaml"
+    monkeypatch.setenv("SPARSEYOLO_ZOO_FILE", str(zoo))
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", zoo
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _small_cfg(tmp_path) -> str:
+    m = build_model("yolov3-tiny", width_multiple=0.125)
+    p = tmp_path / "tiny-small.yaml"
+    p.write_text(yaml.safe_dump({k: v for k, v in m.yaml.items() if k not in ("ch", "yaml_file")}))
+    return str(p)
+
+
+def _write_zoo(zoo, models: dict, datasets: dict | None = None):
+    zoo.write_text(yaml.safe_dump({"datasets": datasets or {}, "models": models}))
+
+
+def test_packaged_registry():
+    assert zoo_file().name == "zoo.yaml"
+    entries = load_zoo()
+    tiny = entries["zoo:cv/detection/yolo_v3-tiny/darknet/pjreddie/coco/base-none"]
+    assert tiny.sha256 == TINY_SHA and tiny.format == "darknet" and tiny.cfg == "yolov3-tiny"
+    assert tiny.url == "https://pjreddie.com/media/files/yolov3-tiny.weights"
+    assert len(tiny.names) == 80 and tiny.names[0] == "person"
+    spp = entries["zoo:cv/detection/yolo_v3-spp/darknet/pjreddie/coco/base-none"]
+    assert spp.sha256 is None and spp.cfg == "yolov3-spp" and spp.note
+
+
+def test_local_path_and_not_found(tmp_path):
+    p = tmp_path / "a.pt"
+    p.write_bytes(b"x")
+    assert resolve_weights(p) == p
+    with pytest.raises(WeightsError, match="weights not found"):
+        resolve_weights(tmp_path / "missing.pt")
+
+
+def test_zoo_stub_downloads_darknet_weights(served, tmp_path):
+    root, base, zoo = served
+    src = build_model("yolov3-tiny", width_multiple=0.125, nc=3)
+    save_darknet_weights(src, root / "small.weights")
+    sha = hashlib.sha256((root / "small.weights").read_bytes()).hexdigest()
+    stub = "zoo:cv/detection/yolo_v3-tiny/darknet/test/toy/base-none"
+    _write_zoo(zoo, {stub: {"url": f"{base}/small.weights", "sha256": sha, "format": "darknet",
+                            "cfg": _small_cfg(tmp_path), "nc": 3, "names": "toy"}},
+               {"toy": ["a", "b", "c"]})
+    model, ckpt = load_model(stub + "?recipe_type=original")
+    assert ckpt is None and model.nc == 3 and model.names == ["a", "b", "c"] and model.decode == "darknet"
+    for k, v in src.state_dict().items():
+        if "num_batches" not in k:
+            assert torch.equal(model.state_dict()[k], v), k
+    host = base.split("//", 1)[1].replace(":", "_")
+    cached = tmp_path / "cache" / "weights" / host / "small.weights"
+    assert cached.is_file() and resolve_weights(stub) == cached
+    assert _Quiet.requests == ["/small.weights"]  # the second resolve used the cache
+    # bare file name of a registry entry, and its URL, resolve to the same cached file
+    assert resolve_weights("small.weights") == cached
+    assert resolve_weights(f"{base}/small.weights") == cached
+
+
+def test_unknown_stub_lists_close_ones(served):
+    _, base, zoo = served
+    _write_zoo(zoo, {"zoo:cv/detection/yolo_v3-spp/pytorch/ultralytics/coco/base-none":
+                     {"url": f"{base}/x.pt", "format": "sparseyolo", "sha256": None}})
+    with pytest.raises(WeightsError, match=r"close stubs: zoo:cv/detection/yolo_v3-spp/pytorch/ultralytics"):
+        resolve_weights("zoo:cv/detection/yolo_v3-spp/pytorch/ultralytics/coco/base-nonee")
+
+
+def test_registry_checksum_is_enforced(served):
+    root, base, zoo = served
+    (root / "w.weights").write_bytes(b"\0" * 64)
+    _write_zoo(zoo, {"zoo:a/b/c/darknet/d/e/f": {"url": f"{base}/w.weights", "sha256": "1" * 64,
+                                                  "format": "darknet", "cfg": "yolov3-tiny"}})
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        resolve_weights("zoo:a/b/c/darknet/d/e/f")
+
+
+def test_bad_registry_is_config_error(served):
+    _, _, zoo = served
+    _write_zoo(zoo, {"zoo:x/y": {"url": "http://h/x", "format": "onnx"}})
+    with pytest.raises(ConfigError, match=r"zoo\.yaml \(stub 'zoo:x/y'\): format must be"):
+        load_zoo()
+
+
+def test_url_checkpoint_and_nc_transfer(served):
+    root, base, zoo = served
+    _write_zoo(zoo, {})
+    src = build_model("yolov3-tiny", width_multiple=0.125, nc=3, names=["a", "b", "c"])
+    save_checkpoint(root / "best.pt", model=src, epoch=7)
+    model, ckpt = load_model(f"{base}/best.pt")
+    assert ckpt["epoch"] == 7 and model.names == ["a", "b", "c"]
+    model5, _ = load_model(f"{base}/best.pt", nc=5)
+    assert model5.nc == 5 and model5.detect.m[0].out_channels == 3 * 10
+    assert torch.equal(model5.model[0].conv.weight, src.model[0].conv.weight)
+
+
+def test_darknet_model_from_file_name_and_cfg(shared_dir, tmp_path):
+    weights = shared_dir / "weights" / "yolov3-tiny.weights"
+    if not weights.is_file():
+        pytest.skip("yolov3-tiny.weights not in shared data")
+    model, _ = load_model(weights)  # yolov3-tiny.weights -> yolov3-tiny model, COCO names
+    assert model.nc == 80 and model.names[0] == "person" and model.decode == "darknet"
+    model20, _ = load_model(weights, nc=20)
+    assert model20.nc == 20 and torch.equal(model20.model[13].conv.weight, model.model[13].conv.weight)
+    mystery = tmp_path / "mystery.weights"
+    shutil.copy(weights, mystery)
+    with pytest.raises(WeightsError, match="cannot tell which model"):
+        load_model(mystery)
+    m2, _ = load_model(mystery, cfg=shared_dir / "darknet-cfg" / "yolov3-tiny.cfg")
+    assert torch.equal(m2.model[0].conv.weight, model.model[0].conv.weight)
+    m3, _ = load_model(mystery, cfg="yolov3-tiny")
+    assert m3.nc == 80  # inferred from the file size
+
+
+def test_checkpoint_with_same_or_other_cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEYOLO_ZOO_FILE", str(tmp_path / "zoo.yaml"))
+    (tmp_path / "zoo.yaml").write_text("models: {}\n")
+    src = build_model("yolov3-tiny", nc=3)
+    src.decode = "darknet"
+    p = save_checkpoint(tmp_path / "c.pt", model=src)
+    same, _ = load_model(p, cfg="yolov3-tiny", nc=3)  # same layers: no rebuild, decode kept
+    assert same.decode == "darknet" and torch.equal(same.detect.m[0].weight, src.detect.m[0].weight)
+    small_yaml = _small_cfg(tmp_path)
+    other, _ = load_model(p, cfg=small_yaml)  # other widths: only matching shapes transfer
+    assert other.model[13].conv.weight.shape[0] == 128 and other.nc == 3
