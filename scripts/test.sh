@@ -10,4 +10,4 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[test]"
 export ORT_DISABLE_TELEMETRY=1 NM_DISABLE_ANALYTICS=1 MPLBACKEND=Agg
-exec .venv/bin/python -m pytest -m "not slow" "$@"
+exec .venv/bin/python -m pytest "$@"

@@ -95,6 +95,13 @@ def qat_tiny(tiny, x):
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def qat_model(tiny):
+    """A QAT tiny model after a few training steps (shared: tests only export it)."""
+    torch.manual_seed(1)
+    return qat_tiny(tiny, torch.rand(2, 3, 64, 64))
+
+
 def test_fp32_generic_cnn_parity_and_original_untouched(tmp_path):
     torch.manual_seed(0)
     model = SmallCNN().eval()
@@ -187,9 +194,9 @@ def test_pruned_weights_stay_zero_fp32_and_qdq(tiny, tmp_path):
     assert got[-2:] == pytest.approx(expected[-2:], abs=1e-9)  # float head
 
 
-def test_qdq_parity_with_pytorch_qat(tiny, tmp_path):
+def test_qdq_parity_with_pytorch_qat(qat_model, tmp_path):
     x = torch.rand(2, 3, 64, 64)
-    qat = qat_tiny(tiny, x)
+    qat = copy.deepcopy(qat_model)
     qat.export_raw = True
     with torch.no_grad():
         ref = [r.numpy() for r in qat(x)]
@@ -210,9 +217,9 @@ def test_qdq_parity_with_pytorch_qat(tiny, tmp_path):
         assert err.mean() <= 0.005 * np.abs(r).max(), err.mean()
 
 
-def test_qlinear_matches_qdq_and_uint8_input(tiny, tmp_path):
+def test_qlinear_matches_qdq_and_uint8_input(qat_model, tmp_path):
     x = torch.rand(1, 3, 64, 64)
-    qat = qat_tiny(tiny, x)
+    qat = qat_model
     qdq = export_onnx(qat, tmp_path / "q.onnx", img_size=64)
     ref = session(qdq).run(None, {"images": x.numpy()})
     for ops in (("Conv", "Add", "MaxPool", "Resize", "Pad"),

@@ -20,6 +20,7 @@ from sparseyolo.quantization import (
     freeze_bn_stats,
     is_qat_model,
     prepare_qat,
+    qat_report,
 )
 from sparseyolo.utils.errors import ConfigError
 
@@ -241,6 +242,9 @@ def test_state_dict_round_trip_resumes(net):
     net.eval(), fresh.eval()
     assert torch.equal(net(x), fresh(x))
     assert int(fresh.body["c0"].bn_frozen) == 1
+    rows = {r["name"]: r for r in qat_report(fresh)}
+    assert len(rows) == 7 and rows["body.c0"]["weight_bits"] == 8 and rows["body.c0"]["bn_frozen"]
+    assert rows["body.c0"]["out_scale"] == pytest.approx(float(net.body["c0"].out_quant.scale))
 
 
 def test_quantizers_are_shared_not_stacked(net):

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", default=None, help="model config for Darknet .weights (e.g. yolov3-tiny)")
     parser.add_argument("--source", required=True, help="image file, folder or glob pattern (quote it)")
     parser.add_argument("--data", default=None, help="optional dataset YAML to take class names from")
-    parser.add_argument("--img", "--img-size", "--imgsz", dest="img_size", type=int, default=640,
+    parser.add_argument("--img", "--img-size", "--imgsz", dest="img_size", type=int, default=416,
                         help="inference size (pixels)")
     parser.add_argument("--conf", "--conf-thres", dest="conf_thres", type=float, default=0.25,
                         help="confidence threshold")

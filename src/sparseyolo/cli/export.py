@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch and image size axes")
     parser.add_argument("--simplify", action="store_true", help="simplify the graph with onnxsim (if installed)")
     parser.add_argument("--include-nms", action="store_true",
-                        help="decode boxes and run NMS in the graph: one (batch, max-det, 6) output")
+                        help="decode boxes and run NMS in the graph: one (batch, max-det, 6) output "
+                             "(ONNX Runtime / OpenVINO; DeepSparse 1.8 cannot compile such graphs)")
     parser.add_argument("--max-det", type=int, default=300, help="--include-nms: boxes kept per image")
     parser.add_argument("--conf-thres", type=float, default=0.25, help="--include-nms: score threshold")
     parser.add_argument("--iou-thres", type=float, default=0.45, help="--include-nms: NMS IoU threshold")

@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="checkpoint .pt, Darknet .weights (+ --cfg), .onnx, URL or zoo: stub")
     parser.add_argument("--cfg", default=None, help="model config for Darknet .weights (e.g. yolov3-tiny)")
     parser.add_argument("--data", required=True, help="dataset YAML")
-    parser.add_argument("--img", "--img-size", "--imgsz", dest="img_size", type=int, default=640,
+    parser.add_argument("--img", "--img-size", "--imgsz", dest="img_size", type=int, default=416,
                         help="inference size (pixels)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--conf", "--conf-thres", dest="conf_thres", type=float, default=0.001,

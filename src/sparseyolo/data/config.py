@@ -33,8 +33,12 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise ConfigError(f"{where(path, None if line is None else line + 1)}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        # the parser's own text points at "<unicode string>"; keep only what is wrong, and where
+        problem = getattr(e, "problem", None) or str(e)
+        col = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where(path, line)}: invalid YAML: {problem}{col}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (train, val, names, ...), got {type(data).__name__}")
     return data

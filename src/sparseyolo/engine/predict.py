@@ -81,7 +81,7 @@ def _summary(det: torch.Tensor, names: Sequence[str]) -> str:
                      for c, n in zip(classes.tolist(), counts.tolist()))
 
 
-def predict(backend: Backend, files: Sequence[Path], img_size: int = 640, conf_thres: float = 0.25,
+def predict(backend: Backend, files: Sequence[Path], img_size: int = 416, conf_thres: float = 0.25,
             iou_thres: float = 0.45, max_det: int = 1000, classes: list[int] | None = None,
             agnostic_nms: bool = False, names: Sequence[str] | None = None,
             save_dir: Path | None = None, save_img: bool = True, save_txt: bool = False,
@@ -148,7 +148,7 @@ def _write_txt(path: Path, det: torch.Tensor, shape0: tuple[int, int], save_conf
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def run(weights: str | Path, source: str | Path, img_size: int = 640, conf_thres: float = 0.25,
+def run(weights: str | Path, source: str | Path, img_size: int = 416, conf_thres: float = 0.25,
         iou_thres: float = 0.45, max_det: int = 1000, classes: list[int] | None = None,
         agnostic_nms: bool = False, save_txt: bool = False, save_conf: bool = False,
         save_json: bool = False, nosave: bool = False, line_thickness: int = 3,

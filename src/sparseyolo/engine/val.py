@@ -75,7 +75,8 @@ class _Accumulator:
         to_original(tbox, ratio_pad, (h0, w0))
         labelsn = torch.cat((labels[:, :1].float().cpu(), tbox), 1)
         tcls = labelsn[:, 0].numpy()
-        self.images_per_class[np.unique(tcls.astype(int))] += 1
+        present = np.unique(tcls.astype(int))
+        self.images_per_class[present[present < len(self.images_per_class)]] += 1
         correct = match_predictions(predn, labelsn, IOU_THRESHOLDS)
         self.stats.append((correct, predn[:, 4].numpy(), predn[:, 5].numpy(), tcls))
         self.confusion.process_batch(predn, labelsn)
@@ -235,7 +236,7 @@ def _summarise(acc: _Accumulator, names: Sequence[str], nc: int, seen: int, dt: 
     return metrics, maps
 
 
-def run(weights: str | Path, data: str | Path, img_size: int = 640, batch_size: int = 32,
+def run(weights: str | Path, data: str | Path, img_size: int = 416, batch_size: int = 32,
         conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val",
         device: str = "", single_cls: bool = False, verbose: bool = False, save_json: bool = False,
         save_txt: bool = False, save_conf: bool = False, project: str | Path = "runs/val",

@@ -202,15 +202,15 @@ class ConfusionMatrix:
         return plot_confusion_matrix(self.matrix, Path(save_dir), names, normalize)
 
 
-def fitness(metrics: Mapping[str, float] | Sequence[float] | np.ndarray) -> float:
+def fitness(metrics: Mapping[str, float] | Sequence[float] | np.ndarray) -> float | np.ndarray:
     """Model selection score ``0.1 * mAP50 + 0.9 * mAP50-95``.
 
-    Accepts the metrics dict of :func:`sparseyolo.engine.val.validate` or a sequence
-    ``(precision, recall, mAP50, mAP50-95, ...)``.
+    Accepts the metrics dict of :func:`sparseyolo.engine.val.validate`, a sequence
+    ``(precision, recall, mAP50, mAP50-95, ...)``, or a 2-D array of such rows (one score per row).
     """
     if isinstance(metrics, Mapping):
         return 0.1 * float(metrics["mAP50"]) + 0.9 * float(metrics["mAP50-95"])
     m = np.asarray(metrics, dtype=np.float64)
     if m.ndim == 2:  # rows of results
-        return (m[:, 2] * 0.1 + m[:, 3] * 0.9)
+        return m[:, 2] * 0.1 + m[:, 3] * 0.9
     return 0.1 * float(m[2]) + 0.9 * float(m[3])

@@ -87,14 +87,11 @@ class Graph:
 
 
 def rename_input(graph, old: str, new: str) -> None:
+    """Make every node that reads ``old`` read ``new`` (callers keep graph outputs out of this)."""
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name == old:
                 node.input[i] = new
-    for out in graph.output:
-        if out.name == old:
-            # keep the public output name: make the producer write it instead
-            raise ValueError("cannot rename a graph output")
 
 
 def remove_constant_identities(model) -> int:
@@ -119,7 +116,7 @@ def fold_constant_quantize(model) -> int:
             continue
         x, scale = g.const(node.input[0]), g.const(node.input[1])
         zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
-        if x is None or scale is None or zp is None:
+        if x is None or scale is None or zp is None or node.output[0] in g.outputs:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         q = quantize_array(x, scale, zp, axis)

@@ -4,6 +4,10 @@ The graph ends in the standard ONNX ``NonMaxSuppression`` op (class-aware, per-c
 ``max_det``), then keeps the ``max_det`` best boxes per image and pads to a fixed
 ``(batch, max_det, 6)`` tensor: ``x1, y1, x2, y2, score, class`` in input pixels, sorted by score,
 padding rows all zero. Score = objectness x class probability.
+
+ONNX Runtime runs these graphs; DeepSparse 1.8 crashes while compiling them (a segfault in its
+engine, even though each piece alone compiles), so for DeepSparse export raw outputs and run NMS
+on the host, as its own YOLO pipelines do.
 """
 
 from __future__ import annotations

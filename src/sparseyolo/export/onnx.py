@@ -65,8 +65,8 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 def model_metadata(model: nn.Module, img_size: tuple[int, int], fmt: str, input_dtype: str = "float32",
-                   include_nms: bool = False, max_det: int | None = None, output_names: list[str] | None = None
-                   ) -> dict[str, object]:
+                   include_nms: bool = False, max_det: int | None = None, output_names: list[str] | None = None,
+                   conf_thres: float | None = None, iou_thres: float | None = None) -> dict[str, object]:
     """The ``metadata_props`` of an exported detector (values are JSON-encoded on write)."""
     detect = model.model[-1] if hasattr(model, "model") else None
     meta: dict[str, object] = {
@@ -88,6 +88,7 @@ def model_metadata(model: nn.Module, img_size: tuple[int, int], fmt: str, input_
         })
     if include_nms:
         meta["max_det"] = int(max_det or 0)
+        meta["conf_thres"], meta["iou_thres"] = conf_thres, iou_thres
         meta["output_layout"] = ("detections: (batch, max_det, 6) rows x1, y1, x2, y2, score, class in input "
                                  "pixels, sorted by score; rows with score 0 are padding")
     else:
@@ -105,7 +106,7 @@ def model_metadata(model: nn.Module, img_size: tuple[int, int], fmt: str, input_
 def export_onnx(model: nn.Module, path: str | Path, img_size: int | tuple[int, int] = (512, 512),
                 batch_size: int = 1, dynamic: bool = False, simplify: bool = False, include_nms: bool = False,
                 opset: int = DEFAULT_OPSET, device: str | torch.device = "cpu", uint8_input: bool = False,
-                max_det: int = 300, conf_thres: float = 0.001, iou_thres: float = 0.6) -> Path:
+                max_det: int = 300, conf_thres: float = 0.25, iou_thres: float = 0.45) -> Path:
     """Export ``model`` to ``path`` and return the path.
 
     A float model is exported FP32 with BatchNorm folded into the convs (on a copy: ``model`` is
@@ -157,7 +158,7 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int | tuple[int, i
         make_uint8_input(proto)
     fmt = "qdq" if qat else "fp32"
     G.set_metadata(proto, model_metadata(model, img_size, fmt, "uint8" if uint8_input else "float32",
-                                         include_nms, max_det, output_names))
+                                         include_nms, max_det, output_names, conf_thres, iou_thres))
     save_onnx(proto, path)
     return path
 

@@ -213,6 +213,23 @@ def export_qlinear(src: str | Path, dst: str | Path, ops: tuple[str, ...] | list
     return save_onnx(proto, dst)
 
 
+def _rescale_conv_biases(g: G.Graph, value: str, old: float, new: float) -> None:
+    """int32 conv biases are stored in units of input scale x weight scale: follow an input rescale."""
+    for conv in g.consumers.get(value, []):
+        if conv.op_type != "Conv" or len(conv.input) < 3 or conv.input[0] != value:
+            continue
+        bias_dq = g.producer.get(conv.input[2])
+        if bias_dq is None or bias_dq.op_type != "DequantizeLinear":
+            continue
+        b, s = g.const(bias_dq.input[0]), g.const(bias_dq.input[1])
+        if b is None or s is None or b.dtype != np.int32:
+            continue
+        ratio = old / new
+        b_new = np.clip(np.rint(b.astype(np.float64) * ratio), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        bias_dq.input[0] = g.add_init(g.unique(bias_dq.input[0] + "_u8"), b_new)
+        bias_dq.input[1] = g.add_init(g.unique(bias_dq.input[1] + "_u8"), (s / ratio).astype(np.float32))
+
+
 def make_uint8_input(proto, input_name: str | None = None) -> None:
     """Make the image input uint8 (0-255), removing its QuantizeLinear (SparseML's skip_onnx_input_quantize).
 
@@ -229,9 +246,11 @@ def make_uint8_input(proto, input_name: str | None = None) -> None:
         kinds = sorted({u.op_type for u in users})
         raise SparseYoloError(f"--uint8-input: input {inp.name!r} feeds {kinds}, not only QuantizeLinear; "
                               f"is the first layer quantized?")
-    scale = g.add_init(g.unique("input_uint8_scale"), np.asarray(1.0 / 255.0, np.float32))
+    new_scale = np.asarray(1.0 / 255.0, np.float32)
+    scale = g.add_init(g.unique("input_uint8_scale"), new_scale)
     zero = g.add_init(g.unique("input_uint8_zero_point"), np.asarray(0, np.uint8))
     for q in users:
+        old_scale = float(np.asarray(g.const(q.input[1])).reshape(-1)[0])
         for node in list(g.consumers.get(q.output[0], [])):
             for i, name in enumerate(list(node.input)):
                 if name != q.output[0]:
@@ -239,6 +258,8 @@ def make_uint8_input(proto, input_name: str | None = None) -> None:
                 node.input[i] = inp.name
                 if i + 2 < len(node.input) and node.input[i + 1] == q.input[1] and node.input[i + 2] == q.input[2]:
                     node.input[i + 1], node.input[i + 2] = scale, zero
+                if node.op_type == "DequantizeLinear":
+                    _rescale_conv_biases(g, node.output[0], old_scale, float(new_scale))
         g.graph.node.remove(q)
     inp.type.tensor_type.elem_type = TensorProto.UINT8
     G.remove_dead(proto)

@@ -72,8 +72,7 @@ def size_table(paths: list[str | Path]) -> str:
     header = ("File", "Size", "gzip -9", "Ratio")
     body = [(r.path.name, human(r.raw), human(r.gzip), f"{r.ratio:.2f}x") for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    fmt = "  ".join(f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    fmt = fmt.replace(f"{{:>{widths[0]}}}", f"{{:<{widths[0]}}}", 1)
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*row) for row in body]
     return "\n".join(lines)

@@ -15,10 +15,11 @@ from sparseyolo.quantization.prepare import (
     freeze_bn_stats,
     is_qat_model,
     prepare_qat,
+    qat_report,
     uninitialized_quantizers,
 )
 
 __all__ = [
     "QATConfig", "prepare_qat", "freeze_bn_stats", "disable_observers", "enable_observers", "is_qat_model",
-    "uninitialized_quantizers", "ActivationQuantizer", "WeightQuantizer", "QATConvBnAct", "QATConv2d", "QATLinear",
+    "uninitialized_quantizers", "qat_report", "ActivationQuantizer", "WeightQuantizer", "QATConvBnAct", "QATConv2d", "QATLinear",
 ]

@@ -251,3 +251,29 @@ def uninitialized_quantizers(model: nn.Module) -> list[str]:
     """Names of activation quantizers that have never observed data (their scale is meaningless)."""
     return [name for name, m in model.named_modules()
             if isinstance(m, ActivationQuantizer) and not m.initialized]
+
+
+def qat_report(model: nn.Module) -> list[dict]:
+    """One row per fake-quantized layer: name, type, weight bits/granularity/scale range, and the
+    scale / zero point of its output quantizer, plus whether BN statistics and observers are frozen."""
+    import math
+
+    rows = []
+    for name, m in model.named_modules():
+        if not isinstance(m, QAT_MODULE_TYPES):
+            continue
+        wq = m.weight_fake_quant
+        out = getattr(m, "out_quant", None) or getattr(m, "conv_out_quant", None)
+        rows.append({
+            "name": name,
+            "type": type(m).__name__,
+            "weight_bits": int(math.log2(wq.quant_max - wq.quant_min + 1)),
+            "per_channel": wq.per_channel,
+            "weight_scale_min": float(wq.scale.min()),
+            "weight_scale_max": float(wq.scale.max()),
+            "out_scale": float(out.scale) if out is not None else None,
+            "out_zero_point": int(out.zero_point) if out is not None else None,
+            "bn_frozen": bool(m.bn_frozen) if isinstance(m, QATConvBnAct) else None,
+            "observing": bool(wq.observer_enabled),
+        })
+    return rows
