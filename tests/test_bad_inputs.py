@@ -70,6 +70,10 @@ def tiny(tmp_path_factory, shared_dir) -> dict:
     for d in ("train", "val"):
         (root / d / "images/random.jpg").write_bytes(bytes(rng.randrange(256) for _ in range(2000)))
         (root / d / "labels/random.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    train = sorted((root / "train/images").glob("0*.jpg"))
+    (root / "train/labels" / f"{train[0].stem}.txt").write_text("a b c d e\n")  # not numbers
+    (root / "train/labels" / f"{train[1].stem}.txt").write_text("95 0.5 0.5 0.1 0.1\n")  # class id >= nc
+    (root / "train/labels" / f"{train[2].stem}.txt").write_text("0 0.5 0.5 0.1 0.1\n" * 2)  # duplicate row
     (root / "val/images/trunc.jpg").write_bytes(val[0].read_bytes()[: val[0].stat().st_size // 3])
     (root / "val/labels/trunc.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     (root / "val/labels" / f"{val[1].stem}.txt").write_text("")  # empty = no objects: fine, not an error
@@ -87,7 +91,8 @@ def tiny(tmp_path_factory, shared_dir) -> dict:
     model["width_multiple"] = 0.25
     (root / "tiny.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
     return {"root": root, "data": root / "data.yaml", "cfg": root / "tiny.yaml",
-            "empty_label": val[1].stem, "four_cols": val[2].stem, "coord": val[3].stem}
+            "empty_label": val[1].stem, "four_cols": val[2].stem, "coord": val[3].stem,
+            "text": train[0].stem, "cls95": train[1].stem, "dup": train[2].stem}
 
 
 def _proc(*args, cwd: Path, env: dict | None = None, timeout: float = 240) -> tuple[int, str]:
@@ -166,6 +171,9 @@ def test_train_skips_bad_samples_and_rounds_img(trained, tiny):
     _assert_one_summary(log, tiny)
     train_summary = [ln for ln in log.splitlines() if "train" in ln and "random.jpg" in ln]
     assert len(train_summary) == 1, log[-4000:]
+    for needle in (f"{tiny['text']}.txt:1", f"{tiny['cls95']}.txt", "class 95", f"{tiny['dup']}.txt:2"):
+        assert needle in train_summary[0], f"{needle!r} missing from the summary: {train_summary[0]}"
+    assert "train: 4 images" in log  # 6 + random.jpg, less 3 skipped; the duplicate row is just dropped
     assert "--img 100 is not a multiple of the max stride 32; using 128" in log
     opt = yaml.safe_load((trained["run"] / "opt.yaml").read_text())
     assert opt["img_size"] == 128
@@ -228,10 +236,43 @@ def test_truncated_darknet_weights(cut_weights, tiny, cli, tmp_path):
     _error(rc, log, "train", str(aligned))
 
 
+def test_truncated_darknet_weights_message_says_so(cut_weights, tiny, cli, tmp_path):
+    """Both cuts should tell the user the file is incomplete, not only that its size is odd."""
+    for weights in cut_weights:
+        rc, log = cli("val", "--weights", weights, "--cfg", "yolov3-tiny", "--data", tiny["data"], "--img", "64",
+                      "--workers", "0", "--device", "cpu", "--project", tmp_path)
+        msg = _error(rc, log, "val", str(weights))
+        assert any(w in msg for w in ("truncated", "ran out", "too short", "incomplete", "cut short")), msg
+
+
 def test_truncated_darknet_weights_detect_subprocess(cut_weights, tiny, tmp_path):
     rc, log = _proc("detect", "--weights", cut_weights[0], "--cfg", "yolov3-tiny", "--source",
                     tiny["root"] / "val/images", "--img", "64", "--device", "cpu", "--project", tmp_path, cwd=tmp_path)
     _error(rc, log, "detect", str(cut_weights[0]))
+
+
+@pytest.mark.parametrize("case", ["data", "hyp", "recipe", "weights", "source"])
+def test_missing_files_are_named(case, trained, tiny, cli, tmp_path):
+    nope = tmp_path / f"nope-{case}.yaml"
+    if case == "source":
+        rc, log = cli("detect", "--weights", trained["weights"], "--source", nope, "--project", tmp_path)
+        _error(rc, log, "detect", str(nope))
+        return
+    if case == "weights":
+        rc, log = cli("val", "--weights", nope, "--data", tiny["data"], "--project", tmp_path)
+        _error(rc, log, "val", str(nope), "not found")
+        return
+    extra = {"data": ["--data", nope], "hyp": ["--hyp", nope], "recipe": ["--recipe", nope]}[case]
+    rc, log = cli(*_train_args(tiny, tmp_path, *extra))
+    _error(rc, log, "train", str(nope), "not found")
+
+
+def test_data_yaml_split_path_not_found(tiny, cli, tmp_path):
+    data = yaml.safe_load(tiny["data"].read_text())
+    bad = tmp_path / "nosplit.yaml"
+    bad.write_text(yaml.safe_dump(dict(data, train=str(tmp_path / "no-such-dir"))))
+    rc, log = cli(*_train_args(dict(tiny, data=bad), tmp_path))
+    _error(rc, log, "train", f"{bad} (key 'train')", str(tmp_path / "no-such-dir"))
 
 
 # -- issue "training" ------------------------------------------------------------------------------------
@@ -241,11 +282,13 @@ def test_unknown_hyp_key_lists_valid_keys(tiny, cli, tmp_path):
     rc, log = cli(*_train_args(tiny, tmp_path, "--hyp", hyp))
     msg = _error(rc, log, "train", f"{hyp}:3 (key 'learning_rate')", "Valid keys")
     assert "lr0" in msg and "mosaic" in msg
+    assert not list(tmp_path.glob("exp*"))
 
 
 def test_empty_training_set(tiny, cli, tmp_path):
     rc, log = cli(*_train_args(dict(tiny, data=tiny["root"] / "empty.yaml"), tmp_path))
-    _error(rc, log, "train", str(tiny["root"] / "empty/images"), "no usable images")
+    _error(rc, log, "train", "empty.yaml (key 'train')", str(tiny["root"] / "empty/images"), "no usable images")
+    assert not list(tmp_path.glob("exp*"))
 
 
 @pytest.fixture(scope="module")
@@ -263,44 +306,29 @@ def test_truncated_checkpoint_weights_and_resume(cut_checkpoint, tiny, cli, tmp_
     _error(rc, log, "train", str(cut_checkpoint), "truncated or corrupt")
 
 
-# -- issue "recipes" -------------------------------------------------------------------------------------
-def test_recipe_unknown_modifier_tag(tiny, cli, tmp_path):
-    recipe = _recipe(tmp_path / "r.yaml", mod="GMPruningModifer")
-    rc, log = cli(*_train_args(tiny, tmp_path, "--recipe", recipe))
-    _error(rc, log, "train", f"{recipe}:6", "!GMPruningModifer", "did you mean !GMPruningModifier")
-
-
-def test_recipe_unknown_key(tiny, cli, tmp_path):
-    recipe = _recipe(tmp_path / "r.yaml", extra="    leave_enabledd: true\n")
-    rc, log = cli(*_train_args(tiny, tmp_path, "--recipe", recipe))
-    _error(rc, log, "train", f"{recipe}:13", "'leave_enabledd'", "'leave_enabled'")
-
-
-def test_recipe_params_matching_nothing(tiny, cli, tmp_path):
-    recipe = _recipe(tmp_path / "r.yaml", params='["model.4.conv.weigth"]')
-    rc, log = cli(*_train_args(tiny, tmp_path, "--recipe", recipe))
-    msg = _error(rc, log, "train", f"{recipe}:7", "model.4.conv.weigth", "matches no parameter")
-    assert "model.4.conv.weight" in msg.split("model.4.conv.weigth", 1)[1]  # the close names are listed
-
-
-def test_recipe_args_unknown_variable(tiny, cli, tmp_path):
-    recipe = _recipe(tmp_path / "r.yaml")
-    rc, log = cli(*_train_args(tiny, tmp_path, "--recipe", recipe, "--recipe-args", "num_epochz=2"))
-    _error(rc, log, "train", str(recipe), "'num_epochz'", "num_epochs")
-
-
-def test_recipe_eval_import_is_refused(tiny, tmp_path):
-    sentinel = tmp_path / "PWNED"
-    recipe = _recipe(tmp_path / "r.yaml", final=f"eval(__import__('os').system('touch {sentinel}'))")
-    rc, log = _proc(*_train_args(tiny, tmp_path, "--recipe", recipe), cwd=tmp_path)
-    _error(rc, log, "train", f"{recipe}:6", "'final_sparsity'", "not allowed")
-    assert not sentinel.exists()
-
-
 # -- issue "export" --------------------------------------------------------------------------------------
 def test_export_corrupt_checkpoint(cut_checkpoint, cli):
     rc, log = cli("export", "--weights", cut_checkpoint, "--img-size", "64", "64")
     _error(rc, log, "export", str(cut_checkpoint), "truncated or corrupt")
+
+
+def test_export_random_bytes_checkpoint(cli, tmp_path):
+    """Random bytes are a corrupt file, not a 'pickled' checkpoint; never advise weights_only=False."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(random.Random(1).randrange(256) for _ in range(5000)))
+    rc, log = cli("export", "--weights", junk)
+    msg = _error(rc, log, "export", str(junk))
+    assert "weights_only" not in msg and "Ultralytics" not in msg, msg
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".yaml"])
+def test_export_of_a_file_that_is_no_checkpoint(suffix, exported, tiny, cli, tmp_path):
+    """An ONNX file or a YAML is not weights: say so instead of asking for --cfg (a Darknet-only hint)."""
+    wrong = tmp_path / f"model{suffix}"
+    wrong.write_bytes(exported[2].read_bytes() if suffix == ".onnx" else tiny["data"].read_bytes())
+    rc, log = cli("export", "--weights", wrong)
+    msg = _error(rc, log, "export", str(wrong))
+    assert "pass --cfg" not in msg, msg
 
 
 @pytest.fixture(scope="module")

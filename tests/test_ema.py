@@ -59,6 +59,9 @@ def test_param_groups_and_decay():
     assert accumulate_steps(16) == 4 and accumulate_steps(128) == 1
     assert scaled_weight_decay(5e-4, 16, 4) == pytest.approx(5e-4)
     assert scaled_weight_decay(5e-4, 8, 4) == pytest.approx(2.5e-4)
+    # --nbs 16: a step per batch of 16, with the weight decay of the tuned nominal batch
+    assert accumulate_steps(16, nominal=16) == 1 and accumulate_steps(4, nominal=16) == 4
+    assert scaled_weight_decay(5e-4, 16, 1, nominal=16) == pytest.approx(5e-4)
 
 
 def test_warmup_and_schedule():

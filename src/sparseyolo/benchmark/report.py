@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparseyolo.benchmark.runner import BenchResult, benchmark
-from sparseyolo.utils.errors import SparseYoloError
+from sparseyolo.utils.errors import SparseYoloError, where
 from sparseyolo.utils.logging import LOGGER
 
 MAP50_KEYS = ("metrics/mAP_0.5", "metrics/mAP50", "mAP50", "mAP@0.5", "mAP_0.5")
@@ -91,7 +91,9 @@ def read_run(run_dir: str | Path) -> RunInfo:
         try:
             opt = yaml.safe_load(opt_path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise SparseYoloError(f"{opt_path}: invalid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            raise SparseYoloError(f"{where(opt_path, None if mark is None else mark.line + 1)}: invalid YAML: "
+                                  f"{getattr(e, 'problem', None) or e}") from None
     run.recipe = str(opt["recipe"]) if opt.get("recipe") else None
     run.epochs = int(opt["epochs"]) if opt.get("epochs") is not None else None
     res = d / "results.csv"

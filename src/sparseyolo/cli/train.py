@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=300, help="epochs (a recipe sets its own)")
     g.add_argument("--batch-size", type=int, default=16, help="total batch size over all GPUs")
+    g.add_argument("--nbs", type=int, default=64,
+                   help="nominal batch size: gradients are accumulated to about this many images per "
+                        "optimizer step (64 as in YOLOv3/v5); a smaller value gives small datasets more steps")
     g.add_argument("--img-size", "--img", dest="img_size", type=int, default=640,
                    help="train/val image size (rounded up to a multiple of the max stride)")
     g.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD")

@@ -19,7 +19,7 @@ from sparseyolo.data.augment import (augment_hsv, letterbox, mixup, mosaic4, ran
                                      xywhn_to_xyxy)
 from sparseyolo.data.image_cache import ImageCache
 from sparseyolo.data.labels import Problems, cache_path_for, img2label_paths, list_images, scan_labels
-from sparseyolo.utils.errors import DataError
+from sparseyolo.utils.errors import ConfigError, DataError
 from sparseyolo.utils.logging import LOGGER
 
 # YOLOv5 hyp.scratch augmentation values, used for any key the caller's hyp leaves out
@@ -47,6 +47,10 @@ class YoloDataset(Dataset):
     def __init__(self, path, img_size: int = 640, batch_size: int = 16, augment: bool = False,
                  hyp: dict | None = None, rect: bool = False, cache: str | bool | None = None, stride: int = 32,
                  pad: float = 0.0, prefix: str = "", nc: int | None = None, workers: int = 4):
+        # checked before the label scan: a zero size or batch only fails much later, deep in numpy / OpenCV
+        if int(img_size) < 1 or int(batch_size) < 1:
+            raise ConfigError(f"{prefix}image size (--img) and batch size (--batch-size) must be >= 1, got "
+                              f"{img_size} and {batch_size}")
         self.path, self.img_size, self.augment, self.rect, self.stride = path, img_size, augment, rect, stride
         self.hyp = {**AUGMENT_DEFAULTS, **(hyp or {})}
         self.prefix = prefix

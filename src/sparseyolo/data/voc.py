@@ -63,6 +63,7 @@ class ConversionReport:
     splits: dict[str, SplitCounts] = field(default_factory=dict)
     zero_area: list[str] = field(default_factory=list)    # "file.xml: name (xmin,ymin,xmax,ymax)"
     missing_images: list[str] = field(default_factory=list)
+    bad_annotations: list[str] = field(default_factory=list)  # "file.xml (reason)": unreadable or missing
     clipped: int = 0
     yaml_path: Path | None = None
 
@@ -80,6 +81,10 @@ class ConversionReport:
         if self.missing_images:
             out.append(f"annotations without an image, skipped ({len(self.missing_images)}): "
                        + ", ".join(self.missing_images[:10]))
+        if self.bad_annotations:
+            out.append(f"unreadable or missing annotations, skipped ({len(self.bad_annotations)}): "
+                       + ", ".join(self.bad_annotations[:10])
+                       + (f" and {len(self.bad_annotations) - 10} more" if len(self.bad_annotations) > 10 else ""))
         if self.clipped:
             out.append(f"{self.clipped} boxes extended past the image and were clipped to it")
         if self.yaml_path:
@@ -211,6 +216,32 @@ def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
         os.symlink(src.resolve(), dst)
 
 
+def _read_annotations(jobs: dict[str, list[tuple[Path, list[str]]]]) -> tuple[dict[str, VocAnnotation], list[str]]:
+    """Every XML the jobs name, parsed: ``({path: annotation}, ["file.xml (reason)", ...])``.
+
+    A broken or missing annotation is a dataset problem like a corrupt image: skipped and reported,
+    so one bad file does not stop a conversion of thousands. Only a dataset with none left is an error.
+    """
+    anns: dict[str, VocAnnotation] = {}
+    bad: dict[str, str] = {}
+    for items in jobs.values():
+        for voc_root, ids in items:
+            for i in ids:
+                key = str(voc_root / "Annotations" / f"{i}.xml")
+                if key in anns or key in bad:
+                    continue
+                if not Path(key).is_file():
+                    bad[key] = f"{key} (listed in a split but missing)"
+                    continue
+                try:
+                    anns[key] = parse_voc_xml(key)
+                except DataError as e:
+                    bad[key] = f"{Path(key).name} ({str(e).removeprefix(f'{key}: ')})"
+    if not anns and bad:
+        raise DataError(f"no readable VOC annotations; {len(bad)} unusable, e.g. {next(iter(bad.values()))}")
+    return anns, list(bad.values())
+
+
 def convert_jobs(jobs: dict[str, list[tuple[Path, list[str]]]], out: str | os.PathLike, names: list[str] | None,
                  difficult: str = "drop", copy: bool = False, progress: bool = True) -> ConversionReport:
     """Convert ``{out_split: [(voc_root, [image ids]), ...]}`` into ``out/images|labels/<split>/``.
@@ -222,18 +253,10 @@ def convert_jobs(jobs: dict[str, list[tuple[Path, list[str]]]], out: str | os.Pa
     if difficult not in ("drop", "keep"):
         raise DataError(f"--difficult must be 'drop' or 'keep', got {difficult!r}")
     out = Path(out)
-    anns: dict[str, VocAnnotation] = {}
-    for items in jobs.values():
-        for voc_root, ids in items:
-            for i in ids:
-                key = str(voc_root / "Annotations" / f"{i}.xml")
-                if key not in anns:
-                    if not Path(key).is_file():
-                        raise DataError(f"annotation listed in a split but missing: {key}")
-                    anns[key] = parse_voc_xml(key)
+    anns, bad = _read_annotations(jobs)
     names = _check_names(anns, names)
     index = {n: k for k, n in enumerate(names)}
-    report = ConversionReport(out, names, difficult)
+    report = ConversionReport(out, names, difficult, bad_annotations=bad)
     seen_problems: set[str] = set()
     for split, items in jobs.items():
         img_dir, lb_dir = out / "images" / split, out / "labels" / split
@@ -246,7 +269,9 @@ def convert_jobs(jobs: dict[str, list[tuple[Path, list[str]]]], out: str | os.Pa
         for voc_root, ids in items:
             for i in ids:
                 bar.update()
-                ann = anns[str(voc_root / "Annotations" / f"{i}.xml")]
+                ann = anns.get(str(voc_root / "Annotations" / f"{i}.xml"))
+                if ann is None:  # unreadable or missing: already in report.bad_annotations
+                    continue
                 image = find_image(voc_root, i)
                 if image is None:
                     if str(ann.xml) not in seen_problems:

@@ -57,14 +57,15 @@ def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momen
     return opt
 
 
-def scaled_weight_decay(weight_decay: float, batch_size: int, accumulate: int) -> float:
-    """Weight decay tuned for a nominal batch of 64, scaled to the batch actually accumulated."""
-    return weight_decay * batch_size * accumulate / NOMINAL_BATCH
+def scaled_weight_decay(weight_decay: float, batch_size: int, accumulate: int,
+                        nominal: int = NOMINAL_BATCH) -> float:
+    """Weight decay tuned for the nominal batch, scaled to the batch actually accumulated."""
+    return weight_decay * batch_size * accumulate / nominal
 
 
-def accumulate_steps(batch_size: int) -> int:
-    """Optimizer steps every this many batches so that the effective batch is about 64."""
-    return max(round(NOMINAL_BATCH / batch_size), 1)
+def accumulate_steps(batch_size: int, nominal: int = NOMINAL_BATCH) -> int:
+    """Optimizer steps every this many batches so that the effective batch is about ``nominal``."""
+    return max(round(nominal / batch_size), 1)
 
 
 def lr_lambda(epochs: int, lrf: float, cos: bool = False) -> Callable[[float], float]:

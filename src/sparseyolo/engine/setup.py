@@ -24,6 +24,7 @@ class TrainConfig:
     recipe_args: dict = field(default_factory=dict)
     epochs: int = 300
     batch_size: int = 16
+    nbs: int = 64
     img_size: int = 640
     optimizer: str = "SGD"
     cos_lr: bool = False
@@ -54,6 +55,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        """Reject values no run can use (raises :class:`ConfigError` naming the flag)."""
+        minimum = {"epochs": 1, "batch_size": 1, "nbs": 1, "img_size": 1, "workers": 0, "freeze": 0, "patience": 0}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def check_img_size(img_size: int, stride: int) -> int:
@@ -92,6 +103,10 @@ def freeze_layers(model: nn.Module, n: int) -> list[str]:
     """Freeze the parameters of the first ``n`` layers (``model.0`` .. ``model.{n-1}``)."""
     if n <= 0:
         return []
+    n_layers = len(getattr(model, "model", ()))
+    if n_layers and n >= n_layers:  # the last layer is the Detect head: nothing would be left to train
+        raise ConfigError(f"--freeze {n} would freeze every layer of this {n_layers}-layer model; "
+                          f"use at most {n_layers - 1}")
     prefixes = tuple(f"model.{i}." for i in range(n))
     frozen = []
     for name, p in model.named_parameters():

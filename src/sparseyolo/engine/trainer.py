@@ -29,7 +29,7 @@ from sparseyolo.engine.logger import LoggerHook, progress_header
 from sparseyolo.engine.loss import YoloLoss
 from sparseyolo.engine.optim import accumulate_steps, build_optimizer, scaled_weight_decay
 from sparseyolo.engine.setup import TrainConfig, build_train_model, check_img_size, freeze_layers
-from sparseyolo.utils.errors import DataError, SparseYoloError, WeightsError
+from sparseyolo.utils.errors import DataError, SparseYoloError, WeightsError, where
 from sparseyolo.utils.io import atomic_write_text, increment_path
 from sparseyolo.utils.logging import LOGGER
 
@@ -52,6 +52,7 @@ class Trainer(TrainerBase):
 
     def __init__(self, cfg: TrainConfig):
         super().__init__()
+        cfg.check()
         self.dist = dist_info()
         self.device = select_device(cfg.device, self.dist)
         init_distributed(self.dist, self.device)
@@ -60,12 +61,15 @@ class Trainer(TrainerBase):
         self.pbar = None
         self.stepped = False
         self.loss_items = torch.zeros(3)
-        self._setup_dirs(resume_ckpt)
         self.hyp = load_hyp(resume_ckpt["hyp"] if resume_ckpt and resume_ckpt.get("hyp") else cfg.hyp)
+        # parsed before the data scan and model build so that a recipe mistake fails at once
+        self.recipe = self._load_recipe(resume_ckpt)
         seed_all(cfg.seed + max(self.dist.rank, 0))
         self._setup_model(resume_ckpt)
         self._setup_data()
         self._setup_optimization(resume_ckpt)
+        # only once the config is known to be good: a failed start leaves no empty run folder behind
+        self._setup_dirs(resume_ckpt)
         self._register_default_hooks()
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
@@ -89,6 +93,17 @@ class Trainer(TrainerBase):
         saved.device, saved.workers, saved.resume = cfg.device, cfg.workers, str(path)
         LOGGER.info(f"resuming {path} from epoch {ckpt['epoch'] + 2}")
         return ckpt, saved
+
+    def _load_recipe(self, ckpt: dict | None):
+        """The resumed run's own recipe (stored in its checkpoint), else ``--recipe``, else None."""
+        recipe_text = ckpt.get("recipe") if ckpt else None
+        if not (recipe_text or self.cfg.recipe):
+            return None
+        from sparseyolo.recipe import Recipe
+
+        if recipe_text:
+            return Recipe.load(recipe_text)
+        return Recipe.load(self.cfg.recipe, self.cfg.recipe_args or None)
 
     def _setup_dirs(self, ckpt: dict | None) -> None:
         if ckpt is not None:
@@ -132,38 +147,36 @@ class Trainer(TrainerBase):
         if not self.data.get("train"):
             raise DataError(f"{cfg.data}: no 'train' images given")
         batch = max(cfg.batch_size // world, 1)
-        self.train_loader, self.train_dataset = create_dataloader(
-            self.data["train"], self.img_size, batch, self.max_stride, hyp=self.hyp, augment=True,
-            cache=cfg.cache, workers=cfg.workers, shuffle=True, rank=self.dist.rank, seed=cfg.seed,
-            prefix="train: ", **_supported_kwargs_data(nc=int(self.data["nc"])))
+        with _data_key(cfg.data, "train"):
+            self.train_loader, self.train_dataset = create_dataloader(
+                self.data["train"], self.img_size, batch, self.max_stride, hyp=self.hyp, augment=True,
+                cache=cfg.cache, workers=cfg.workers, shuffle=True, rank=self.dist.rank, seed=cfg.seed,
+                prefix="train: ", **_supported_kwargs_data(nc=int(self.data["nc"])))
         if len(self.train_dataset) == 0:
             raise DataError(f"{cfg.data}: the training set {self.data['train']} has no usable images")
         self.batches_per_epoch = len(self.train_loader)
         self.val_loader = None
         if self.dist.main and self.data.get("val"):
-            self.val_loader, _ = create_dataloader(
-                self.data["val"], self.img_size, batch * 2, self.max_stride, hyp=self.hyp, augment=False,
-                rect=True, cache=cfg.cache, workers=cfg.workers, shuffle=False, rank=-1, seed=cfg.seed,
-                prefix="val: ", **_supported_kwargs_data(nc=int(self.data["nc"]), pad=0.5))
+            with _data_key(cfg.data, "val"):
+                self.val_loader, _ = create_dataloader(
+                    self.data["val"], self.img_size, batch * 2, self.max_stride, hyp=self.hyp, augment=False,
+                    rect=True, cache=cfg.cache, workers=cfg.workers, shuffle=False, rank=-1, seed=cfg.seed,
+                    prefix="val: ", **_supported_kwargs_data(nc=int(self.data["nc"]), pad=0.5))
         elif self.dist.main:
             LOGGER.warning(f"{cfg.data}: no 'val' set; metrics will be empty and best.pt follows last.pt")
 
     def _setup_optimization(self, ckpt: dict | None) -> None:
         cfg, hyp = self.cfg, self.hyp
         batch = cfg.batch_size
-        self.accumulate = accumulate_steps(batch)
-        wd = scaled_weight_decay(hyp["weight_decay"], batch, self.accumulate)
+        self.accumulate = accumulate_steps(batch, cfg.nbs)
+        wd = scaled_weight_decay(hyp["weight_decay"], batch, self.accumulate, cfg.nbs)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, hyp["lr0"], hyp["momentum"], wd)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)
         self.loss_fn = YoloLoss(self.model, hyp, self.img_size, cfg.label_smoothing)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.recipe, self.manager = None, None
-        recipe_text = ckpt.get("recipe") if ckpt else None
-        if recipe_text or cfg.recipe:
-            from sparseyolo.recipe import Recipe
-
-            self.recipe = Recipe.load(recipe_text) if recipe_text else Recipe.load(cfg.recipe, cfg.recipe_args or None)
+        self.manager = None
+        if self.recipe is not None:
             self.manager = self.recipe.manager()
             self.manager.attach(self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch)
             if ckpt is not None and ckpt.get("recipe_state"):
@@ -338,6 +351,15 @@ class Trainer(TrainerBase):
         if self.dist.main:
             LOGGER.info(f"results saved to {self.save_dir}")
         return self.save_dir
+
+
+@contextlib.contextmanager
+def _data_key(data_yaml: str, split: str):
+    """Prefix dataset errors with the data YAML and key they came from (the loader only knows the path)."""
+    try:
+        yield
+    except DataError as e:
+        raise DataError(f"{where(data_yaml, key=split)}: {e}") from None
 
 
 def _supported_kwargs_data(**kwargs) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """Keeping pruned weights at zero during training.
 
-A :class:`ParamMasker` owns a boolean keep-mask for each of its parameters and enforces it twice:
+A :class:`ParamMasker` owns a boolean keep-mask for each of its parameters and enforces it:
 
-* a gradient hook multiplies the gradient by the mask, so the optimizer sees no gradient there;
-* :meth:`apply` zeroes the weights again after every optimizer step, so momentum buffers and
-  decoupled weight decay (AdamW) cannot move a pruned weight away from zero either.
-
-When a mask changes, the optimizer state (momentum, Adam moments) at newly pruned positions is
-zeroed too, so a buffer filled before pruning does not keep pushing on a pruned weight.
+* a gradient hook zeroes the gradient at pruned positions, so the optimizer sees no gradient there;
+* when a mask changes, the weights and the optimizer state (momentum, Adam moments) at newly
+  pruned positions are zeroed, so a buffer filled before pruning does not keep pushing on a pruned
+  weight. With zero gradient, zero state and a zero weight, SGD (momentum, Nesterov, weight decay),
+  Adam and AdamW (decoupled decay multiplies 0) all leave the weight at exactly 0;
+* :meth:`apply` zeroes the weights again; the recipe manager calls it at epoch boundaries (and on
+  request every step) as a safety net for code that writes to the weights directly.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ class ParamMasker:
         self.masks: dict[str, torch.Tensor] = {
             name: torch.ones_like(p, dtype=torch.bool) for name, p in self.params.items()
         }
-        # inverted masks, cached: apply() runs after every optimizer step
+        # inverted masks, cached: the gradient hooks and apply_to (EMA) run on every step
         self._pruned: dict[str, torch.Tensor] = {name: ~m for name, m in self.masks.items()}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        # bumped by every set_masks: lets a caller skip re-masking a copy whose zeros are still valid
+        self.version = 0
 
     @property
     def enabled(self) -> bool:
@@ -61,6 +64,7 @@ class ParamMasker:
                 raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, parameter {tuple(p.shape)}")
             self.masks[name] = mask.to(device=p.device, dtype=torch.bool)
             self._pruned[name] = ~self.masks[name]
+        self.version += 1
         self.apply()
         if optimizer is not None:
             self.mask_optimizer_state(optimizer)
@@ -84,10 +88,11 @@ class ParamMasker:
         """Zero the same positions in another module holding parameters of the same names (EMA)."""
         named = dict(module.named_parameters())
         done = 0
-        for name, mask in self.masks.items():
+        for name, pruned in self._pruned.items():
             target = named.get(name)
-            if target is not None and target.shape == mask.shape:
-                target.masked_fill_(~mask.to(target.device), 0.0)
+            if target is not None and target.shape == pruned.shape:
+                # the cached inverted mask: this runs after every step on the EMA copy
+                target.masked_fill_(pruned.to(target.device), 0.0)
                 done += 1
         return done
 

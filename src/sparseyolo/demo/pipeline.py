@@ -1,0 +1,266 @@
+"""``sparseyolo demo``: the whole sparseyolo workflow on a built-in dataset, with nothing supplied.
+
+Stages (each prints a heading; a failure stops the demo with the stage's name):
+
+1. data      - the built-in shapes dataset (:func:`sparseyolo.data.synthetic.make_shapes_dataset`);
+2. baseline  - a narrow YOLOv3-tiny trained from scratch;
+3. pruned    - ``yolov3-tiny.pruned`` from the baseline's ``best.pt`` (shortened by recipe args);
+4. pruned_quantized - ``yolov3-tiny.pruned_quantized`` likewise (prune, recover, int8 QAT);
+5. export    - ONNX of all three (FP32; QDQ + QLinearConv for the QAT run), with sparsity / size;
+6. report    - mAP of each exported ONNX on the val split, interleaved ONNX Runtime benchmark, and
+               the report table of :mod:`sparseyolo.benchmark.report_output`.
+
+Everything goes under ``cfg.out``: ``shapes/`` (data), ``runs/<stage>/`` (training runs with
+``weights/best.pt`` and ``best.onnx``), ``report.md``, ``report.json``, ``report.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparseyolo.demo.settings import (PRUNED_QUANTIZED_RECIPE, PRUNED_RECIPE, DemoConfig, hyp_dict, model_yaml,
+                                      pruned_quantized_recipe_args, pruned_recipe_args, write_yaml)
+from sparseyolo.demo.stages import StageRunner, format_seconds
+from sparseyolo.utils.errors import ConfigError
+from sparseyolo.utils.logging import LOGGER
+
+MARKER = ".sparseyolo-demo"
+ENGINE = "onnxruntime"
+# settings that change what is trained: --keep refuses to mix runs made with different values
+TRAINING_KEYS = ("img", "width", "n_train", "n_val", "epochs", "sparse_epochs", "batch_size", "seed",
+                 "baseline_hyp", "sparse_hyp")
+
+
+@dataclass
+class TrainStage:
+    """One training run of the demo."""
+
+    name: str          # run folder name under out/runs and the report row
+    title: str
+    weights: str = ""  # initial weights ("" = from scratch)
+    recipe: str | None = None
+    recipe_args: dict[str, Any] = field(default_factory=dict)
+    hyp: str = ""      # hyperparameter YAML path
+    epochs: int = 0
+    optimizer: str = "SGD"
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced."""
+
+    out: Path
+    data: Path
+    run_dirs: list[Path]
+    onnx: dict[str, list[Path]]            # run name -> exported files (QDQ first, then QLinear)
+    sparsity: dict[str, float]             # exported file name -> conv-weight sparsity
+    runs: list[Any]                        # benchmark.report.RunInfo rows of the table
+    table: str
+    notes: str
+    stage_times: dict[str, float]
+    wall_time_s: float
+
+
+def prepare_out(cfg: DemoConfig) -> Path:
+    """Create ``cfg.out``; without ``--keep`` a previous demo there is removed first.
+
+    A non-empty folder that no demo created (no marker file) is never touched.
+    """
+    import json
+
+    out = Path(cfg.out)
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"demo: --out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not marker.exists():
+        raise ConfigError(f"demo: --out {out} is not empty and was not made by 'sparseyolo demo'; "
+                          f"choose another --out (nothing was deleted)")
+    if marker.exists() and cfg.keep:
+        previous = json.loads(marker.read_text() or "{}")
+        changed = [k for k in TRAINING_KEYS if k in previous and previous[k] != cfg.to_dict()[k]]
+        if changed:
+            raise ConfigError(f"demo: --keep, but {out} was made with different settings ({', '.join(changed)}); "
+                              f"drop --keep to start over or use another --out")
+    elif marker.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from sparseyolo.utils.io import atomic_write_text
+
+    atomic_write_text(marker, json.dumps(cfg.to_dict(), indent=1))
+    return out
+
+
+def training_stages(cfg: DemoConfig, out: Path) -> list[TrainStage]:
+    """The three runs with their config files written under ``out``."""
+    base_best = str(out / "runs" / "baseline" / "weights" / "best.pt")
+    hyp_base = write_yaml(out / "hyp.baseline.yaml", hyp_dict("scratch", cfg.baseline_hyp))
+    hyp_pruned = write_yaml(out / "hyp.pruned.yaml", hyp_dict("pruned", cfg.sparse_hyp))
+    hyp_pq = write_yaml(out / "hyp.pruned_quantized.yaml", hyp_dict("pruned_quantized", cfg.sparse_hyp))
+    return [
+        TrainStage("baseline", f"dense baseline: YOLOv3-tiny x{cfg.width:g} from scratch, {cfg.epochs} epochs, "
+                               f"{cfg.img} px", hyp=str(hyp_base), epochs=cfg.epochs, optimizer="Adam"),
+        TrainStage("pruned", f"pruned: {PRUNED_RECIPE} from the baseline, {cfg.sparse_epochs} epochs",
+                   weights=base_best, recipe=PRUNED_RECIPE, recipe_args=pruned_recipe_args(cfg.sparse_epochs),
+                   hyp=str(hyp_pruned), epochs=cfg.sparse_epochs),
+        TrainStage("pruned_quantized", f"pruned + quantized: {PRUNED_QUANTIZED_RECIPE} from the baseline, "
+                                       f"{cfg.sparse_epochs} epochs (int8 QAT at the end)",
+                   weights=base_best, recipe=PRUNED_QUANTIZED_RECIPE,
+                   recipe_args=pruned_quantized_recipe_args(cfg.sparse_epochs), hyp=str(hyp_pq),
+                   epochs=cfg.sparse_epochs),
+    ]
+
+
+def run_finished(run_dir: Path) -> bool:
+    """A training run that logged all its epochs and has ``weights/best.pt``."""
+    from sparseyolo.benchmark.report import read_run
+    from sparseyolo.utils.errors import SparseYoloError
+
+    if not (run_dir / "weights" / "best.pt").exists():
+        return False
+    try:
+        info = read_run(run_dir)
+    except SparseYoloError:
+        return False
+    return info.epochs is not None and (info.epochs_done or 0) >= info.epochs
+
+
+def train_stage(cfg: DemoConfig, st: TrainStage, data: Path, model_cfg: Path, project: Path) -> Path:
+    """Train one run (or reuse a finished one with ``--keep``); returns the run folder."""
+    from sparseyolo.engine.trainer import train
+
+    run_dir = project / st.name
+    if cfg.keep and run_finished(run_dir):
+        print(f"--keep: reusing the finished run {run_dir}")
+        return run_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished run from an interrupted demo: start it over
+    if st.recipe:
+        print(f"recipe {st.recipe} with args {st.recipe_args}")
+    return Path(train(weights=st.weights, cfg="" if st.weights else str(model_cfg), data=str(data),
+                      hyp=st.hyp, recipe=st.recipe, recipe_args=dict(st.recipe_args), epochs=st.epochs,
+                      batch_size=cfg.batch_size, img_size=cfg.img, optimizer=st.optimizer, project=str(project),
+                      name=st.name, exist_ok=True, workers=cfg.workers, seed=cfg.seed, noplots=True,
+                      tensorboard=False, patience=0))
+
+
+def export_run(run_dir: Path, img: int) -> list[Path]:
+    """``weights/best.pt`` -> ``best.onnx`` (FP32, or QDQ for QAT) and ``best.qlinear.onnx`` (QAT)."""
+    from sparseyolo.export import export_onnx, export_qlinear
+    from sparseyolo.models.weights import load_model
+    from sparseyolo.quantization import is_qat_model
+
+    best = run_dir / "weights" / "best.pt"
+    model, _ = load_model(best)
+    model = model.float().eval()
+    files = [Path(export_onnx(model, best.with_suffix(".onnx"), img_size=(img, img)))]
+    if is_qat_model(model):
+        files.append(Path(export_qlinear(files[0], best.with_suffix(".qlinear.onnx"))))
+    return files
+
+
+def onnx_sparsity(path: Path, img: int) -> float:
+    """Fraction of zero conv / linear weights in an ONNX file (int8 zeros count for QDQ / QLinear)."""
+    from sparseyolo.benchmark.analyze import analyze_onnx
+
+    return float(analyze_onnx(path, img=(img, img)).totals()["sparsity"])
+
+
+def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float]) -> str:
+    from sparseyolo.benchmark.table import markdown_table
+    from sparseyolo.export.size import file_size, human
+
+    rows = []
+    for run, files in onnx.items():
+        for f in files:
+            fs = file_size(f)
+            rows.append([run, f.name, human(fs.raw), human(fs.gzip), f"{100 * sparsity[str(f)]:.1f}%"])
+    return markdown_table(["run", "file", "size", "gzip -9", "conv weights = 0"], rows, align="llrrr")
+
+
+def report_rows(run_dirs: list[Path], onnx: dict[str, list[Path]], data: Path, cfg: DemoConfig) -> list[Any]:
+    """The report's rows: every run (its ``best.onnx``) plus the QLinearConv form of the QAT run,
+    each re-validated as ONNX on the val split and benchmarked interleaved on ONNX Runtime."""
+    from sparseyolo.benchmark.report import measure_size, read_run, revalidate
+    from sparseyolo.benchmark.runner import benchmark
+
+    runs = []
+    for d in run_dirs:
+        run = read_run(d)
+        for f in onnx[d.name]:
+            row = run if f.name == "best.onnx" else dataclasses.replace(run, name=f"{run.name} (qlinear)")
+            row.onnx = f
+            runs.append(row)
+    for row in runs:
+        measure_size(row)
+        print(f"validating {row.onnx} on the val split (ONNX Runtime)")
+        revalidate(row, str(data), cfg.img)
+    print(f"benchmarking {len(runs)} models interleaved on {ENGINE}, {cfg.threads} threads, "
+          f"{cfg.bench_time:g}s each")
+    results = benchmark([r.onnx for r in runs], [ENGINE], batch_size=1, img=(cfg.img, cfg.img),
+                        threads=cfg.threads, time_s=cfg.bench_time, warmup_s=cfg.bench_warmup)
+    by_model = {res.model: res for res in results}
+    for row in runs:
+        row.bench = {ENGINE: by_model[str(row.onnx)]} if str(row.onnx) in by_model else {}
+    return runs
+
+
+def run_demo(cfg: DemoConfig) -> DemoResult:
+    """Run every stage; returns the result (the table is also written to ``out/report.md``)."""
+    import json
+
+    import torch
+
+    from sparseyolo.benchmark.report_output import plot_report, report_json, report_notes, report_table
+    from sparseyolo.data.synthetic import make_shapes_dataset
+    from sparseyolo.utils.io import atomic_write_text
+
+    t_start = time.perf_counter()
+    out = prepare_out(cfg)
+    runner = StageRunner(6, out / "demo-error.log")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        with runner.stage("data", f"built-in shapes dataset: {cfg.n_train} train / {cfg.n_val} val images, "
+                                  f"{cfg.img} px, 3 classes"):
+            data = make_shapes_dataset(out / "shapes", n_train=cfg.n_train, n_val=cfg.n_val, img_size=cfg.img,
+                                       seed=cfg.seed)
+            model_cfg = write_yaml(out / f"yolov3-tiny-x{cfg.width:g}.yaml", model_yaml(cfg.width))
+            print(f"data: {data}\nmodel: {model_cfg}")
+        run_dirs = []
+        for st in training_stages(cfg, out):
+            with runner.stage(st.name, st.title):
+                run_dirs.append(train_stage(cfg, st, data, model_cfg, out / "runs"))
+        onnx: dict[str, list[Path]] = {}
+        sparsity: dict[str, float] = {}
+        with runner.stage("export", f"ONNX export at {cfg.img}x{cfg.img} (FP32; QDQ + QLinearConv for QAT)"):
+            for d in run_dirs:
+                onnx[d.name] = export_run(d, cfg.img)
+                sparsity.update({str(f): onnx_sparsity(f, cfg.img) for f in onnx[d.name]})
+            print(export_summary(onnx, sparsity))
+        with runner.stage("report", f"ONNX mAP on the val split, {ENGINE} benchmark and the report"):
+            runs = report_rows(run_dirs, onnx, data, cfg)
+            base = runs[0]
+            table, notes = report_table(runs, [ENGINE], base), report_notes(runs, [ENGINE], base)
+            atomic_write_text(out / "report.md", table + "\n\n" + notes + "\n")
+            atomic_write_text(out / "report.json", json.dumps(report_json(runs, [ENGINE], base), indent=2))
+            plot_report(runs, [ENGINE], base, out / "report.png")
+    finally:
+        torch.set_num_threads(threads_before)
+    wall = time.perf_counter() - t_start
+    LOGGER.debug(f"demo stage times: {runner.times}")
+    return DemoResult(out=out, data=data, run_dirs=run_dirs, onnx=onnx, sparsity=sparsity, runs=runs, table=table,
+                      notes=notes, stage_times=dict(runner.times), wall_time_s=wall)
+
+
+def summary(result: DemoResult) -> str:
+    """The closing text: the report table, its notes, stage times and where the files are."""
+    times = ", ".join(f"{k} {format_seconds(v)}" for k, v in result.stage_times.items())
+    return (f"\n{result.table}\n\n{result.notes}\n\n"
+            f"demo finished in {format_seconds(result.wall_time_s)} ({times})\n"
+            f"report: {result.out / 'report.md'}, {result.out / 'report.json'}, {result.out / 'report.png'}\n"
+            f"runs:   {', '.join(str(d) for d in result.run_dirs)}")
