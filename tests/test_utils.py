@@ -32,6 +32,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert (tmp_path / "a.txt").read_text() == "hello"
     assert torch.load(tmp_path / "w" / "b.pt", weights_only=True)["x"].sum() == 3
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.txt", "b.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -157,6 +157,8 @@ def run(weights: str | Path, source: str | Path, img_size: int = 416, conf_thres
         data: str | Path | None = None) -> tuple[Path, list[Prediction]]:
     """``sparseyolo detect``: returns the run folder and the per-image predictions."""
     files = list_sources(source)
+    if img_size < 1:
+        raise SparseYoloError(f"--img must be a positive image size, got {img_size}")
     names = None
     if data is not None:
         from sparseyolo.data.config import load_data_config

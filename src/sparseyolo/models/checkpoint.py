@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -91,14 +92,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        # torch.save has written zip archives since PyTorch 1.6; anything else is cut short or foreign
+        raise WeightsError(f"{path}: truncated or corrupt checkpoint (not a PyTorch zip archive; "
+                           f"cut short, damaged, or a file of another format)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise WeightsError(f"{path}: contains pickled Python objects (e.g. an Ultralytics/YOLOv5 "
-                               f"checkpoint); only plain-data sparseyolo checkpoints are loaded ({first})") from None
-        raise WeightsError(f"{path}: not a readable checkpoint ({first})") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" (it needs {found.group(1)})" if found else ""
+        raise WeightsError(f"{path}: contains pickled Python objects{what}, e.g. an Ultralytics/YOLOv5 "
+                           f"checkpoint; only plain-data sparseyolo checkpoints are loaded, so that loading "
+                           f"a file never runs code") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: truncated or corrupt checkpoint ({first})") from None

@@ -164,7 +164,8 @@ def load_darknet_weights(model: nn.Module, weights_path: str | os.PathLike,
     header, offset = read_header(data, path)
     body = len(data) - offset
     if body % 4:
-        raise WeightsError(f"{path}: weight data is {body} bytes, not a whole number of float32 values")
+        raise WeightsError(f"{path}: weight data is {body} bytes, not a whole number of float32 values "
+                           "(the file is truncated or is not a Darknet .weights file)")
     floats = np.frombuffer(data, "<f4", body // 4, offset)
     ptr = 0
     staged: list[tuple[torch.Tensor, np.ndarray, int]] = []

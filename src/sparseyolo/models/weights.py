@@ -215,11 +215,19 @@ def _same_architecture(cfg, model_yaml: dict) -> bool:
     return all(d.get(k) == model_yaml.get(k) for k in keys)
 
 
+# files people pass to --weights by mistake; anything else that is not a zip is tried as Darknet data
+NOT_WEIGHTS_SUFFIXES = (".onnx", ".yaml", ".yml", ".json", ".txt", ".md", ".cfg", ".jpg", ".png")
+
+
 def _is_darknet_file(path: Path, entry: ZooEntry | None) -> bool:
     if entry is not None:
         return entry.format == "darknet"
     if path.suffix == ".weights":
         return True
+    if path.suffix.lower() in NOT_WEIGHTS_SUFFIXES:
+        hint = " (run an exported model with `sparseyolo val/detect --weights`)" if path.suffix == ".onnx" else ""
+        raise WeightsError(f"{path}: not a weights file; expected a sparseyolo checkpoint (.pt) or Darknet "
+                           f".weights{hint}")
     with open(path, "rb") as f:
         return f.read(2) != b"PK" and path.suffix not in (".pt", ".pth")  # torch.save writes a zip
 

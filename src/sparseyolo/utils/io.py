@@ -17,6 +17,10 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the result the mode a plain open() would have
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
         # fsync the directory so the rename itself survives a power cut
         dir_fd = os.open(path.parent, os.O_RDONLY)
