@@ -10,6 +10,7 @@ from pathlib import Path
 from sparseyolo.benchmark.analyze import ModelAnalysis
 from sparseyolo.benchmark.table import markdown_table
 from sparseyolo.utils.io import atomic_write_text
+from sparseyolo.utils.plotting import save_figure
 
 
 def human(n: float | None, unit: str = "") -> str:
@@ -81,12 +82,7 @@ def plot_sparsity(a: ModelAnalysis, path: str | Path) -> Path:
         ("tab:orange", "quantized", any(l.quantized for l in a.layers))) if on]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_title(f"{Path(a.source).name}: per-layer sparsity")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _short(name: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from sparseyolo.benchmark.report import RunInfo
 from sparseyolo.benchmark.table import markdown_table
 from sparseyolo.utils.errors import SparseYoloError
+from sparseyolo.utils.plotting import save_figure
 
 
 def pick_baseline(runs: list[RunInfo], spec: str = "first") -> RunInfo:
@@ -110,9 +111,4 @@ def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: st
     if ax.lines:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

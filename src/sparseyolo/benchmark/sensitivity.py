@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sparseyolo.utils.errors import SparseYoloError
+from sparseyolo.utils.plotting import save_figure
 
 DEFAULT_LEVELS = (0.4, 0.6, 0.75, 0.85, 0.95)
 # recipe groups of the published YOLOv3 pruning recipes: none / low / mid / high target sparsity
@@ -167,7 +168,6 @@ def plot_sensitivity(result: SensitivityResult, path, top: int = 60):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from pathlib import Path
 
     names = result.ranking()[:top]
     data = np.stack([result.damage(n) for n in names]) if names else np.zeros((0, len(result.levels)))
@@ -181,9 +181,4 @@ def plot_sensitivity(result: SensitivityResult, path, top: int = 60):
     ax.set_xlabel("sparsity of the layer (others dense)")
     fig.colorbar(im, ax=ax, label="score lost vs. dense")
     ax.set_title(f"pruning sensitivity (baseline {result.baseline:.4g})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
