@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Detect objects in an image, a folder or a glob with a .pt / Darknet .weights / .onnx model"
+HELP = "detect objects in an image, a folder or a glob with a .pt / Darknet .weights / .onnx model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

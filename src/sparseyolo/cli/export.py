@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Export a checkpoint to ONNX (FP32; QDQ and QLinearConv int8 for quantized checkpoints)."
+HELP = "export a checkpoint to ONNX (FP32; QDQ and QLinearConv int8 for quantized checkpoints)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Evaluate a model (.pt, Darknet .weights, .onnx) on a dataset: P, R, mAP@0.5, mAP@0.5:0.95"
+HELP = "evaluate a model (.pt, Darknet .weights, .onnx) on a dataset: P, R, mAP@0.5, mAP@0.5:0.95"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
