@@ -4,11 +4,5 @@
 # Usage: bash scripts/demo.sh [sparseyolo demo args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e .
-export ORT_DISABLE_TELEMETRY=1 NM_DISABLE_ANALYTICS=1 MPLBACKEND=Agg
+source scripts/_venv.sh
 exec .venv/bin/sparseyolo demo "$@"

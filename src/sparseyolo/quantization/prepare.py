@@ -224,22 +224,22 @@ def freeze_bn_stats(model: nn.Module) -> int:
     return n
 
 
-def disable_observers(model: nn.Module) -> int:
-    """Freeze every quantizer's range/scale (fake quantization stays on). Returns the count."""
+def _set_observers(model: nn.Module, enabled: bool) -> int:
     n = 0
     for q in _quantizers(model):
-        q.observer_enabled.fill_(0)
+        q.observer_enabled.fill_(int(enabled))
         n += 1
     return n
+
+
+def disable_observers(model: nn.Module) -> int:
+    """Freeze every quantizer's range/scale (fake quantization stays on). Returns the count."""
+    return _set_observers(model, False)
 
 
 def enable_observers(model: nn.Module) -> int:
     """Undo :func:`disable_observers`. Returns the count."""
-    n = 0
-    for q in _quantizers(model):
-        q.observer_enabled.fill_(1)
-        n += 1
-    return n
+    return _set_observers(model, True)
 
 
 def is_qat_model(model: nn.Module) -> bool:
