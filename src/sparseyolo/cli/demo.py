@@ -12,7 +12,7 @@ Stages: 1 shapes dataset, 2 dense YOLOv3-tiny baseline from scratch, 3 yolov3-ti
 4 yolov3-tiny.pruned_quantized recipes from the baseline's best.pt, 5 ONNX export (QDQ and
 QLinearConv for the QAT run), 6 mAP of each ONNX, interleaved ONNX Runtime benchmark and the
 report table (also in OUT/report.md, OUT/report.json, OUT/report.png).
-About 5-6 minutes on 2 idle CPU cores; --fast is a smoke run of about a minute (meaningless mAP).
+About 3 minutes on 2 idle CPU cores; --fast is a smoke run of about a minute (meaningless mAP).
 """
 
 

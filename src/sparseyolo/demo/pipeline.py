@@ -143,7 +143,10 @@ def train_stage(cfg: DemoConfig, st: TrainStage, data: Path, model_cfg: Path, pr
         print(f"recipe {st.recipe} with args {st.recipe_args}")
     return Path(train(weights=st.weights, cfg="" if st.weights else str(model_cfg), data=str(data),
                       hyp=st.hyp, recipe=st.recipe, recipe_args=dict(st.recipe_args), epochs=st.epochs,
-                      batch_size=cfg.batch_size, img_size=cfg.img, optimizer=st.optimizer, project=str(project),
+                      # one optimizer step per batch: the shapes set is far smaller than the datasets
+                      # the default nominal batch of 64 was tuned for
+                      batch_size=cfg.batch_size, nbs=cfg.batch_size, img_size=cfg.img, optimizer=st.optimizer,
+                      project=str(project),
                       name=st.name, exist_ok=True, workers=cfg.workers, seed=cfg.seed, noplots=True,
                       tensorboard=False, patience=0))
 
