@@ -116,6 +116,11 @@ class Trainer(TrainerBase):
         self.weights_dir = self.save_dir / "weights"
         if self.dist.main:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
+            # a run killed while writing a checkpoint leaves its temporary file behind (the
+            # checkpoint itself is intact: writes are atomic); a resumed run clears them
+            for stale in self.weights_dir.glob(".*.tmp"):
+                LOGGER.info(f"removing {stale.name}, left by an interrupted checkpoint write")
+                stale.unlink()
 
     def _setup_model(self, ckpt: dict | None) -> None:
         from sparseyolo.data.config import load_data_config
