@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_quantization import randomize_bn as shared_randomize_bn
 from torch import nn
 
 from sparseyolo.export import (
@@ -60,14 +61,7 @@ class SmallCNN(nn.Module):
 
 
 def randomize_bn(model):
-    g = torch.Generator().manual_seed(3)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    shared_randomize_bn(model, seed=3, bias_halfwidth=0.5)
 
 
 @pytest.fixture(scope="module")
