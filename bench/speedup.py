@@ -2,8 +2,11 @@
 """Acceptance benchmark: YOLOv3-SPP dense vs. pruned vs. pruned-int8 ONNX on every engine, interleaved,
 at 512x512 with 2 threads, batch 1 and 8; prints images/s and the ratio to ONNX Runtime dense.
 
-    python bench/speedup.py dense.onnx pruned.onnx pruned_int8.onnx \\
-        [--b8 dense_b8.onnx pruned_b8.onnx pruned_int8_b8.onnx] [--json bench/speedup.json]
+    python bench/speedup.py dense.onnx pruned.onnx pruned_int8.onnx [pruned_int8.qlinear.onnx] \\
+        [--b8 dense_b8.onnx pruned_b8.onnx pruned_int8_b8.onnx [pruned_int8_b8.qlinear.onnx]] \\
+        [--json bench/speedup.json]
+
+The optional fourth model is the QLinearConv form of the int8 export (the form DeepSparse runs natively).
 
 Exports with a static batch of 1 cannot run batch 8: export with ``--dynamic`` or pass batch-8 exports
 with ``--b8``. DeepSparse runs in its own venv (scripts/setup_deepsparse.sh).
@@ -28,9 +31,11 @@ from sparseyolo.utils.errors import SparseYoloError  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs=3, metavar=("DENSE", "PRUNED", "PRUNED_INT8"), help="ONNX files")
-    p.add_argument("--b8", nargs=3, default=None, metavar=("DENSE", "PRUNED", "PRUNED_INT8"),
-                   help="batch-8 exports (default: the same files, which then need a dynamic batch)")
+    p.add_argument("models", nargs="+", metavar="ONNX",
+                   help="DENSE PRUNED PRUNED_INT8 [PRUNED_INT8_QLINEAR] ONNX files")
+    p.add_argument("--b8", nargs="+", default=None, metavar="ONNX",
+                   help="batch-8 exports in the same order (default: the same files, which then need a "
+                        "dynamic batch)")
     p.add_argument("--engines", default="onnxruntime,openvino,deepsparse", help="comma list; first = ratio base")
     p.add_argument("--img", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
@@ -45,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     engines = parse_engines([args.engines])
-    labels = ["dense", "pruned", "pruned-int8"]
+    labels = ["dense", "pruned", "pruned-int8", "int8-qlinear"]
+    for files in (args.models, args.b8):
+        if files is not None and len(files) not in (3, 4):
+            raise SparseYoloError(f"expected 3 or 4 ONNX files (dense, pruned, pruned-int8 [, qlinear]), "
+                                  f"got {len(files)}: {' '.join(files)}")
+    if args.b8 is not None and len(args.b8) != len(args.models):
+        raise SparseYoloError(f"--b8 needs as many files as the batch-1 list ({len(args.models)})")
+    labels = labels[:len(args.models)]
     doc = {}
     for bs in args.batch_sizes:
         models = args.b8 if (bs == 8 and args.b8) else args.models

@@ -103,3 +103,18 @@ def test_report_errors(runs, tmp_path, capsys):
     (bad / "results.csv").write_text("epoch,loss\n0,1\n")
     with pytest.raises(SparseYoloError, match="no mAP@0.5 column"):
         read_run(bad)
+
+
+def test_read_run_takes_map_from_best_pt(tmp_path):
+    """A pruning run's best-fitness CSV row can predate the end of pruning; best.pt's own metrics win."""
+    from sparseyolo.models import build_model
+    from sparseyolo.models.checkpoint import save_checkpoint
+
+    d = make_run(tmp_path, "pruned", [(0.60, 0.40), (0.55, 0.33)], 0.5, "r.md", 2, 60)
+    save_checkpoint(d / "weights" / "best.pt", model=build_model("yolov3-tiny", nc=3), epoch=1,
+                    metrics={"mAP50": 0.55, "mAP50-95": 0.33})
+    r = read_run(d)
+    assert (r.map50, r.map50_95, r.map_source) == (0.55, 0.33, "best.pt")
+    (d / "weights" / "best.pt").write_bytes(b"cut short")  # unreadable: fall back to results.csv
+    r = read_run(d)
+    assert (r.map50, r.map50_95, r.map_source) == (0.60, 0.40, "results.csv")

@@ -104,10 +104,28 @@ def read_run(run_dir: str | Path) -> RunInfo:
             run.wall_time_s = max(0.0, res.stat().st_mtime - opt_path.stat().st_mtime)
     best = d / "weights" / "best.pt"
     run.weights = best if best.exists() else None
+    if run.weights is not None:
+        _metrics_from_checkpoint(run)
     run.onnx = find_onnx(d)
     if run.weights is None and run.onnx is None:
         raise SparseYoloError(f"{d}: no weights/best.pt and no .onnx file")
     return run
+
+
+def _metrics_from_checkpoint(run: RunInfo) -> None:
+    """Use the mAP stored in ``best.pt`` itself when it has one. The best-fitness row of results.csv
+    can be a different epoch: a recipe run restarts best-model selection when pruning ends and when
+    QAT starts, so its best row may be a denser model that best.pt no longer holds."""
+    from sparseyolo.models.checkpoint import load_checkpoint
+
+    try:
+        metrics = load_checkpoint(run.weights).get("metrics") or {}
+    except SparseYoloError as e:
+        LOGGER.warning(f"{run.name}: mAP taken from results.csv ({e})")
+        return
+    m50, m95 = _num(metrics.get("mAP50")), _num(metrics.get("mAP50-95"))
+    if m50 is not None:
+        run.map50, run.map50_95, run.map_source = m50, m95, "best.pt"
 
 
 def export_missing(run: RunInfo, img: int) -> None:

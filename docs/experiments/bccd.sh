@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The BCCD experiments of docs/results.md, in the order they were run (YOLOv3-tiny at 416, 2 CPU cores).
+# Each stage starts from the previous stage's best.pt; run folders are named so the stages find each other.
+# Total: about 3.5 hours on 2 CPU cores. Run from the repository root with the venv active.
+set -euo pipefail
+export ORT_DISABLE_TELEMETRY=1 NM_DISABLE_ANALYTICS=1
+E=docs/experiments
+D=datasets/bccd/data.yaml
+T="--data $D --img 416 --batch-size 16 --nbs 16 --workers 2 --cache ram"
+
+# data: Pascal VOC layout -> YOLO layout (trainval for training, test for validation)
+sparseyolo data voc2yolo --voc ../shared/data/bccd --out datasets/bccd --names RBC,WBC,Platelets
+
+# baseline, transfer from the official Darknet COCO weights, in three stages (30 + 32 + 32 epochs)
+sparseyolo train --weights ../shared/weights/yolov3-tiny.weights --cfg yolov3-tiny $T --epochs 30 \
+    --hyp $E/hyp.bccd.yaml --name bccd-tiny
+sparseyolo train --weights runs/train/bccd-tiny/weights/best.pt $T --epochs 35 \
+    --hyp $E/hyp.bccd.yaml --name bccd-tiny-cont            # (our run was stopped after 32 epochs)
+sparseyolo train --weights runs/train/bccd-tiny-cont/weights/best.pt $T --epochs 32 --cos-lr \
+    --hyp $E/hyp.bccd-stage3.yaml --name bccd-tiny-stage3
+BASE=runs/train/bccd-tiny-stage3/weights/best.pt
+
+# the same first stage from scratch, to show what the COCO weights are worth
+sparseyolo train --weights '' --cfg yolov3-tiny $T --epochs 30 --hyp $E/hyp.bccd.yaml --name bccd-tiny-scratch
+
+# sparsify the baseline with the shipped recipes (40 epochs each)
+sparseyolo train --weights $BASE $T --hyp $E/hyp.bccd-pruned.yaml \
+    --recipe recipes/yolov3-tiny.pruned.md --name bccd-tiny-pruned
+sparseyolo train --weights $BASE $T --hyp $E/hyp.bccd-pruned_quantized.yaml \
+    --recipe recipes/yolov3-tiny.pruned_quantized.md --name bccd-tiny-pruned_quantized
+
+# export, check the ONNX files against their checkpoints, and build the results table
+for r in bccd-tiny-stage3 bccd-tiny-pruned bccd-tiny-pruned_quantized; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.pt --data $D --img 416 --no-rect --verbose
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
+sparseyolo report runs/train/bccd-tiny-stage3 runs/train/bccd-tiny-pruned runs/train/bccd-tiny-pruned_quantized \
+    --engines onnxruntime,openvino,deepsparse --img 416 --threads 2 --time 10 --warmup 2 --data $D \
+    --out bccd_report.md --json bccd_report.json --plot bccd_report.png
