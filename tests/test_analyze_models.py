@@ -66,6 +66,11 @@ def test_qat_checkpoint_layers_quantized(tmp_path):
     qmodel, _ = load_torch_model(path, use_ema=False)
     a = analyze_module(qmodel, (64, 64))
     assert all(l.quantized for l in a.layers), [l.name for l in a.layers if not l.quantized]
+    # QAT blocks convolve with the folded weight themselves: FLOPs must still be counted, and equal
+    # the float model's (QAT changes numerics, not shapes)
+    dense = analyze_module(build_model("yolov3-tiny", nc=3), (64, 64))
+    assert all(l.flops is not None for l in a.layers), [l.name for l in a.layers if l.flops is None]
+    assert [l.flops for l in a.layers] == [l.flops for l in dense.layers]
 
 
 def test_report_exports_missing_onnx_and_revalidates(ckpt, tmp_path):

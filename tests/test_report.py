@@ -118,3 +118,15 @@ def test_read_run_takes_map_from_best_pt(tmp_path):
     (d / "weights" / "best.pt").write_bytes(b"cut short")  # unreadable: fall back to results.csv
     r = read_run(d)
     assert (r.map50, r.map50_95, r.map_source) == (0.60, 0.40, "results.csv")
+
+
+def test_qlinear_form_gets_its_own_row(runs, tmp_path):
+    import shutil
+
+    d = tmp_path / "pq"
+    shutil.copytree(runs[1], d)
+    shutil.copy(d / "weights" / "best.onnx", d / "weights" / "best.qlinear.onnx")
+    out = build_report([runs[0], d], ["onnxruntime"], img=32, threads=1, time_s=0.1, warmup_s=0, progress=False)
+    assert [r.name for r in out] == ["exp", "pq", "pq (qlinear)"]
+    assert out[2].onnx.name == "best.qlinear.onnx" and out[2].bench["onnxruntime"].status == "ok"
+    assert out[1].bench is not out[2].bench

@@ -99,6 +99,12 @@ def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "mode
         raise SparseYoloError(f"{source}: no convolution or linear layers to analyse")
     out_shapes: dict[str, list[int]] = {}
     hooks = [m.register_forward_hook(_shape_hook(out_shapes, name)) for name, m in layers.items()]
+    for name, m in layers.items():
+        # a QAT Conv+BN block convolves with its (folded) ``conv.weight`` itself and never calls the
+        # conv module, so take the shape from the block; BN and the activation keep the conv's shape
+        parent = modules.get(name.rpartition(".")[0]) if "." in name else None
+        if parent is not None and getattr(parent, "conv", None) is m:
+            hooks.append(parent.register_forward_hook(_shape_hook(out_shapes, name, overwrite=False)))
     first = next(iter(layers.values()))
     ch = getattr(first, "in_channels", None) or first.in_features
     param = next(model.parameters())
@@ -126,9 +132,9 @@ def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "mode
     return result
 
 
-def _shape_hook(store: dict, name: str):
+def _shape_hook(store: dict, name: str, overwrite: bool = True):
     def hook(module, inputs, output):
-        if hasattr(output, "shape"):
+        if hasattr(output, "shape") and (overwrite or name not in store):
             store[name] = list(output.shape)
     return hook
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sparseyolo.benchmark.runner import BenchResult, benchmark
@@ -112,6 +112,19 @@ def read_run(run_dir: str | Path) -> RunInfo:
     return run
 
 
+def with_qlinear_rows(runs: list[RunInfo]) -> list[RunInfo]:
+    """Each run, followed by a ``NAME (qlinear)`` row for the QLinearConv form of its int8 export
+    (``best.qlinear.onnx`` beside ``best.onnx``) when there is one: engines differ in which int8
+    form they run faster (DeepSparse runs QLinearConv natively)."""
+    rows = []
+    for run in runs:
+        rows.append(run)
+        qlinear = run.onnx.with_name(f"{run.onnx.stem}.qlinear.onnx") if run.onnx is not None else None
+        if qlinear is not None and qlinear.is_file():
+            rows.append(replace(run, name=f"{run.name} (qlinear)", onnx=qlinear, bench={}))
+    return rows
+
+
 def _metrics_from_checkpoint(run: RunInfo) -> None:
     """Use the mAP stored in ``best.pt`` itself when it has one. The best-fitness row of results.csv
     can be a different epoch: a recipe run restarts best-model selection when pruning ends and when
@@ -177,6 +190,8 @@ def build_report(run_dirs: list[str | Path], engines: list[str], img: int | None
             export_missing(run, img or 512)
         if run.onnx is None:
             raise SparseYoloError(f"{run.dir}: no .onnx file next to weights/best.pt (export it, or drop --no-export)")
+    runs = with_qlinear_rows(runs)
+    for run in runs:
         measure_size(run)
         if data:
             revalidate(run, data, img or 512)

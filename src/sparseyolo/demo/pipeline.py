@@ -16,7 +16,6 @@ Everything goes under ``cfg.out``: ``shapes/`` (data), ``runs/<stage>/`` (traini
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -185,31 +184,16 @@ def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float]) -> s
     return markdown_table(["run", "file", "size", "gzip -9", "conv weights = 0"], rows, align="llrrr")
 
 
-def report_rows(run_dirs: list[Path], onnx: dict[str, list[Path]], data: Path, cfg: DemoConfig) -> list[Any]:
-    """The report's rows: every run (its ``best.onnx``) plus the QLinearConv form of the QAT run,
-    each re-validated as ONNX on the val split and benchmarked interleaved on ONNX Runtime."""
-    from sparseyolo.benchmark.report import measure_size, read_run, revalidate
-    from sparseyolo.benchmark.runner import benchmark
+def report_rows(run_dirs: list[Path], data: Path, cfg: DemoConfig) -> list[Any]:
+    """The report's rows (``sparseyolo report``'s own code): every run's ``best.onnx`` plus the
+    QLinearConv form of the QAT run, each re-validated as ONNX on the val split and benchmarked
+    interleaved on ONNX Runtime."""
+    from sparseyolo.benchmark.report import build_report
 
-    runs = []
-    for d in run_dirs:
-        run = read_run(d)
-        for f in onnx[d.name]:
-            row = run if f.name == "best.onnx" else dataclasses.replace(run, name=f"{run.name} (qlinear)")
-            row.onnx = f
-            runs.append(row)
-    for row in runs:
-        measure_size(row)
-        print(f"validating {row.onnx} on the val split (ONNX Runtime)")
-        revalidate(row, str(data), cfg.img)
-    print(f"benchmarking {len(runs)} models interleaved on {ENGINE}, {cfg.threads} threads, "
-          f"{cfg.bench_time:g}s each")
-    results = benchmark([r.onnx for r in runs], [ENGINE], batch_size=1, img=(cfg.img, cfg.img),
-                        threads=cfg.threads, time_s=cfg.bench_time, warmup_s=cfg.bench_warmup)
-    by_model = {res.model: res for res in results}
-    for row in runs:
-        row.bench = {ENGINE: by_model[str(row.onnx)]} if str(row.onnx) in by_model else {}
-    return runs
+    print(f"validating every ONNX file on the val split, then benchmarking them interleaved on {ENGINE}, "
+          f"{cfg.threads} threads, {cfg.bench_time:g}s each")
+    return build_report(run_dirs, [ENGINE], img=cfg.img, batch_size=1, threads=cfg.threads,
+                        time_s=cfg.bench_time, warmup_s=cfg.bench_warmup, export=False, data=str(data))
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
@@ -246,7 +230,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                 sparsity.update({str(f): onnx_sparsity(f, cfg.img) for f in onnx[d.name]})
             print(export_summary(onnx, sparsity))
         with runner.stage("report", f"ONNX mAP on the val split, {ENGINE} benchmark and the report"):
-            runs = report_rows(run_dirs, onnx, data, cfg)
+            runs = report_rows(run_dirs, data, cfg)
             base = runs[0]
             table, notes = report_table(runs, [ENGINE], base), report_notes(runs, [ENGINE], base)
             atomic_write_text(out / "report.md", table + "\n\n" + notes + "\n")
