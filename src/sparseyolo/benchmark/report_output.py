@@ -96,6 +96,7 @@ def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: st
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
     markers = "osD^v<>"
+    rightmost: dict[str, tuple[float, float]] = {}  # each run is labelled once, at its fastest engine
     for i, e in enumerate(engines):
         pts = [(speedup(r, base, e), r.map50, r.name) for r in runs]
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
@@ -103,7 +104,16 @@ def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: st
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], ls=":", label=e)
         for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if name not in rightmost or x > rightmost[name][0]:
+                rightmost[name] = (x, y)
+    placed: list[tuple[float, float]] = []
+    x_span = max((x for x, _ in rightmost.values()), default=1.0) - min((x for x, _ in rightmost.values()), default=0.0)
+    y_span = max((y for _, y in rightmost.values()), default=1.0) - min((y for _, y in rightmost.values()), default=0.0)
+    for name, (x, y) in rightmost.items():
+        # stack labels whose points nearly coincide instead of printing them over each other
+        near = sum(abs(x - px) <= 0.05 * (x_span or 1) and abs(y - py) <= 0.05 * (y_span or 1) for px, py in placed)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 + 9 * near), fontsize=7)
+        placed.append((x, y))
     ax.axvline(1.0, color="grey", lw=0.6)
     ax.set_xlabel(f"speed-up vs. {base.name} (images/s ratio, same engine)")
     ax.set_ylabel("mAP@0.5")
