@@ -23,18 +23,22 @@ BASE=runs/train/bccd-tiny-stage3/weights/best.pt
 # the same first stage from scratch, to show what the COCO weights are worth
 sparseyolo train --weights '' --cfg yolov3-tiny $T --epochs 30 --hyp $E/hyp.bccd.yaml --name bccd-tiny-scratch
 
-# sparsify the baseline with the shipped recipes (40 epochs each)
+# sparsify the baseline with the shipped recipes (40 epochs each), and the QAT recipe at lower block sparsity
 sparseyolo train --weights $BASE $T --hyp $E/hyp.bccd-pruned.yaml \
     --recipe recipes/yolov3-tiny.pruned.md --name bccd-tiny-pruned
 sparseyolo train --weights $BASE $T --hyp $E/hyp.bccd-pruned_quantized.yaml \
     --recipe recipes/yolov3-tiny.pruned_quantized.md --name bccd-tiny-pruned_quantized
+sparseyolo train --weights $BASE $T --hyp $E/hyp.bccd-pruned_quantized.yaml \
+    --recipe recipes/yolov3-tiny.pruned_quantized.md \
+    --recipe-args prune_high_target_sparsity=0.8,prune_mid_target_sparsity=0.7 --name bccd-tiny-pruned_quantized-80
 
 # export, check the ONNX files against their checkpoints, and build the results table
-for r in bccd-tiny-stage3 bccd-tiny-pruned bccd-tiny-pruned_quantized; do
+for r in bccd-tiny-stage3 bccd-tiny-pruned bccd-tiny-pruned_quantized bccd-tiny-pruned_quantized-80; do
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.pt --data $D --img 416 --no-rect --verbose
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
 done
 sparseyolo report runs/train/bccd-tiny-stage3 runs/train/bccd-tiny-pruned runs/train/bccd-tiny-pruned_quantized \
+    runs/train/bccd-tiny-pruned_quantized-80 \
     --engines onnxruntime,openvino,deepsparse --img 416 --threads 2 --time 10 --warmup 2 --data $D \
     --out bccd_report.md --json bccd_report.json --plot bccd_report.png

@@ -102,7 +102,7 @@ def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: st
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
         if not pts:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], ls=":", label=e)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], ls="none", label=e)
         for x, y, name in pts:
             if name not in rightmost or x > rightmost[name][0]:
                 rightmost[name] = (x, y)
@@ -114,6 +114,7 @@ def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: st
         near = sum(abs(x - px) <= 0.05 * (x_span or 1) and abs(y - py) <= 0.05 * (y_span or 1) for px, py in placed)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 + 9 * near), fontsize=7)
         placed.append((x, y))
+    ax.margins(x=0.3, y=0.1)  # room for the run labels right of the fastest points
     ax.axvline(1.0, color="grey", lw=0.6)
     ax.set_xlabel(f"speed-up vs. {base.name} (images/s ratio, same engine)")
     ax.set_ylabel("mAP@0.5")
