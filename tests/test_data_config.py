@@ -37,6 +37,7 @@ def test_dict_names_path_root_and_lists(tmp_path):
 
 def test_relative_path_root_resolves_against_yaml_folder(tmp_path):
     (tmp_path / "sub").mkdir()
+    (tmp_path / "ds").mkdir()  # exists beside the YAML, so a same-named folder under the cwd cannot win
     p = _write(tmp_path / "sub", "path: ../ds\ntrain: images/train\nval: images/val\nnames: [x]\n")
     assert load_data_config(p)["val"] == str((tmp_path / "ds/images/val").resolve())
 
