@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from sparseyolo.benchmark import benchmark, parse_engines  # noqa: E402
-from sparseyolo.utils.errors import SparseYoloError  # noqa: E402
+from sparseyolo.utils.errors import run_script  # noqa: E402
 
 
 def conv_stack(path: Path, sparsity: float, channels: int, size: int, layers: int, kernel: int) -> None:
@@ -85,8 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except SparseYoloError as e:
-        print(f"sparse_kernel_probe.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    run_script(main, "sparse_kernel_probe.py")

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -26,7 +25,7 @@ os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
 
 from sparseyolo.benchmark import benchmark, parse_engines, results_table  # noqa: E402
 from sparseyolo.benchmark.table import results_json, results_notes  # noqa: E402
-from sparseyolo.utils.errors import SparseYoloError  # noqa: E402
+from sparseyolo.utils.errors import SparseYoloError, run_script  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,8 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except SparseYoloError as e:
-        print(f"speedup.py: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    run_script(main, "speedup.py")

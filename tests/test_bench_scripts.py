@@ -56,3 +56,17 @@ def test_speedup_refuses_a_wrong_number_of_models():
         speedup.main(["a.onnx", "b.onnx"])
     with pytest.raises(SparseYoloError, match="--b8 needs as many files"):
         speedup.main(["a.onnx", "b.onnx", "c.onnx", "--b8", "a.onnx", "b.onnx", "c.onnx", "d.onnx"])
+
+
+def test_run_script_exit_codes(capsys):
+    from sparseyolo.utils.errors import run_script
+
+    def bad() -> int:
+        raise SparseYoloError("x.yaml:3: unknown key 'foo'")
+
+    with pytest.raises(SystemExit) as e:
+        run_script(bad, "tool.py")
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == "tool.py: error: x.yaml:3: unknown key 'foo'"
+    with pytest.raises(SystemExit) as e:
+        run_script(lambda: None, "tool.py")
+    assert e.value.code == 0

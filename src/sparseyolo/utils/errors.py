@@ -6,6 +6,8 @@ a flag). The CLI prints its message without a traceback; library users can catch
 
 from __future__ import annotations
 
+from typing import Callable, NoReturn
+
 
 class SparseYoloError(Exception):
     """An error caused by user input, with a message that says what and where."""
@@ -35,3 +37,16 @@ def where(path: object, line: int | None = None, key: str | None = None) -> str:
     if key is not None:
         text += f" (key {key!r})"
     return text
+
+
+def run_script(main: Callable[[], int | None], prog: str) -> NoReturn:
+    """Entry point of a stand-alone script (``bench/*.py``): exit with ``main()``'s code, or print a
+    :class:`SparseYoloError` as ``prog: error: message`` and exit 2, as the CLI does."""
+    import sys
+
+    try:
+        code = main()
+    except SparseYoloError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(code or 0)
