@@ -119,9 +119,8 @@ def with_qlinear_rows(runs: list[RunInfo]) -> list[RunInfo]:
     rows = []
     for run in runs:
         rows.append(run)
-        qlinear = run.onnx.with_name(f"{run.onnx.stem}.qlinear.onnx") if run.onnx is not None else None
-        if qlinear is not None and qlinear.is_file():
-            rows.append(replace(run, name=f"{run.name} (qlinear)", onnx=qlinear, bench={}))
+        if run.onnx is not None and (q := run.onnx.with_name(f"{run.onnx.stem}.qlinear.onnx")).is_file():
+            rows.append(replace(run, name=f"{run.name} (qlinear)", onnx=q, bench={}))
     return rows
 
 
@@ -132,7 +131,7 @@ def _metrics_from_checkpoint(run: RunInfo) -> None:
     from sparseyolo.models.checkpoint import load_checkpoint
 
     try:
-        metrics = load_checkpoint(run.weights).get("metrics") or {}
+        metrics = load_checkpoint(run.weights, mmap=True).get("metrics") or {}
     except SparseYoloError as e:
         LOGGER.warning(f"{run.name}: mAP taken from results.csv ({e})")
         return

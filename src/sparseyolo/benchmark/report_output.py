@@ -106,12 +106,13 @@ def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: st
         for x, y, name in pts:
             if name not in rightmost or x > rightmost[name][0]:
                 rightmost[name] = (x, y)
+    xs, ys = [x for x, _ in rightmost.values()], [y for _, y in rightmost.values()]
+    x_tol = 0.05 * ((max(xs) - min(xs)) or 1.0) if xs else 0.0
+    y_tol = 0.05 * ((max(ys) - min(ys)) or 1.0) if ys else 0.0
     placed: list[tuple[float, float]] = []
-    x_span = max((x for x, _ in rightmost.values()), default=1.0) - min((x for x, _ in rightmost.values()), default=0.0)
-    y_span = max((y for _, y in rightmost.values()), default=1.0) - min((y for _, y in rightmost.values()), default=0.0)
     for name, (x, y) in rightmost.items():
         # stack labels whose points nearly coincide instead of printing them over each other
-        near = sum(abs(x - px) <= 0.05 * (x_span or 1) and abs(y - py) <= 0.05 * (y_span or 1) for px, py in placed)
+        near = sum(abs(x - px) <= x_tol and abs(y - py) <= y_tol for px, py in placed)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 + 9 * near), fontsize=7)
         placed.append((x, y))
     ax.margins(x=0.3, y=0.1)  # room for the run labels right of the fastest points

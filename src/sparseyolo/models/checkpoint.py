@@ -86,9 +86,10 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
     return atomic_torch_save(ckpt, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
     """Load a checkpoint on the CPU without executing code; :class:`WeightsError` if ``path`` is
-    missing, truncated, corrupt or not a sparseyolo checkpoint."""
+    missing, truncated, corrupt or not a sparseyolo checkpoint. ``mmap=True`` maps the tensors
+    instead of reading them: cheap when only the metadata (epoch, metrics, recipe) is wanted."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
@@ -97,7 +98,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise WeightsError(f"{path}: truncated or corrupt checkpoint (not a PyTorch zip archive; "
                            f"cut short, damaged, or a file of another format)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         what = f" (it needs {found.group(1)})" if found else ""
