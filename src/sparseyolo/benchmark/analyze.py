@@ -164,9 +164,11 @@ def analyze_onnx(path: str | Path, img: tuple[int, int] | None = None) -> ModelA
     from onnx import numpy_helper
 
     from sparseyolo.benchmark.onnx_info import read_model_info, resolve_input_shapes
+    from sparseyolo.export.packed import unpack_sparse_weights
 
     info = read_model_info(path)
     model = onnx.load(str(info.path))
+    unpack_sparse_weights(model)  # a --pack-sparse file: analyse the weights it rebuilds on load
     shapes = resolve_input_shapes(info, None, img if img else None)  # FLOPs are per image: batch is irrelevant
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qlinear-ops", default="Conv,Add,LeakyRelu,Concat,MaxPool,Resize,Pad",
                         help="quantized models: ops converted to the integer domain in the .qlinear.onnx file "
                              "(Add, LeakyRelu, Concat become com.microsoft QLinear* contrib ops)")
+    parser.add_argument("--pack-sparse", action="store_true",
+                        help="also write W.packed.onnx: sparse FP32 weights stored as their non-zero values plus "
+                             "a 1-bit mask, rebuilt when the file loads (same outputs, smaller to ship)")
     parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
 
 
@@ -59,10 +62,24 @@ def run(args: argparse.Namespace) -> int:
         qlinear = weights.with_suffix(".qlinear.onnx")
         export_qlinear(out, qlinear, ops)
         files.append(qlinear)
+    if args.pack_sparse:
+        files += _pack(out, weights.with_suffix(".packed.onnx"), LOGGER)
     LOGGER.info(f"export: wrote {', '.join(str(f) for f in files)}\n")
     # the seed's "size on disk" column is the ONNX file; gzip -9 of a large .pt would only add minutes
     print(size_table(files))
     return 0
+
+
+def _pack(src, dst, logger) -> list:
+    from sparseyolo.export.packed import pack_sparse_file
+
+    packed = pack_sparse_file(src, dst)
+    if not packed:
+        logger.warning(f"--pack-sparse: {src} has no float weight with at least 25% zeros; "
+                       f"{dst.name} not written (quantized files already store 1 byte per weight)")
+        return []
+    logger.info(f"--pack-sparse: packed {len(packed)} sparse weights into {dst}")
+    return [dst]
 
 
 def _device(spec: str, torch):
