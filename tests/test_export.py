@@ -211,6 +211,26 @@ def test_qdq_parity_with_pytorch_qat(qat_model, tmp_path):
         assert err.mean() <= 0.005 * np.abs(r).max(), err.mean()
 
 
+def test_qat_model_computes_exactly_what_the_int8_engine_computes(tmp_path):
+    """The fake-quantized conv adds its bias on the int32 grid the export stores (input scale x weight
+    scale). With a float bias, 101 of these 589,824 outputs land one step off the engine's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(Block(3, 32), Block(32, 32))
+    randomize_bn(net)
+    prepare_qat(net, None, QATConfig())
+    net.train()
+    for _ in range(3):  # observers see data; BN statistics move
+        net(torch.rand(4, 3, 96, 96))
+    freeze_bn_stats(net)
+    net.eval()
+    x = torch.rand(2, 3, 96, 96)
+    path = export_onnx(net, tmp_path / "b.onnx", img_size=96, batch_size=2)
+    got = session(path).run(None, {"images": x.numpy()})[0]  # ONNX Runtime's int8 kernels
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_qlinear_matches_qdq_and_uint8_input(qat_model, tmp_path):
     x = torch.rand(1, 3, 64, 64)
     qat = qat_model

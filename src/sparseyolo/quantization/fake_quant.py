@@ -220,6 +220,24 @@ def quantize_input(x: torch.Tensor, own: ActivationQuantizer | None) -> torch.Te
     return y
 
 
+def quantize_bias(bias: torch.Tensor | None, x: torch.Tensor, weight_quant: WeightQuantizer) -> torch.Tensor | None:
+    """The conv bias on the int32 grid the export stores it on (scale = input scale x weight scale).
+
+    Integer engines add ``round(bias / scale)`` to the int32 accumulator. A float bias instead shifts
+    every output of a channel by up to half a step of that grid, which is enough to move values
+    across the output quantizer's rounding boundaries: over a whole network the fake-quantized model
+    and the exported one then disagree on a sizeable fraction of activations. The gradient passes
+    straight through. Applies when the input lies on a quantizer's grid and the weight is quantized,
+    the same condition under which the export quantizes the bias.
+    """
+    info = tag_of(x)
+    if bias is None or info is None or not weight_quant.fake_quant_enabled or torch.onnx.is_in_onnx_export():
+        return bias  # (while exporting, the graph pass quantizes the float bias itself)
+    scale = (info[0].scale * weight_quant.scale).to(bias.dtype)
+    grid = torch.clamp(torch.round(bias / scale), -(2 ** 31), 2 ** 31 - 1) * scale
+    return bias + (grid - bias).detach()
+
+
 def propagate_tag(module: nn.Module, inputs: tuple, output: object) -> None:
     """Forward hook for grid-preserving modules: their output lies on their input's grid."""
     if inputs and isinstance(output, torch.Tensor):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseyolo.quantization.config import QATConfig
-from sparseyolo.quantization.fake_quant import ActivationQuantizer, WeightQuantizer, quantize_input, untag
+from sparseyolo.quantization.fake_quant import ActivationQuantizer, WeightQuantizer, quantize_bias, quantize_input, untag
 
 # activations a quantized conv output can be clamped through without its own quantizer
 _RELUS = (nn.ReLU, nn.ReLU6)
@@ -92,7 +92,7 @@ class QATConvBnAct(nn.Module):
                 y = y + self.conv.bias.reshape(1, -1, 1, 1)
             y = self._batch_norm_train(y)
         else:
-            y = self.conv._conv_forward(x, w, self.folded_bias(scale))
+            y = self.conv._conv_forward(x, w, quantize_bias(self.folded_bias(scale), x, self.weight_fake_quant))
         if self.conv_out_quant is not None:
             y = self.conv_out_quant(y)
         y = self.act(y)
@@ -114,7 +114,7 @@ class QATConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = quantize_input(x, self.input_quant)
-        y = self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
+        y = self._conv_forward(x, self.weight_fake_quant(self.weight), quantize_bias(self.bias, x, self.weight_fake_quant))
         return self.out_quant(y) if self.out_quant is not None else y
 
 
