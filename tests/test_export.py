@@ -211,13 +211,14 @@ def test_qdq_parity_with_pytorch_qat(qat_model, tmp_path):
         assert err.mean() <= 0.005 * np.abs(r).max(), err.mean()
 
 
-def test_qat_model_computes_exactly_what_the_int8_engine_computes(tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_qat_model_computes_exactly_what_the_int8_engine_computes(tmp_path, per_channel):
     """The fake-quantized conv adds its bias on the int32 grid the export stores (input scale x weight
-    scale). With a float bias, 101 of these 589,824 outputs land one step off the engine's."""
+    scale). With a float bias, 101 of these 589,824 outputs (per tensor) land one step off the engine's."""
     torch.manual_seed(0)
     net = nn.Sequential(Block(3, 32), Block(32, 32))
     randomize_bn(net)
-    prepare_qat(net, None, QATConfig())
+    prepare_qat(net, None, QATConfig(per_channel=per_channel))
     net.train()
     for _ in range(3):  # observers see data; BN statistics move
         net(torch.rand(4, 3, 96, 96))
