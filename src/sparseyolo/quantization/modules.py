@@ -114,7 +114,8 @@ class QATConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = quantize_input(x, self.input_quant)
-        y = self._conv_forward(x, self.weight_fake_quant(self.weight), quantize_bias(self.bias, x, self.weight_fake_quant))
+        w = self.weight_fake_quant(self.weight)  # (updates the weight scale the bias grid uses)
+        y = self._conv_forward(x, w, quantize_bias(self.bias, x, self.weight_fake_quant))
         return self.out_quant(y) if self.out_quant is not None else y
 
 
