@@ -166,3 +166,34 @@ def test_checkpoint_with_same_or_other_cfg(tmp_path, monkeypatch):
     small_yaml = _small_cfg(tmp_path)
     other, _ = load_model(p, cfg=small_yaml)  # other widths: only matching shapes transfer
     assert other.model[13].conv.weight.shape[0] == 128 and other.nc == 3
+
+
+def test_rescale_pretrained_keeps_the_function_and_resets_the_norm(shared_dir):
+    import copy
+    import math
+
+    from torch import nn
+
+    from sparseyolo.engine.setup import TrainConfig, build_train_model, rescale_to_init_norm
+    from sparseyolo.models import load_model
+    from sparseyolo.utils.errors import ConfigError
+
+    model, _ = load_model(shared_dir / "weights/yolov3-tiny.weights", cfg="yolov3-tiny")
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref_eval = model.eval()(x)[0]
+        ref_train = copy.deepcopy(model).train()(x)  # (a train-mode pass moves the running stats: on a copy)
+    convs = [m.conv for m in model.modules() if isinstance(getattr(m, "bn", None), nn.BatchNorm2d)]
+    before = [float(c.weight.detach().pow(2).mean().sqrt()) for c in convs]
+    assert rescale_to_init_norm(model) == len(convs) == 11  # the two Detect convs have no BN
+    for c, b in zip(convs, before):
+        rms = float(c.weight.detach().pow(2).mean().sqrt())
+        assert rms == pytest.approx(1 / math.sqrt(3 * c.weight[0].numel()), rel=1e-5) and rms < b  # Darknet's are larger
+    with torch.no_grad():
+        got = model.eval()(x)[0]  # running statistics scaled to match, BN weight absorbs the eps: exact
+        assert (got - ref_eval).abs().max() <= 1e-4 * ref_eval.abs().max()
+        model.train()  # batch statistics: BN divides the scale back out (eps aside: 0.3% measured)
+        for got, ref in zip(model(x), ref_train):
+            assert (got - ref).abs().max() <= 0.01 * ref.abs().max()
+    with pytest.raises(ConfigError, match="rescale-pretrained"):
+        build_train_model(TrainConfig(cfg="yolov3-tiny", rescale_pretrained=True), nc=3, names=["a", "b", "c"])
