@@ -166,8 +166,12 @@ def test_finetune_darknet_weights(shared_dir, tmp_path, caplog):
     run = train(weights=str(shared_dir / "weights/yolov3-tiny.weights"), data=str(shapes), epochs=1,
                 project=str(tmp_path), noval=True, **FAST)
     assert "Transferred" in caplog.text
+    assert "rescaled 11 pretrained conv weights" in caplog.text  # the default for Darknet .weights
     ck = _load(run / "weights/last.pt")
     assert ck["model_yaml"]["nc"] == 3 and ck["model"]["model.20.m.0.weight"].shape[0] == 3 * 8
+    caplog.clear()  # a checkpoint is left as it is unless asked
+    train(weights=str(run / "weights/last.pt"), data=str(shapes), epochs=1, project=str(tmp_path), noval=True, **FAST)
+    assert "rescaled" not in caplog.text
 
 
 @pytest.mark.slow

@@ -33,9 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cos-lr", action="store_true", help="cosine LR schedule (default linear)")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="class label smoothing epsilon")
     g.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
-    g.add_argument("--rescale-pretrained", action="store_true",
+    g.add_argument("--rescale-pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="scale the --weights' BatchNorm-followed conv weights to a fresh init's RMS (same "
-                        "outputs): large pretrained weights, such as Darknet's, otherwise barely move under SGD")
+                        "outputs), so SGD moves them as in a scratch run; default: on for Darknet .weights, "
+                        "whose large weights otherwise barely move, off for checkpoints")
     g.add_argument("--patience", type=int, default=100, help="early stop after N epochs without "
                                                              "improvement (0 = off)")
     g.add_argument("--seed", type=int, default=0, help="global seed (runs are reproducible per seed)")
