@@ -112,15 +112,15 @@ def rescale_to_init_norm(model: nn.Module) -> int:
     """Scale each conv weight that a BatchNorm follows to the RMS of PyTorch's default conv init
     (``1 / sqrt(3 * fan_in)``), with the BN running statistics scaled to match; returns the count.
 
-    The network computes the same function: BN divides the scale back out, and its weight absorbs
-    the larger relative eps, so eval mode is exact up to rounding; training mode (batch statistics)
-    differs by 0.3% of the output range for the yolov3-tiny COCO weights. What changes is how fast SGD moves the weight, since under BN the
-    relative step on a weight is ``lr / |w|^2``. Darknet's COCO weights are 2-7x larger than a fresh
-    init, so at the same ``lr0`` their layers move 4-50x less than in a scratch run; without this, 30
-    BCCD epochs changed them by 1-3% and fine-tuning behaved like training a head on a frozen backbone.
+    The network computes the same function: BN divides the scale back out, and the BN weight absorbs
+    the now larger relative eps, so eval mode is exact up to rounding (training mode, on batch
+    statistics, differs by 0.3% of the output range for the yolov3-tiny COCO weights). What changes is
+    how fast SGD moves the weight: under BN the relative step is ``lr / |w|^2``. Darknet's COCO weights
+    are 1.7-7x larger than a fresh init, so at the same ``lr0`` they move 3-50x less than in a scratch
+    run; 30 BCCD epochs changed them by 1-3%, and fine-tuning amounted to training a head on a frozen
+    backbone. ``train`` applies this to Darknet ``.weights`` by default (``--[no-]rescale-pretrained``
+    overrides); on BCCD it lifted 30-epoch transfer from 0.591 to 0.825 mAP@0.5.
     Modules are matched by their ``conv`` and ``bn`` attributes (the ``Conv`` block of our models).
-    ``train`` applies it to Darknet ``.weights`` by default (``--rescale-pretrained`` /
-    ``--no-rescale-pretrained`` override); on BCCD it lifted 30-epoch transfer from 0.591 to 0.825 mAP@0.5.
     """
     count = 0
     with torch.no_grad():
