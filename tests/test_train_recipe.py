@@ -55,3 +55,31 @@ def test_qat_recipe_turns_off_ema_and_resumes(tiny, tmp_path):
 
     model = model_from_checkpoint(b).eval()
     assert model(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 85
+
+
+def test_qat_start_epoch_is_validated_as_float_and_never_chosen(tiny, tmp_path, caplog):
+    """QAT is applied after the last step of the epoch before its start and before that epoch's
+    validation: the validation must not calibrate the new activation quantizers on validation
+    images, and best.pt must come from an epoch that trained with QAT."""
+    from sparseyolo.engine.base import HookBase
+    from sparseyolo.quantization import ActivationQuantizer
+
+    args = {"num_epochs": 3, "pruning_end_epoch": 1, "quantization_start_epoch": 2}
+    t = Trainer(TrainConfig(cfg=tiny["cfg"], data=tiny["data"], recipe=PRUNED_QAT, recipe_args=args,
+                            hyp="pruned_quantized", project=str(tmp_path), **{**FAST, "batch_size": 2}))
+    seen = {}
+
+    class _Probe(HookBase):
+        def after_epoch(self):  # runs after EvalHook: record the quantizers' state at epoch 1's end
+            if self.trainer.epoch == 1:
+                quantizers = [m for m in self.trainer.model.modules() if isinstance(m, ActivationQuantizer)]
+                seen["n"] = len(quantizers)
+                seen["initialized"] = sum(q.initialized for q in quantizers)
+
+    t.register_hooks([_Probe()])
+    caplog.set_level("INFO")
+    t.train()
+    assert seen["n"] > 0 and seen["initialized"] == 0  # QAT structure in place, no range from val data
+    assert "validated with the quantizers bypassed" in caplog.text
+    best = _load(t.weights_dir / "best.pt")
+    assert best["epoch"] == 2  # the only epoch that trained with QAT

@@ -86,8 +86,11 @@ class EMAHook(HookBase):
 class EvalHook(HookBase):
     """Validates at the end of each epoch (rank 0), tracks the best fitness, early-stops.
 
-    Best-model selection restarts (best fitness reset) when pruning first finishes and when QAT
-    starts, so a denser or float model from before can never be chosen as ``best.pt``.
+    Best-model selection restarts (best fitness reset) when pruning first finishes and after the
+    first epoch trained with QAT, so a denser or float model from before can never be chosen as
+    ``best.pt``. A recipe's QAT starts at an epoch boundary, after the epoch's last step and before
+    its validation: that validation runs with the quantizers bypassed (the model is still the float
+    one it trained), so no activation range is ever taken from validation images.
     """
 
     def __init__(self, evaluate, noval: bool = False, patience: int = 0):
@@ -99,6 +102,11 @@ class EvalHook(HookBase):
         self.metrics: dict[str, float] = {}
         self._pruning_done_seen = False
         self._qat_seen = False
+        self._qat_trained = False  # QAT was active when the current epoch started
+
+    def before_epoch(self) -> None:
+        manager = getattr(self.trainer, "manager", None)
+        self._qat_trained = manager is not None and bool(manager.qat_active)
 
     def before_train(self) -> None:
         manager = getattr(self.trainer, "manager", None)
@@ -114,7 +122,7 @@ class EvalHook(HookBase):
             self._pruning_done_seen = True
             LOGGER.info("pruning finished: best.pt is chosen among the pruned models from now on")
             self.best_fitness, self.best_epoch = None, -1
-        if manager.qat_active and not self._qat_seen:
+        if self._qat_trained and not self._qat_seen:
             self._qat_seen = True
             LOGGER.info("QAT started: best.pt is chosen among the quantization-aware models from now on")
             self.best_fitness, self.best_epoch = None, -1
@@ -127,7 +135,7 @@ class EvalHook(HookBase):
         stop = False
         if t.dist.main:
             if not self.noval or final:
-                self.metrics, fi = self.evaluate(final)
+                self.metrics, fi = self._evaluate_epoch(final)
             else:
                 self.metrics, fi = {}, None
             if fi is not None and (self.best_fitness is None or fi >= self.best_fitness):
@@ -139,6 +147,17 @@ class EvalHook(HookBase):
                             f"epoch {self.best_epoch + 1}. Change --patience to train longer.")
                 stop = True
         t.stop = bool(broadcast_object(stop, t.dist)) or t.stop
+
+    def _evaluate_epoch(self, final: bool):
+        manager = getattr(self.trainer, "manager", None)
+        if manager is None or not manager.qat_active or self._qat_trained:
+            return self.evaluate(final)
+        from sparseyolo.quantization import quantizers_bypassed
+
+        LOGGER.info("QAT starts with the next epoch: this epoch's (float) model is validated with the "
+                    "quantizers bypassed")
+        with quantizers_bypassed(self.trainer.model):
+            return self.evaluate(final)
 
     def after_train(self) -> None:
         """Like YOLOv5: when best.pt is not the final model, validate it once more with plots so

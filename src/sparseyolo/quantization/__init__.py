@@ -16,10 +16,11 @@ from sparseyolo.quantization.prepare import (
     is_qat_model,
     prepare_qat,
     qat_report,
+    quantizers_bypassed,
     uninitialized_quantizers,
 )
 
 __all__ = [
     "QATConfig", "prepare_qat", "freeze_bn_stats", "disable_observers", "enable_observers", "is_qat_model",
-    "uninitialized_quantizers", "qat_report", "ActivationQuantizer", "WeightQuantizer", "QATConvBnAct", "QATConv2d", "QATLinear",
+    "uninitialized_quantizers", "qat_report", "quantizers_bypassed", "ActivationQuantizer", "WeightQuantizer", "QATConvBnAct", "QATConv2d", "QATLinear",
 ]

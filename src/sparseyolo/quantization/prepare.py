@@ -7,6 +7,7 @@ submodules are touched (the rest, e.g. a detection head, stays float).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -240,6 +241,27 @@ def disable_observers(model: nn.Module) -> int:
 def enable_observers(model: nn.Module) -> int:
     """Undo :func:`disable_observers`. Returns the count."""
     return _set_observers(model, True)
+
+
+@contextlib.contextmanager
+def quantizers_bypassed(model: nn.Module) -> Iterator[int]:
+    """Run ``model`` as its float self: fake quantization and observers off inside the block, the
+    previous flags restored after. Yields the number of quantizers switched.
+
+    For evaluating a model whose QAT structure was applied but never trained (a recipe's QAT starts
+    at an epoch boundary, just before that epoch's validation): without this, the activation
+    observers would take their first ranges from a validation batch.
+    """
+    saved = [(q, q.fake_quant_enabled.clone(), q.observer_enabled.clone()) for q in _quantizers(model)]
+    try:
+        for q, _, _ in saved:
+            q.fake_quant_enabled.fill_(0)
+            q.observer_enabled.fill_(0)
+        yield len(saved)
+    finally:
+        for q, fake_quant, observer in saved:
+            q.fake_quant_enabled.copy_(fake_quant)
+            q.observer_enabled.copy_(observer)
 
 
 def is_qat_model(model: nn.Module) -> bool:
