@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pack(src, dst, logger) -> list:
-    from sparseyolo.export.packed import pack_sparse_file
+    from sparseyolo.export.packed import MIN_SPARSITY, pack_sparse_file
 
     packed = pack_sparse_file(src, dst)
     if not packed:
-        logger.warning(f"--pack-sparse: {src} has no float weight with at least 25% zeros; "
+        logger.warning(f"--pack-sparse: {src} has no float weight with at least {MIN_SPARSITY:.0%} zeros; "
                        f"{dst.name} not written (quantized files already store 1 byte per weight)")
         return []
     logger.info(f"--pack-sparse: packed {len(packed)} sparse weights into {dst}")

@@ -34,6 +34,7 @@ PACKING_KEY = "sparse_packing"  # metadata_props key; its value names the layout
 PACKING_FORMAT = "bits-v1"
 _SUFFIX_BITS, _SUFFIX_VALUES = "__bits", "__values"
 _FLOAT_TYPES = (np.float32, np.float16, np.float64)
+MIN_SPARSITY = 0.25  # default: weights with fewer zeros stay plain
 
 
 def _shared_constants(g) -> dict[str, str]:
@@ -48,7 +49,7 @@ def _shared_constants(g) -> dict[str, str]:
     return names
 
 
-def pack_sparse_weights(model, min_sparsity: float = 0.25, min_size: int = 1024) -> list[str]:
+def pack_sparse_weights(model, min_sparsity: float = MIN_SPARSITY, min_size: int = 1024) -> list[str]:
     """Pack, in place, every float initializer with at least ``min_sparsity`` exact zeros and
     ``min_size`` elements; returns the names packed. Graph inputs and outputs are untouched.
 
@@ -153,7 +154,7 @@ def unpack_sparse_weights(model) -> int:
     return len(restored)
 
 
-def pack_sparse_file(src: str | Path, dst: str | Path, min_sparsity: float = 0.25) -> list[str]:
+def pack_sparse_file(src: str | Path, dst: str | Path, min_sparsity: float = MIN_SPARSITY) -> list[str]:
     """Write ``dst``: ``src`` with its sparse float weights packed; returns the names packed."""
     import onnx
 
