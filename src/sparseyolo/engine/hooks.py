@@ -52,20 +52,16 @@ class RecipeHook(HookBase):
 
     def __init__(self, manager: Any):
         self.manager = manager
-        self._qat_seen = False
 
     def before_train(self) -> None:
-        self._qat_seen = bool(self.manager.qat_active)
-        if self._qat_seen:
+        self.manager.subscribe("qat_start", lambda: self.trainer.on_qat_start())
+        self.manager.subscribe("thinned", lambda plan: self.trainer.on_thinned(plan))
+        if self.manager.qat_active:  # resumed during QAT: the event has passed
             self.trainer.on_qat_start()
 
     def after_step(self) -> None:
-        if not self.trainer.stepped:
-            return
-        self.manager.step()
-        if self.manager.qat_active and not self._qat_seen:
-            self._qat_seen = True
-            self.trainer.on_qat_start()
+        if self.trainer.stepped:
+            self.manager.step()
 
     def after_train(self) -> None:
         if not self.trainer.failed:
@@ -73,7 +69,19 @@ class RecipeHook(HookBase):
 
 
 class EMAHook(HookBase):
-    """Updates the weight EMA after each optimizer step and keeps its pruned weights at zero."""
+    """Updates the weight EMA after each optimizer step and keeps its pruned weights at zero; when
+    the recipe thins the model, the EMA loses the same channels."""
+
+    def before_train(self) -> None:
+        manager = getattr(self.trainer, "manager", None)
+        if manager is not None:
+            manager.subscribe("thinned", self._thin)
+
+    def _thin(self, plan: Any) -> None:
+        from sparseyolo.sparsity.thinning import apply_thinning
+
+        if self.trainer.ema is not None:
+            apply_thinning(self.trainer.ema.ema, plan)
 
     def after_step(self) -> None:
         t = self.trainer

@@ -183,9 +183,11 @@ class Trainer(TrainerBase):
         self.manager = None
         if self.recipe is not None:
             self.manager = self.recipe.manager()
-            self.manager.attach(self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch)
-            if ckpt is not None and ckpt.get("recipe_state"):
-                self.manager.load_state_dict(ckpt["recipe_state"])
+            state = ckpt.get("recipe_state") if ckpt is not None else None
+            # structured pruning traces the model once: a small input of the right channel count
+            probe = torch.zeros(1, int(self.model.yaml.get("ch", 3)), 64, 64, device=self.device)
+            self.manager.attach(self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch,
+                                state_dict=state or None, example_inputs=probe)
             if int(self.manager.max_epochs) != cfg.epochs:
                 LOGGER.info(f"the recipe sets the number of epochs: {int(self.manager.max_epochs)} "
                             f"(--epochs {cfg.epochs} ignored)")
@@ -283,6 +285,21 @@ class Trainer(TrainerBase):
             f"non-finite loss at epoch {self.epoch + 1}, batch {self.iter} (box {box:.4g}, obj {obj:.4g}, "
             f"cls {cls:.4g}); training stopped and {keep}. Usual causes: a learning rate too high for this "
             f"batch size (--hyp lr0), or broken labels.")
+
+    def on_thinned(self, plan) -> None:
+        """Called by :class:`RecipeHook` when the recipe cut pruned channels out of the model: the
+        model's config records the new widths (checkpoints rebuild them), and DDP, whose gradient
+        buckets hold the old parameters, is wrapped anew."""
+        bare = de_parallel(self.model)
+        bare.record_widths()
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(bare, device_ids=ids, output_device=ids[0] if ids else None)
+        if self.dist.main:
+            LOGGER.info(f"thinned model: {sum(p.numel() for p in bare.parameters()):,} parameters, "
+                        f"{bare.flops(self.img_size):.2f} GFLOPs at {self.img_size}")
 
     def on_qat_start(self) -> None:
         """Called by :class:`RecipeHook` when the recipe's quantization-aware training begins."""

@@ -10,7 +10,8 @@ from torch import nn
 from sparseyolo.models.common import Conv
 from sparseyolo.models.detect import DECODES, Detect
 from sparseyolo.models.parse import MODELS, load_model_yaml, parse_model
-from sparseyolo.utils.errors import ConfigError
+from sparseyolo.sparsity.thinning import layer_widths, resize_layers
+from sparseyolo.utils.errors import ConfigError, SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 
 STRIDE_PROBE = 64  # input size of the dummy forward that measures strides (multiple of 32)
@@ -41,6 +42,8 @@ class DetectionModel(nn.Module):
         if names is not None and len(names) != nc_:
             raise ConfigError(f"{src}: {len(names)} class names given for nc={nc_}")
         self.model, self.save = parse_model(self.yaml, ch=[ch], src=src)
+        if self.yaml.get("widths"):
+            self._apply_widths(self.yaml["widths"], src)
         if names is None:
             names = self.yaml.get("names")  # a config may carry names; they only fit the original nc
         if names is None or len(names) != self.nc:
@@ -51,6 +54,31 @@ class DetectionModel(nn.Module):
         strides = self._measure_strides(ch)
         detect.stride.copy_(torch.tensor(strides))
         detect.initialize_biases(strides=strides)
+
+    def _apply_widths(self, widths: dict, src: str) -> None:
+        """Resize layers to a thinned model's recorded widths. The Detect convs' outputs depend on
+        ``nc`` (which a fine-tune may change), so only their inputs follow the record."""
+        if not isinstance(widths, dict):
+            raise ConfigError(f"{src}: widths must map layer names to sizes")
+        head = f"model.{len(self.model) - 1}."
+        fixed = {}
+        for name, size in widths.items():
+            if str(name).startswith(head) and isinstance(size, (list, tuple)) and len(size) == 2:
+                mod = self.get_submodule(name)
+                size = [size[0], getattr(mod, "out_channels", size[1])]
+            fixed[name] = list(size) if isinstance(size, (list, tuple)) else size
+        try:
+            resize_layers(self, fixed, where=f"{src}: widths")
+        except SparseYoloError as e:
+            raise ConfigError(str(e)) from None
+        self.yaml["widths"] = fixed
+
+    def record_widths(self) -> None:
+        """Store the current layer sizes in ``.yaml`` (after thinning), so checkpoints rebuild them."""
+        widths = layer_widths(self)
+        with torch.device("meta"):  # the full-width layout, without allocating weights
+            reference = layer_widths(DetectionModel({**self.yaml, "widths": None}, ch=self.yaml.get("ch", 3)))
+        self.yaml["widths"] = {k: v for k, v in widths.items() if reference.get(k) != v}
 
     # -- properties --------------------------------------------------------------------------
     @property

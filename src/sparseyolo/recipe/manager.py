@@ -17,13 +17,15 @@ schedules are exact and a resumed run (``attach`` then ``load_state_dict``) cont
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from sparseyolo.recipe.modifiers import LRModifier, Modifier, PruningBase
 from sparseyolo.sparsity import prunable_param_names, tensor_sparsity
+from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
+from sparseyolo.sparsity.thinning import ThinningPlan, apply_thinning, plan_thinning, thin_optimizer
 from sparseyolo.utils.errors import ConfigError, SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from sparseyolo.recipe.recipe import Recipe
 
 STATE_VERSION = 1
+
+# phase changes the manager announces to subscribers (see RecipeManager.subscribe)
+EVENTS = ("pruning_start", "pruning_end", "thinned", "qat_start")
 
 
 class RecipeManager:
@@ -61,6 +66,30 @@ class RecipeManager:
         self.applied_wd: list[float | None] = []
         self.qat_state: dict[str, Any] | None = None
         self.finalized = False
+        self.example_inputs: Any = None
+        self._graph: ChannelGraph | None = None
+        self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
+        self._phase_flags = (False, False, False)  # pruning active, pruning done, QAT active
+
+    # --- events ---------------------------------------------------------------------------------------
+    def subscribe(self, event: str, callback: Callable[..., None]) -> None:
+        """Call ``callback(**info)`` when ``event`` happens: ``pruning_start``, ``pruning_end``,
+        ``qat_start`` (no info) or ``thinned`` (``plan``: the :class:`ThinningPlan` that was applied
+        to the model and optimizer; apply it to any copy of the model, such as an EMA)."""
+        if event not in self._listeners:
+            raise SparseYoloError(f"unknown recipe event {event!r}; events: {', '.join(EVENTS)}")
+        self._listeners[event].append(callback)
+
+    def emit(self, event: str, **info: Any) -> None:
+        for callback in self._listeners[event]:
+            callback(**info)
+
+    def _announce_phases(self) -> None:
+        flags = (self.pruning_active, self.pruning_done, self.qat_active)
+        for event, before, now in zip(("pruning_start", "pruning_end", "qat_start"), self._phase_flags, flags):
+            if now and not before:
+                self.emit(event)
+        self._phase_flags = flags
 
     # --- properties of the contract ---------------------------------------------------------------
     @property
@@ -115,25 +144,48 @@ class RecipeManager:
 
     # --- driving ------------------------------------------------------------------------------------
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, steps_per_epoch: int,
-               state_dict: dict[str, Any] | None = None) -> "RecipeManager":
+               state_dict: dict[str, Any] | None = None, example_inputs: Any = None) -> "RecipeManager":
         """Bind to a model/optimizer and apply everything due at the current epoch (epoch 0).
 
-        Pass ``state_dict`` (or call :meth:`load_state_dict` right after) to resume instead.
+        Pass ``state_dict`` to resume instead (required when the saved run had already thinned the
+        model). ``example_inputs`` (a tensor or tuple) is what structured pruning traces the model
+        with; by default a zero input for its first conv / linear layer.
         """
         if self.model is not None:
             raise SparseYoloError("this recipe manager is already attached; build a new one with recipe.manager()")
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise SparseYoloError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
         self.model, self.optimizer, self.steps_per_epoch = model, optimizer, steps_per_epoch
+        self.example_inputs = example_inputs
         groups = len(optimizer.param_groups) if optimizer is not None else 0
         self.applied_lr, self.applied_wd = [None] * groups, [None] * groups
+        if state_dict is not None:
+            for m, s in zip(self.modifiers, state_dict.get("modifiers") or []):
+                if hasattr(m, "preload_state") and isinstance(s, dict):
+                    m.preload_state(s)
         for m in self.modifiers:
             m.on_attach(self)
+        self._check_thinning_order()
         if state_dict is not None:
             self.load_state_dict(state_dict)
+            self._phase_flags = (self.pruning_active, self.pruning_done, self.qat_active)
         else:
             self._advance()
         return self
+
+    def _check_thinning_order(self) -> None:
+        """Thinning rebuilds layers, which QAT's wrapped layers do not survive: it must come first."""
+        qat = [m.start_epoch for m in self.modifiers if m.tag == "QuantizationModifier"]
+        if not qat:
+            return
+        for m in self.pruning_modifiers:
+            if getattr(m, "pruner", None) is None:
+                continue
+            thin_at = self.thinning_epoch(m.end_epoch)
+            if thin_at > max(min(qat), 0.0) + 1e-9:
+                raise ConfigError(f"{m.where}: !{m.tag} removes channels at epoch {thin_at:g}, after "
+                                  f"quantization-aware training starts (epoch {min(qat):g}); end structured "
+                                  "pruning (and thinning) before QuantizationModifier's start_epoch")
 
     def step(self) -> None:
         """Call after every optimizer step: advance one step, update schedules, reapply masks."""
@@ -155,6 +207,7 @@ class RecipeManager:
                     m.on_update(self, epoch)
         if self.reapply_masks_every_step or self.global_step % self.steps_per_epoch == 0:
             self._apply_masks()
+        self._announce_phases()
 
     def _apply_masks(self) -> None:
         for m in self.pruning_modifiers:
@@ -172,6 +225,57 @@ class RecipeManager:
     def _require_attached(self) -> None:
         if self.model is None:
             raise SparseYoloError("call manager.attach(model, optimizer, steps_per_epoch) first")
+
+    # --- structured pruning ---------------------------------------------------------------------------
+    def channel_graph(self) -> ChannelGraph:
+        """The model's channel dependency groups (traced once, again after each thinning)."""
+        self._require_attached()
+        if self._graph is None:
+            self._graph = trace_channel_groups(self.model, self.example_inputs)
+        return self._graph
+
+    def thinning_epoch(self, pruning_end: float) -> float:
+        """When channels removed by a schedule ending at ``pruning_end`` are cut out."""
+        later = [e for m in self.modifiers if m.tag == "LayerThinningModifier" for e in m.epochs
+                 if e + 1e-9 >= pruning_end]
+        return min(later) if later else pruning_end
+
+    def thinning_scheduled_after(self, pruning_end: float) -> bool:
+        return any(m.tag == "LayerThinningModifier" and any(e + 1e-9 >= pruning_end for e in m.epochs)
+                   for m in self.modifiers)
+
+    def thin(self, strict: bool = True) -> ThinningPlan:
+        """Cut every channel that structured pruning has removed out of the model and optimizer.
+
+        Other modifiers' masks follow (by parameter name), then subscribers of ``thinned`` get the
+        plan. Returns the (possibly empty) plan.
+        """
+        self._require_attached()
+        pending = [m for m in self.pruning_modifiers if getattr(m, "pruner", None) is not None]
+        if self.qat_active and pending:
+            raise SparseYoloError("cannot thin a quantization-aware model; thinning must come before QAT starts")
+        keep: dict[int, torch.Tensor] = {}
+        for m in pending:
+            for gi, k in m.pruner.keep.items():
+                keep[gi] = keep[gi] & k if gi in keep else k.clone()
+        plan = plan_thinning(self.model, self.channel_graph(), keep) if keep else ThinningPlan()
+        if not plan:
+            if strict and not pending:
+                LOGGER.info("recipe: layer thinning found no removed channels to cut out")
+            return plan
+        replaced = apply_thinning(self.model, plan)
+        if self.optimizer is not None:
+            thin_optimizer(self.optimizer, self.model, plan, replaced)
+        for m in pending:
+            m.mark_thinned()
+        for m in self.modifiers:
+            m.on_thinned(self, plan)
+        self._graph = None
+        removed = sum(plan.removed.values())
+        LOGGER.info(f"recipe: thinned the model, {removed} channels removed from {len(plan.removed)} groups "
+                    f"({len(plan.modules)} layers changed)")
+        self.emit("thinned", plan=plan)
+        return plan
 
     # --- services for modifiers ------------------------------------------------------------------------
     def _groups(self, groups: Sequence[int] | None, what: str) -> list[int]:

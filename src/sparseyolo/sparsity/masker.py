@@ -13,10 +13,13 @@ A :class:`ParamMasker` owns a boolean keep-mask for each of its parameters and e
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from sparseyolo.sparsity.thinning import ThinningPlan
 
 
 class ParamMasker:
@@ -55,6 +58,18 @@ class ParamMasker:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def thin(self, model: nn.Module, plan: "ThinningPlan") -> None:
+        """Follow a thinned ``model``: re-bind the parameters by name and slice the masks by ``plan``."""
+        enabled = self.enabled
+        self.disable()  # the hooks sit on the old parameter objects
+        named = dict(model.named_parameters())
+        self.params = {name: named[name] for name in self.params}
+        self.masks = {name: plan.slice(name, m) for name, m in self.masks.items()}
+        self._pruned = {name: ~m for name, m in self.masks.items()}
+        self.version += 1
+        if enabled:
+            self.enable()
 
     def set_masks(self, masks: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
         """Install new masks, zero the weights and the optimizer state at pruned positions."""

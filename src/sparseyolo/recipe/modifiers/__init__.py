@@ -9,6 +9,11 @@ from sparseyolo.recipe.modifiers.pruning import (
     PruningBase,
 )
 from sparseyolo.recipe.modifiers.quantization import QuantizationModifier
+from sparseyolo.recipe.modifiers.structured import (
+    BatchNormL1Modifier,
+    LayerThinningModifier,
+    StructuredPruningModifier,
+)
 from sparseyolo.recipe.modifiers.training import (
     EpochRangeModifier,
     LearningRateFunctionModifier,
@@ -23,5 +28,6 @@ __all__ = [
     "ConstantPruningModifier", "GlobalMagnitudePruningModifier", "GMPruningModifier",
     "MagnitudePruningModifier", "PruningBase", "QuantizationModifier", "EpochRangeModifier",
     "LearningRateFunctionModifier", "LearningRateModifier", "LRModifier",
-    "SetLearningRateModifier", "SetWeightDecayModifier",
+    "SetLearningRateModifier", "SetWeightDecayModifier", "StructuredPruningModifier",
+    "LayerThinningModifier", "BatchNormL1Modifier",
 ]

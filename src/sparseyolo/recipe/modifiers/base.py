@@ -134,6 +134,10 @@ class Modifier:
     def on_finalize(self, manager: "RecipeManager") -> None:
         """Training finished."""
 
+    def on_thinned(self, manager: "RecipeManager", plan: Any) -> None:
+        """The model lost channels (``plan``: a :class:`~sparseyolo.sparsity.ThinningPlan`): re-bind
+        anything held on its old parameters."""
+
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"tag": self.tag, "started": self.started, "ended": self.ended}

@@ -12,6 +12,12 @@ Semantics follow SparseML's ``GMPruningModifier`` / ``MagnitudePruningModifier``
 
 ``GMPruningModifier`` is the name SparseML's published recipes use; it is the same modifier as
 ``MagnitudePruningModifier`` (one class, two tags).
+
+``mask_type: filter`` (whole output channels) or ``channel`` (whole input channels) makes any of
+them a structured pruner (:mod:`sparseyolo.sparsity.channel_pruner`): ``final_sparsity`` is then
+the fraction of channels removed, with our keys ``round_to``, ``importance`` (``l1``, ``l2``,
+``bn_gamma``) and ``global``. When the schedule ends, the removed channels are cut out of the
+model (``RecipeManager.thin``), unless a ``LayerThinningModifier`` does it later.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparseyolo.recipe.modifiers.base import EPS, REQUIRED, Modifier, register
+from sparseyolo.utils.errors import ConfigError
 from sparseyolo.sparsity import (
     ParamMasker,
     interpolate,
@@ -29,7 +36,9 @@ from sparseyolo.sparsity import (
     resolve_params,
     tensor_sparsity,
 )
-from sparseyolo.sparsity.masks import check_shape
+from sparseyolo.sparsity.channel_pruner import IMPORTANCES, STRUCTURES, ChannelPruner
+from sparseyolo.sparsity.masks import MaskType, check_shape
+from sparseyolo.sparsity.params import ALL_PRUNABLE_TOKEN, ALL_TOKEN
 from sparseyolo.sparsity.schedule import check_inter_func
 
 if TYPE_CHECKING:
@@ -65,6 +74,10 @@ class PruningBase(Modifier):
 
     def masks_active(self) -> bool:
         return self.masker is not None and self.masker.enabled
+
+    def on_thinned(self, manager: "RecipeManager", plan: Any) -> None:
+        if self.masker is not None:
+            self.masker.thin(manager.model, plan)
 
     def apply_masks(self) -> None:
         if self.masks_active():
@@ -116,7 +129,11 @@ class MagnitudePruningModifier(PruningBase):
         "inter_func": "linear", "leave_enabled": True, "mask_type": "unstructured",
         # legacy GMPruningModifier keys: one global threshold; the only score SparseML had here
         "global_sparsity": False, "score_type": "magnitude",
+        # ours, for mask_type filter / channel: kept counts in multiples of round_to, the channel
+        # score, and one ranking across layers (`global`, like GlobalMagnitudePruningModifier)
+        "round_to": 1, "importance": "l1", "global": None,
     }
+    STRUCTURED_KEYS = ("round_to", "importance")
 
     def validate(self) -> None:
         super().validate()
@@ -132,7 +149,24 @@ class MagnitudePruningModifier(PruningBase):
             raise self.error(f"score_type {self.score_type!r} is not supported (only 'magnitude')")
         if not isinstance(self.leave_enabled, bool):
             raise self.error(f"leave_enabled must be true or false, got {self.leave_enabled!r}")
-        self.mask = parse_mask_type(self.mask_type, self.where)
+        glob = getattr(self, "global")
+        if glob is not None:
+            if not isinstance(glob, bool):
+                raise self.error(f"global must be true or false, got {glob!r}")
+            self.global_sparsity = self.global_sparsity or glob
+        self.pruner: ChannelPruner | None = None
+        self.thinned = False
+        kind = self.mask_type.strip().lower() if isinstance(self.mask_type, str) else None
+        self.structure = kind if kind in STRUCTURES else None
+        if self.structure:
+            self.mask = MaskType("unstructured")
+            self._validate_structured()
+        else:
+            self.mask = parse_mask_type(self.mask_type, self.where)
+            given = [k for k in self.STRUCTURED_KEYS if k in self.given]
+            if given:
+                raise ConfigError(f"{self.where_key(given[0])}: !{self.tag}: {given[0]} applies to mask_type "
+                                  f"filter or channel, not {self.mask.to_recipe()!r}")
         if self.init_sparsity != FROM_PARAM_TOKEN:
             self.init_sparsity = _sparsity_value(self, "init_sparsity", self.init_sparsity)
         # final_sparsity: a number, or {sparsity: [params]}
@@ -163,18 +197,44 @@ class MagnitudePruningModifier(PruningBase):
         self.next_update: float | None = None
         self.last_update: float | None = None
 
+    def _validate_structured(self) -> None:
+        rt = self.round_to
+        if isinstance(rt, bool) or not isinstance(rt, int) or rt < 1:
+            raise ConfigError(f"{self.where_key('round_to')}: !{self.tag}: round_to must be a positive integer, "
+                              f"got {rt!r}")
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"{self.where_key('importance')}: !{self.tag}: importance must be one of "
+                              f"{', '.join(IMPORTANCES)}, got {self.importance!r}")
+        if self.init_sparsity == FROM_PARAM_TOKEN:
+            raise self.error(f"init_sparsity {FROM_PARAM_TOKEN} is for unstructured masks, not mask_type "
+                             f"{self.structure}")
+        if not self.leave_enabled:
+            raise self.error(f"leave_enabled: false would let removed {self.structure}s grow back before "
+                             "they are cut out; structured masks stay until thinning")
+
     # --- lifecycle -------------------------------------------------------------------------------
     def on_attach(self, manager: "RecipeManager") -> None:
         named: list[tuple[str, torch.nn.Parameter]] = []
+        explicit: set[str] = set()
+        key = "params" if "params" in self.given else "final_sparsity"
         for final, specs in self.targets:
-            key = "params" if "params" in self.given else "final_sparsity"
+            explicit.update(s for s in specs if not s.startswith("re:") and s.upper() not in
+                            (ALL_PRUNABLE_TOKEN, ALL_TOKEN))
             for name, p in resolve_params(manager.model, specs, self.where_key(key)):
                 if name in self.final_by_param:
                     continue
-                check_shape(p.shape, self.mask, name, self.where_key("mask_type"))
+                if not self.structure:
+                    check_shape(p.shape, self.mask, name, self.where_key("mask_type"))
                 self.final_by_param[name] = final
                 named.append((name, p))
-        self.masker = ParamMasker(named)
+        if not self.structure:
+            self.masker = ParamMasker(named)
+        elif not self.thinned:  # a resumed run past thinning has nothing left to mask
+            self.pruner = ChannelPruner(manager.model, manager.channel_graph(), [n for n, _ in named],
+                                        self.structure, self.importance, self.round_to, self.where_key(key),
+                                        explicit)
+            self.pruner.check_final(self.final_by_param)
+            self.masker = ParamMasker(self.pruner.mask_params())
 
     def on_start(self, manager: "RecipeManager", epoch: float) -> None:
         assert self.masker is not None
@@ -200,16 +260,35 @@ class MagnitudePruningModifier(PruningBase):
         self._update_masks(manager, self.end_epoch)
         if not self.leave_enabled and self.masker is not None:
             self.masker.disable()
+        if self.pruner is not None and not manager.thinning_scheduled_after(self.end_epoch):
+            manager.thin()
+
+    def mark_thinned(self) -> None:
+        """The removed channels were cut out: nothing is left to mask."""
+        if self.masker is not None:
+            self.masker.disable()
+        self.masker, self.pruner, self.thinned = None, None, True
 
     def target_at(self, name: str, epoch: float) -> float:
         init = self.init_by_param.get(name, 0.0 if self.init_sparsity == FROM_PARAM_TOKEN else self.init_sparsity)
         return interpolate(epoch, self.start_epoch, self.end_epoch, init, self.final_by_param[name], self.inter_func)
 
     def current_target(self, name: str) -> float | None:
-        return None if self.last_update is None else self.target_at(name, self.last_update)
+        if self.last_update is None or name not in self.final_by_param:
+            return None
+        return self.target_at(name, self.last_update)
 
     def _update_masks(self, manager: "RecipeManager", epoch: float) -> None:
+        if self.thinned:
+            return
         assert self.masker is not None
+        if self.pruner is not None:
+            targets = {n: self.target_at(n, epoch) for n in self.final_by_param}
+            glob = targets[next(iter(targets))] if self.global_sparsity and targets else None
+            self.pruner.update(targets, glob)
+            self.masker.set_masks(self.pruner.param_masks(), manager.optimizer)
+            self.last_update = epoch
+            return
         names = list(self.masker.params)
         weights = [self.masker.params[n] for n in names]
         old = [self.masker.masks[n] for n in names]
@@ -223,13 +302,25 @@ class MagnitudePruningModifier(PruningBase):
         state = super().state_dict()
         state.update(next_update=self.next_update, last_update=self.last_update,
                      init_by_param=dict(self.init_by_param))
+        if self.structure:
+            state["thinned"] = self.thinned
+            if self.pruner is not None:
+                state["channel_keep"] = {int(g): k.clone() for g, k in self.pruner.keep.items()}
         return state
+
+    def preload_state(self, state: dict[str, Any]) -> None:
+        """Flags needed before :meth:`on_attach` when resuming (a thinned model has no channel masks)."""
+        self.thinned = bool(state.get("thinned", False))
 
     def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
         super().load_state_dict(state, manager)
         self.next_update = state.get("next_update")
         self.last_update = state.get("last_update")
         self.init_by_param = dict(state.get("init_by_param", {}))
+        if self.pruner is not None and "channel_keep" in state:
+            for g, keep in state["channel_keep"].items():
+                if int(g) in self.pruner.keep and keep.shape == self.pruner.keep[int(g)].shape:
+                    self.pruner.keep[int(g)] = keep.to(torch.bool)
 
 
 @register
