@@ -1,0 +1,281 @@
+"""Structured (channel) pruning: dependency groups from the traced graph, exact thinning, the
+optimizer and masks following it, clear errors, and a YOLO training run that thins and resumes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from sparseyolo.models import build_model
+from sparseyolo.recipe import Recipe
+from sparseyolo.sparsity.channel_graph import trace_channel_groups
+from sparseyolo.utils.errors import ConfigError
+
+
+class ResCatNet(nn.Module):
+    """A plain CNN with a residual add, a concat, a max-pool and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(40, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.a(x)
+        y = torch.cat([x, self.b(x)], 1)
+        return self.head(self.c(nn.functional.max_pool2d(y, 2)))
+
+
+def _randomize_norms(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so that exactness means something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(n, generator=g))
+                m.bias.copy_(torch.randn(n, generator=g) * 0.3)
+
+
+def _recipe(sparsity: float = 0.5, extra: str = "", params: str = "__ALL_PRUNABLE__", thin_at: float = 1.0) -> Recipe:
+    return Recipe.load(f"""
+modifiers:
+  - !GMPruningModifier {{params: {params}, init_sparsity: {sparsity}, final_sparsity: {sparsity},
+                        mask_type: filter, start_epoch: 0, end_epoch: 0, update_frequency: 1{extra}}}
+  - !LayerThinningModifier {{start_epoch: {thin_at}}}
+""")
+
+
+def _mask_then_thin(model: nn.Module, x: torch.Tensor, recipe: Recipe, size: int = 64):
+    """Attach (masks applied at epoch 0), snapshot the masked model, step to the thinning epoch."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    manager = recipe.manager()
+    manager.attach(model, opt, steps_per_epoch=1, example_inputs=torch.zeros(1, 3, size, size))
+    masked = copy.deepcopy(model).eval()
+    manager.step()
+    return masked, model.eval(), manager, opt
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    out = model(x)
+    out = out[1] if isinstance(out, tuple) else out  # YOLO eval: (pred, raw levels)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@pytest.mark.parametrize("name", ["yolov3-tiny", "yolov3-spp", "yolov3", "rescat"])
+def test_thinning_is_exact(name):
+    torch.manual_seed(0)
+    model = ResCatNet() if name == "rescat" else build_model(name, nc=3)
+    _randomize_norms(model)
+    dense = sum(p.numel() for p in model.parameters())
+    x = torch.rand(2, 3, 64, 64)
+    masked, thinned, _, _ = _mask_then_thin(model, x, _recipe(0.5, ", round_to: 4"))
+    with torch.no_grad():
+        for a, b in zip(_outputs(masked, x), _outputs(thinned, x)):
+            assert a.shape == b.shape
+            assert (a - b).abs().max().item() < 1e-4
+    assert sum(p.numel() for p in thinned.parameters()) < 0.45 * dense
+
+
+def test_groups_follow_adds_concats_and_spp():
+    graph = trace_channel_groups(build_model("yolov3-spp", nc=3), torch.zeros(1, 3, 64, 64))
+    res = graph.group_of_output("model.6.0.cv2.conv")
+    # the residual stage: the conv before it and every bottleneck's cv2 share one channel set
+    assert {"model.5.conv", "model.6.0.cv2.conv", "model.6.7.cv2.conv"} <= set(res.producers) and not res.fixed
+    assert ("model.26.cv1.conv", 128) in [(s.module, s.offset) for s in res.slices if s.role == "in"]  # via concat
+    spp = graph.group_of_output("model.12.cv1.conv")  # x and three max-pools of x, concatenated
+    assert sorted(s.offset for s in spp.slices if s.module == "model.12.cv2.conv") == [0, 512, 1024, 1536]
+    for j in range(3):
+        assert "view" in graph.group_of_output(f"model.28.m.{j}").fixed  # Detect outputs are never removed
+
+
+def test_optimizer_state_and_later_masks_follow_thinning():
+    torch.manual_seed(0)
+    model = ResCatNet()
+    recipe = Recipe.load("""
+modifiers:
+  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.5, final_sparsity: 0.5, mask_type: filter,
+                        start_epoch: 0, end_epoch: 2, update_frequency: 1}
+  - !GMPruningModifier {params: [c.0.weight], init_sparsity: 0.3, final_sparsity: 0.6, start_epoch: 0,
+                        end_epoch: 3, update_frequency: 1}
+""")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    manager = recipe.manager()
+    seen = []
+    manager.subscribe("thinned", lambda plan: seen.append(sorted(plan.modules)))
+    manager.attach(model, opt, steps_per_epoch=2)
+    for _ in range(manager.max_epochs * 2):
+        x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        manager.step()
+        for p in model.parameters():  # every optimizer buffer has its parameter's (thinned) shape
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            assert buf is None or buf.shape == p.shape
+    manager.finalize()
+    assert seen and "c.0" in seen[0] and model.c[0].weight.shape == (16, 20, 3, 3)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    w = model.c[0].weight
+    assert abs(float((w == 0).float().mean()) - 0.6) < 0.01  # the unstructured mask followed the thinned layer
+
+
+def test_global_bn_gamma_and_round_to():
+    torch.manual_seed(0)
+    model = build_model("yolov3-tiny", nc=3)
+    _randomize_norms(model)
+    _mask_then_thin(model, None, _recipe(0.5, ", round_to: 8, importance: bn_gamma, global: true"))
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and not name.startswith("model.20."):
+            assert m.out_channels % 8 == 0 and m.out_channels >= 8, name
+
+
+def test_channel_mask_type_prunes_input_channels():
+    torch.manual_seed(0)
+    model = ResCatNet()
+    _randomize_norms(model)
+    masked, thinned, _, _ = _mask_then_thin(model, None, Recipe.load("""
+modifiers:
+  - !StructuredPruningModifier {params: [c.0.weight], init_sparsity: 0.25, final_sparsity: 0.25, mask_type: channel,
+                                start_epoch: 0, end_epoch: 0, update_frequency: 1}
+  - !LayerThinningModifier {start_epoch: 1}
+"""), size=16)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert (masked(x) - thinned(x)).abs().max() < 1e-4
+    # c reads 16 (stem/a group) + 24 (b) channels; a quarter of each group goes
+    assert model.c[0].in_channels == 12 + 18
+
+
+def test_round_to_that_leaves_no_channels():
+    with pytest.raises(ConfigError, match="with round_to 16 leaves .* no channels"):
+        _mask_then_thin(build_model("yolov3-tiny", nc=3), None, _recipe(0.9, ", round_to: 16"))
+
+
+def test_bad_structured_recipes():
+    model = build_model("yolov3-tiny", nc=3)
+    with pytest.raises(ConfigError, match=r"model\.20\.m\.0\.weight.*cannot be removed.*view"):
+        _mask_then_thin(model, None, _recipe(0.5, params="[model.20.m.0.weight]"))
+    with pytest.raises(ConfigError, match=r"final_sparsity must be in \[0, 1\), got 1.0"):
+        Recipe.load("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, "
+                    "final_sparsity: 1.0, mask_type: filter, start_epoch: 0, end_epoch: 1, update_frequency: 1}")
+    with pytest.raises(ConfigError, match="round_to applies to mask_type filter or channel"):
+        Recipe.load("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, "
+                    "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: 1, round_to: 8}")
+    with pytest.raises(ConfigError, match="importance must be one of l1, l2, bn_gamma"):
+        _recipe(0.5, ", importance: taylor")
+
+
+class Flat(nn.Module):
+    """A conv whose whole feature map is flattened into a linear layer: its channels cannot go."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_filter_mask_on_a_group_that_cannot_be_thinned():
+    with pytest.raises(ConfigError, match=r"conv\.weight.*channel group \d+ \(8 channels, produced by conv\).*"
+                                          r"flatten\(\)"):
+        _mask_then_thin(Flat(), None, _recipe(0.5, params="[conv.weight]"), size=4)
+    # __ALL_PRUNABLE__ skips it instead; only the (fixed) linear output remains, so nothing is pruned
+    model = Flat()
+    _mask_then_thin(model, None, _recipe(0.5), size=4)
+    assert model.conv.out_channels == 8
+
+
+def test_thinning_after_qat_start_is_refused():
+    with pytest.raises(ConfigError, match="after quantization-aware training starts"):
+        Recipe.load("""
+modifiers:
+  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, final_sparsity: 0.5, mask_type: filter,
+                        start_epoch: 0, end_epoch: 3, update_frequency: 1}
+  - !QuantizationModifier {start_epoch: 2}
+""").manager().attach(ResCatNet(), None, steps_per_epoch=1)
+
+
+# -- a YOLO training run that thins, then QAT; resumed mid-pruning and just after thinning ---------------------
+RUN_RECIPE = """
+modifiers:
+  - !EpochRangeModifier {start_epoch: 0, end_epoch: 4}
+  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, final_sparsity: 0.5, mask_type: filter,
+                        round_to: 2, start_epoch: 0, end_epoch: 2, update_frequency: 0.5}
+  - !QuantizationModifier {start_epoch: 3}
+"""
+
+
+class _StopAfterEpoch:
+    """A hook that interrupts training after the given epoch, as a kill would."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def __getattr__(self, name):  # every other hook method: nothing to do
+        return lambda: None
+
+    def after_epoch(self) -> None:
+        if self.trainer.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> dict:
+    from sparseyolo.data.synthetic import make_shapes_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    data = make_shapes_dataset(root / "data", n_train=8, n_val=4, img_size=64)
+    model = yaml.safe_load(open(_config("yolov3-tiny.yaml")).read())
+    model["width_multiple"] = 0.25
+    (root / "tiny.yaml").write_text(yaml.safe_dump(model))
+    (root / "recipe.yaml").write_text(RUN_RECIPE)
+    return {"data": str(data), "cfg": str(root / "tiny.yaml"), "recipe": str(root / "recipe.yaml")}
+
+
+def _config(name: str) -> str:
+    from sparseyolo.models.parse import CONFIG_DIR
+
+    return str(CONFIG_DIR / name)
+
+
+def test_training_thins_then_resumes_exactly(shapes, tmp_path):
+    from sparseyolo.engine.setup import TrainConfig
+    from sparseyolo.engine.trainer import Trainer, train
+    from sparseyolo.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    common = dict(cfg=shapes["cfg"], data=shapes["data"], recipe=shapes["recipe"], project=str(tmp_path),
+                  img_size=64, batch_size=4, workers=0, device="cpu", noplots=True, tensorboard=False)
+    ref = load_checkpoint(train(name="ref", **common) / "weights/last.pt")
+    widths = ref["model_yaml"]["widths"]
+    assert widths["model.0.conv"] == [3, 4]  # 8 channels at quarter width, half removed
+    model = model_from_checkpoint(ref)
+    dense = build_model(shapes["cfg"], nc=3)
+    assert model.flops(416) < 0.5 * dense.flops(416)
+    # killed mid-pruning (after epoch 0), and just after thinning: the schedule ends at epoch 2.0,
+    # i.e. at the last step of epoch index 1, so that epoch's checkpoint is the first thinned one
+    for stop, thinned in ((0, False), (1, True)):
+        t = Trainer(TrainConfig(name=f"cut{stop}", **common))
+        t.register_hooks([_StopAfterEpoch(stop)])
+        with pytest.raises(KeyboardInterrupt):
+            t.train()
+        cut = tmp_path / f"cut{stop}" / "weights/last.pt"
+        assert load_checkpoint(cut)["epoch"] == stop
+        assert bool(load_checkpoint(cut)["model_yaml"].get("widths")) == thinned
+        train(resume=str(cut), workers=0, device="cpu")
+        got = load_checkpoint(cut)
+        assert got["model_yaml"]["widths"] == widths
+        for name, tensor in ref["model"].items():
+            assert torch.equal(tensor, got["model"][name]), f"resumed after epoch {stop}: {name} differs"
