@@ -4,6 +4,7 @@ optimizer and masks following it, clear errors, and a YOLO training run that thi
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,14 +252,26 @@ def _config(name: str) -> str:
     return str(CONFIG_DIR / name)
 
 
-def test_training_thins_then_resumes_exactly(shapes, tmp_path):
+def _common(shapes: dict, project) -> dict:
+    return dict(cfg=shapes["cfg"], data=shapes["data"], recipe=shapes["recipe"], project=str(project),
+                img_size=64, batch_size=4, workers=0, device="cpu", noplots=True, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def thinned_run(shapes, tmp_path_factory):
+    from sparseyolo.engine.trainer import train
+
+    project = tmp_path_factory.mktemp("runs")
+    return train(name="ref", **_common(shapes, project))
+
+
+def test_training_thins_then_resumes_exactly(shapes, thinned_run, tmp_path):
     from sparseyolo.engine.setup import TrainConfig
     from sparseyolo.engine.trainer import Trainer, train
     from sparseyolo.models.checkpoint import load_checkpoint, model_from_checkpoint
 
-    common = dict(cfg=shapes["cfg"], data=shapes["data"], recipe=shapes["recipe"], project=str(tmp_path),
-                  img_size=64, batch_size=4, workers=0, device="cpu", noplots=True, tensorboard=False)
-    ref = load_checkpoint(train(name="ref", **common) / "weights/last.pt")
+    common = _common(shapes, tmp_path)
+    ref = load_checkpoint(thinned_run / "weights/last.pt")
     widths = ref["model_yaml"]["widths"]
     assert widths["model.0.conv"] == [3, 4]  # 8 channels at quarter width, half removed
     model = model_from_checkpoint(ref)
@@ -279,3 +292,51 @@ def test_training_thins_then_resumes_exactly(shapes, tmp_path):
         assert got["model_yaml"]["widths"] == widths
         for name, tensor in ref["model"].items():
             assert torch.equal(tensor, got["model"][name]), f"resumed after epoch {stop}: {name} differs"
+
+
+def test_cli_works_from_a_thinned_checkpoint(shapes, thinned_run, tmp_path):
+    """val, export (QDQ int8 of the thinned model), the ONNX file's own val, detect and a further recipe."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    best = thinned_run / "weights/best.pt"
+
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "sparseyolo", *args], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout + out.stderr
+
+    assert "mAP50" in cli("val", "--weights", str(best), "--data", shapes["data"], "--img", "64", "--device", "cpu")
+    cli("export", "--weights", str(best), "--img-size", "96", "96")
+    onnx_file = best.with_suffix(".onnx")
+    convs = [n for n in onnx.load(onnx_file).graph.node if n.op_type == "Conv"]
+    assert convs and any(n.op_type == "QuantizeLinear" for n in onnx.load(onnx_file).graph.node)
+    assert "mAP50" in cli("val", "--weights", str(onnx_file), "--data", shapes["data"], "--img", "96")
+    images = str(Path(shapes["data"]).parent / "images" / "val")
+    cli("detect", "--weights", str(best), "--source", images, "--img", "64", "--device", "cpu",
+        "--project", str(tmp_path), "--name", "det")
+    assert list((tmp_path / "det").glob("*.jpg"))
+
+
+def test_batchnorm_l1_drives_gammas_down():
+    def run(recipe_extra: str) -> float:
+        torch.manual_seed(0)
+        model = ResCatNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        manager = Recipe.load("modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n" + recipe_extra
+                              ).manager()
+        manager.attach(model, opt, steps_per_epoch=5)
+        for _ in range(10):
+            x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            manager.step()
+        return float(sum(m.weight.detach().abs().sum() for m in model.modules() if isinstance(m, nn.BatchNorm2d)))
+
+    plain = run("")
+    slim = run("  - !BatchNormL1Modifier {penalty: 0.05, start_epoch: 0, end_epoch: 2}\n")
+    assert slim < plain - 0.05 * 10 * 0.05 * 88 * 0.5  # at least half the penalty's pull on 88 gammas
