@@ -94,3 +94,25 @@ def test_img_size_rounding_and_resume_lookup(tmp_path, caplog):
         (tmp_path / name / "weights/last.pt").write_bytes(b"x")
     os.utime(tmp_path / "exp/weights/last.pt", (2e9, 2e9))  # the newer one wins, not the higher name
     assert find_last_checkpoint(tmp_path) == tmp_path / "exp/weights/last.pt"
+
+
+def test_two_ranks_thin_identically(tmp_path):
+    """A channel-pruning recipe under DDP: both ranks thin the same channels and end identical."""
+    from sparseyolo.data.synthetic import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=2, img_size=64)
+    model = yaml.safe_load((REPO / "src/sparseyolo/configs/models/yolov3-tiny.yaml").read_text())
+    model["width_multiple"] = 0.25
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
+    (tmp_path / "recipe.yaml").write_text(
+        "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n"
+        "  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.25, final_sparsity: 0.5, "
+        "mask_type: filter, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}\n")
+    cfg = dict(cfg=str(tmp_path / "tiny.yaml"), data=str(data), img_size=64, batch_size=4, workers=0,
+               device="cpu", project=str(tmp_path / "runs"), noval=True, noplots=True, tensorboard=False,
+               recipe=str(tmp_path / "recipe.yaml"))
+    mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a["model.0.conv.weight"].shape[0] == 4  # 8 channels at quarter width, half cut out
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between ranks"
