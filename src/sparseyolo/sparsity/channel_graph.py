@@ -200,7 +200,8 @@ class _Tracer(TorchFunctionMode):
         elif name in ("batch_norm", "instance_norm"):
             self._norm(args, kwargs, out)
         elif name in _PASS_THROUGH:
-            self.track(out[0] if isinstance(out, tuple) else out, self.segs(args[0]) or tracked_segs(self, tracked))
+            # max_pool with indices returns (values, indices): the values carry the channels
+            self.track(out[0] if isinstance(out, tuple) else out, self.segments[id(tracked[0])])
         elif name == "pad":
             pad = args[1] if len(args) > 1 else kwargs.get("pad")
             ok = isinstance(pad, (list, tuple)) and len(pad) <= 2 * (args[0].dim() - 2) and _zero_value(args, kwargs)
@@ -324,10 +325,6 @@ class _Tracer(TorchFunctionMode):
             self.track(out, x_segs)
         else:
             self.fix(x_segs, f"{name}(){self.where()} with a constant or broadcast operand")
-
-
-def tracked_segs(tracer: _Tracer, tracked: list[torch.Tensor]) -> Segments:
-    return tracer.segments[id(tracked[0])]
 
 
 def _zero_value(args: tuple, kwargs: dict) -> bool:

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sparseyolo.recipe.modifiers.base import EPS, REQUIRED, Modifier, register
-from sparseyolo.utils.errors import ConfigError
 from sparseyolo.sparsity import (
     ParamMasker,
     interpolate,
@@ -40,6 +39,7 @@ from sparseyolo.sparsity.channel_pruner import IMPORTANCES, STRUCTURES, ChannelP
 from sparseyolo.sparsity.masks import MaskType, check_shape
 from sparseyolo.sparsity.params import ALL_PRUNABLE_TOKEN, ALL_TOKEN
 from sparseyolo.sparsity.schedule import check_inter_func
+from sparseyolo.utils.errors import ConfigError
 
 if TYPE_CHECKING:
     from sparseyolo.recipe.manager import RecipeManager
