@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import INT8_EXACT_ON_ORT
 from test_quantization import randomize_bn as shared_randomize_bn
 from torch import nn
 
@@ -211,6 +212,12 @@ def test_qdq_parity_with_pytorch_qat(qat_model, tmp_path):
         assert err.mean() <= 0.005 * np.abs(r).max(), err.mean()
 
 
+ORT_SATURATES = pytest.mark.xfail(
+    not INT8_EXACT_ON_ORT, strict=True,
+    reason="this CPU has no VNNI: ONNX Runtime's u8s8 kernels saturate int16 pair sums (see conftest)")
+
+
+@ORT_SATURATES
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
 def test_qat_model_computes_exactly_what_the_int8_engine_computes(tmp_path, per_channel):
     """The fake-quantized conv adds its bias on the int32 grid the export stores (input scale x weight
@@ -340,7 +347,8 @@ def test_fp32_parity_official_yolov3_tiny(shared_dir, tmp_path):
         assert np.abs(o - r).max() <= 1e-4 * np.abs(r).max()
 
 
-@pytest.mark.parametrize("config", [QATConfig(reduce_range=True, per_channel=True), QATConfig(tensorrt=True),
+@pytest.mark.parametrize("config", [QATConfig(reduce_range=True, per_channel=True),
+                                    pytest.param(QATConfig(tensorrt=True), marks=ORT_SATURATES),
                                     pytest.param(QATConfig(activation_bits=6, weight_bits=4), marks=pytest.mark.slow)],
                          ids=["reduce_range", "tensorrt", "a6w4"])
 def test_qat_variants_export_and_run(tiny, tmp_path, config):
