@@ -4,6 +4,10 @@ quantization. Works on a torch ``nn.Module`` (forward hooks give output sizes) o
 
 FLOPs = 2 * MACs of every conv / linear at batch 1; "sparse FLOPs" = dense * (1 - sparsity), the
 unstructured-sparsity approximation (what a sparsity-aware engine can skip at best).
+
+A thinned model (structured pruning removed whole channels; ``model.yaml["widths"]`` records the
+new layer sizes) is also compared with its full-width build: original weight shapes and FLOPs per
+layer, parameters and FLOPs before and after thinning.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
+
+if TYPE_CHECKING:
+    from sparseyolo.models.yolo import DetectionModel
 
 
 @dataclass
@@ -30,6 +38,8 @@ class LayerStats:
     out_shape: list[int] | None = None
     flops: float | None = None
     quantized: bool = False
+    original_shape: list[int] | None = None   # thinned model: the full-width build's weight shape
+    original_flops: float | None = None
 
     @property
     def weight_numel(self) -> int:
@@ -43,9 +53,18 @@ class LayerStats:
     def sparse_flops(self) -> float | None:
         return None if self.flops is None else self.flops * (1.0 - self.sparsity)
 
+    @property
+    def channels(self) -> tuple[int, int] | None:
+        """(kept, original) output channels of a thinned model's layer."""
+        return None if self.original_shape is None else (self.shape[0], self.original_shape[0])
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(sparsity=self.sparsity, sparse_flops=self.sparse_flops)
+        if self.original_shape is None:  # not thinned: the keys of an unthinned analysis only
+            del d["original_shape"], d["original_flops"]
+        else:
+            d["channels"] = list(self.channels)
         return d
 
 
@@ -55,6 +74,8 @@ class ModelAnalysis:
     img: tuple[int, int]
     layers: list[LayerStats] = field(default_factory=list)
     total_params: int = 0  # every parameter of the model, not only conv / linear
+    original_params: int | None = None    # thinned model: parameters and FLOPs of the full-width build
+    original_flops: float | None = None
 
     def totals(self) -> dict[str, float | int | None]:
         weights = sum(l.weight_numel for l in self.layers)
@@ -68,9 +89,26 @@ class ModelAnalysis:
                 "flops_reduction": (flops / sparse) if flops and sparse else None,
                 "quantized_layers": sum(l.quantized for l in self.layers)}
 
+    def thinning(self) -> dict[str, float | int | None] | None:
+        """Before / after figures of a thinned model; None for a model that was not thinned."""
+        if self.original_params is None:
+            return None
+        t = self.totals()
+        flops, params = t["flops"], t["params"]
+        channels = [layer.channels for layer in self.layers if layer.channels is not None]
+        return {"flops_before": self.original_flops, "flops_after": flops,
+                "flops_ratio": self.original_flops / flops if self.original_flops and flops else None,
+                "params_before": self.original_params, "params_after": params,
+                "channels_kept": sum(k for k, _ in channels), "channels_original": sum(o for _, o in channels),
+                "layers_thinned": sum(layer.shape != layer.original_shape for layer in self.layers if layer.original_shape)}
+
     def to_dict(self) -> dict:
-        return {"source": self.source, "img": list(self.img), "totals": self.totals(),
-                "layers": [l.to_dict() for l in self.layers]}
+        d = {"source": self.source, "img": list(self.img), "totals": self.totals(),
+             "layers": [layer.to_dict() for layer in self.layers]}
+        thinning = self.thinning()
+        if thinning is not None:
+            d["thinning"] = thinning
+        return d
 
 
 # --------------------------------------------------------------------------------------------- torch
@@ -126,10 +164,39 @@ def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "mode
         out = out_shapes.get(name)
         result.layers.append(LayerStats(
             name=f"{name}.weight", op=type(m).__name__, shape=list(w.shape),
-            params=w.numel() + (bias.numel() if bias is not None else 0), zeros=int((w == 0).sum()),
+            params=w.numel() + (bias.numel() if bias is not None else 0),
+            zeros=0 if w.is_meta else int((w == 0).sum()),  # a meta model (layout only) has no values
             out_shape=out, flops=_flops(list(w.shape), out, conv=w.dim() > 2),
             quantized=_is_quantized(name, m, modules)))
+    original = full_width_model(model)
+    if original is not None:
+        add_original(result, analyze_module(original, img, source=f"{source} (full width)"))
     return result
+
+
+def full_width_model(model) -> DetectionModel | None:
+    """The full-width build of a thinned :class:`DetectionModel` (its YAML without ``widths``), on
+    the meta device (layout only, nothing allocated); None for any other model."""
+    import torch
+
+    from sparseyolo.models.yolo import DetectionModel
+
+    if not isinstance(model, DetectionModel) or not model.yaml.get("widths"):
+        return None
+    with torch.device("meta"):
+        return DetectionModel({**model.yaml, "widths": None}, ch=model.yaml.get("ch", 3))
+
+
+def add_original(thinned: ModelAnalysis, original: ModelAnalysis) -> None:
+    """Record ``original`` (the full-width build of the same model) in ``thinned``: per-layer weight
+    shapes and FLOPs by layer name, and the parameter and FLOP totals."""
+    by_name = {layer.name: layer for layer in original.layers}
+    for layer in thinned.layers:
+        full = by_name.get(layer.name)
+        if full is not None:
+            layer.original_shape, layer.original_flops = full.shape, full.flops
+    thinned.original_params = original.total_params
+    thinned.original_flops = original.totals()["flops"]
 
 
 def _shape_hook(store: dict, name: str, overwrite: bool = True):

@@ -24,33 +24,77 @@ def human(n: float | None, unit: str = "") -> str:
 
 
 def analysis_table(a: ModelAnalysis) -> str:
-    """Per-layer Markdown table with a totals row."""
+    """Per-layer Markdown table with a totals row; a thinned model gets two more columns: output
+    channels kept/original and the layer's FLOPs before thinning."""
     header = ["#", "layer", "op", "weight shape", "params", "sparsity", "FLOPs", "FLOPs sparse", "quant"]
     rows = [[i, l.name, l.op, "x".join(map(str, l.shape)), human(l.params), f"{l.sparsity:.1%}", human(l.flops),
              human(l.sparse_flops), "yes" if l.quantized else "no"] for i, l in enumerate(a.layers)]
     t = a.totals()
     rows.append(["", f"total ({t['layers']} layers; model params {human(t['params'])})", "", "", human(t["layer_params"]),
                  f"{t['sparsity']:.1%}", human(t["flops"]), human(t["sparse_flops"]), f"{t['quantized_layers']}/{t['layers']}"])
-    return markdown_table(header, rows, align="rllrrrrrr")
+    align = "rllrrrrrr"
+    th = a.thinning()
+    if th is not None:
+        header = _with_thinning(header, ("channels", "FLOPs unthinned"))
+        cells = [(_channels(layer.channels), human(layer.original_flops)) for layer in a.layers]
+        cells.append((_channels((th["channels_kept"], th["channels_original"])), human(th["flops_before"])))
+        rows = [_with_thinning(row, extra) for row, extra in zip(rows, cells)]
+        align = "".join(_with_thinning(list(align), ("r", "r")))
+    return markdown_table(header, rows, align=align)
+
+
+def _with_thinning(cells: list, extra: tuple) -> list:
+    """``cells`` of a table row with the thinning cells inserted: channels after the weight shape,
+    the FLOPs before thinning before the FLOPs."""
+    return cells[:4] + [extra[0]] + cells[4:6] + [extra[1]] + cells[6:]
+
+
+def _channels(kept_original: tuple[int, int] | None) -> str:
+    return "?" if kept_original is None else f"{kept_original[0]}/{kept_original[1]}"
 
 
 def summary_line(a: ModelAnalysis) -> str:
+    """One line of totals; a thinned model gets a second line (:func:`thinning_line`)."""
     t = a.totals()
     red = f", {t['flops_reduction']:.2f}x fewer FLOPs if all zeros were skipped" if t["flops_reduction"] else ""
-    return (f"{Path(a.source).name} at {a.img[0]}x{a.img[1]}: {human(t['params'])} parameters, "
+    line = (f"{Path(a.source).name} at {a.img[0]}x{a.img[1]}: {human(t['params'])} parameters, "
             f"{t['sparsity']:.1%} of conv/linear weights are zero, {human(t['flops'])}FLOPs dense -> "
             f"{human(t['sparse_flops'])}FLOPs sparse{red}; {t['quantized_layers']}/{t['layers']} layers quantized")
+    thinned = thinning_line(a)
+    return line if thinned is None else f"{line}\n{thinned}"
+
+
+def thinning_line(a: ModelAnalysis) -> str | None:
+    """``thinned: 5.45 -> 1.40 GFLOPs at 416x416 (3.88x fewer), 8,674,496 -> 2,174,968 parameters, ...``;
+    None for a model that was not thinned."""
+    th = a.thinning()
+    if th is None:
+        return None
+    ratio = f" ({th['flops_ratio']:.2f}x fewer)" if th["flops_ratio"] else ""
+    return (f"thinned: {_gflops(th['flops_before'])} -> {_gflops(th['flops_after'])} GFLOPs at {a.img[0]}x{a.img[1]}"
+            f"{ratio}, {th['params_before']:,} -> {th['params_after']:,} parameters, "
+            f"{th['channels_kept']:,}/{th['channels_original']:,} output channels kept "
+            f"({th['layers_thinned']}/{len(a.layers)} layers thinned)")
+
+
+def _gflops(flops: float | None) -> str:
+    return "?" if flops is None else f"{flops / 1e9:.2f}"
 
 
 def layers_csv(a: ModelAnalysis) -> str:
     buf = io.StringIO()
     fields = ["name", "op", "shape", "params", "zeros", "sparsity", "out_shape", "flops", "sparse_flops", "quantized"]
+    if a.thinning() is not None:
+        fields += ["channels", "original_shape", "original_flops"]
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for l in a.layers:
         row = l.to_dict()
-        row["shape"] = "x".join(map(str, l.shape))
-        row["out_shape"] = "x".join(map(str, l.out_shape)) if l.out_shape else ""
+        for key in ("shape", "out_shape", "original_shape"):
+            if key in row:
+                row[key] = "x".join(map(str, row[key])) if row[key] else ""
+        if l.channels is not None:
+            row["channels"] = _channels(l.channels)
         w.writerow(row)
     return buf.getvalue()
 

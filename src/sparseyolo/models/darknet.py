@@ -11,6 +11,10 @@ feeds it (Darknet puts a detection conv + ``[yolo]`` layer at the end of each br
 back with ``[route] -4``). This gives the cfg order for yolov3, yolov3-spp and yolov3-tiny, with
 the large-stride level first. When a cfg is given every conv shape, the class count and the anchors
 are checked against it (and the anchors taken from it).
+
+A thinned model (structured pruning removed channels) exports its actual filter counts:
+:func:`save_darknet` writes a ``.cfg`` generated from the model beside the ``.weights``, and
+:func:`load_darknet_weights` with that cfg first resizes a full-width model to the cfg's filters.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparseyolo.models.common import SPP, Bottleneck, Conv
-from sparseyolo.models.darknet_cfg import parse_cfg
-from sparseyolo.utils.errors import WeightsError
-from sparseyolo.utils.io import atomic_write_bytes
+from sparseyolo.models.common import SPP, Bottleneck, Concat, Conv
+from sparseyolo.models.darknet_cfg import CfgSection, DarknetCfg, format_sections, parse_cfg
+from sparseyolo.models.yolo import STRIDE_PROBE
+from sparseyolo.sparsity.thinning import resize_layers
+from sparseyolo.utils.errors import SparseYoloError, WeightsError
+from sparseyolo.utils.io import atomic_write_bytes, atomic_write_text
 from sparseyolo.utils.logging import LOGGER
 
 DEFAULT_HEADER = (0, 2, 0, 0)
@@ -72,19 +78,30 @@ def _block_convs(module: nn.Module, prefix: str) -> list[DarknetConv]:
     return []
 
 
-def darknet_layout(model: nn.Module) -> list[DarknetConv]:
-    """Our model's convs in Darknet ``.weights`` order (see the module docstring)."""
-    layers = model.model
-    detect = layers[-1]
+def detect_feeds(model: nn.Module) -> dict[int, list[int]]:
+    """``{layer index: [Detect levels it feeds]}``; Darknet puts each level's detection conv right
+    after the layer feeding it."""
+    detect = model.model[-1]
     froms = [detect.f] if isinstance(detect.f, int) else list(detect.f)
     feeds: dict[int, list[int]] = {}
     for level, f in enumerate(froms):
         feeds.setdefault(f % detect.i if f < 0 else f, []).append(level)
+    return feeds
+
+
+def detect_conv(model: nn.Module, level: int) -> DarknetConv:
+    """The linear detection conv of Detect ``level``."""
+    detect = model.model[-1]
+    return DarknetConv(f"model.{detect.i}.m.{level}", detect.m[level], None, level=level)
+
+
+def darknet_layout(model: nn.Module) -> list[DarknetConv]:
+    """Our model's convs in Darknet ``.weights`` order (see the module docstring)."""
+    feeds = detect_feeds(model)
     out: list[DarknetConv] = []
-    for layer in list(layers)[:-1]:
+    for layer in list(model.model)[:-1]:
         out += _block_convs(layer, f"model.{layer.i}")
-        for level in feeds.get(layer.i, []):
-            out.append(DarknetConv(f"model.{detect.i}.m.{level}", detect.m[level], None, level=level))
+        out += [detect_conv(model, level) for level in feeds.get(layer.i, [])]
     return out
 
 
@@ -98,10 +115,11 @@ def _reorder_blocks(w: torch.Tensor, blocks: int) -> torch.Tensor:
 # cfg validation
 
 
-def check_against_cfg(model: nn.Module, layout: list[DarknetConv], cfg_path: str | os.PathLike) -> list:
-    """Raise :class:`WeightsError` unless ``cfg_path`` describes the same convs and class count;
-    return the cfg's anchors per Detect level (pixels)."""
-    cfg = parse_cfg(cfg_path)
+def check_against_cfg(model: nn.Module, layout: list[DarknetConv], cfg_path: str | os.PathLike | DarknetCfg) -> list:
+    """Raise :class:`WeightsError` unless ``cfg_path`` (a path or a parsed cfg) describes the same
+    convs and class count; return the cfg's anchors per Detect level (pixels)."""
+    cfg = cfg_path if isinstance(cfg_path, DarknetCfg) else parse_cfg(cfg_path)
+    cfg_path = cfg.path
     detect = model.model[-1]
     levels = [d.level for d in layout if d.level is not None]
     if len(cfg.yolos) != len(levels):
@@ -154,57 +172,135 @@ def load_darknet_weights(model: nn.Module, weights_path: str | os.PathLike,
     Every float must be consumed: a short file raises :class:`WeightsError` naming the layer where
     data ran out, a long one the number of leftover floats. Nothing is changed on error. Sets
     ``model.decode = "darknet"`` and keeps the header in ``model.darknet_header`` for re-export.
+    A cfg whose ``filters=`` are fewer than the model's (a thinned export of the same model) resizes
+    the model's layers to them first; ``model.yaml["widths"]`` then records the new sizes.
     """
     path = Path(weights_path)
     if not path.is_file():
         raise WeightsError(f"Darknet weights not found: {path}")
-    layout = darknet_layout(model)
-    anchors = check_against_cfg(model, layout, cfg_path) if cfg_path is not None else None
-    data = path.read_bytes()
-    header, offset = read_header(data, path)
-    body = len(data) - offset
-    if body % 4:
-        raise WeightsError(f"{path}: weight data is {body} bytes, not a whole number of float32 values "
-                           "(the file is truncated or is not a Darknet .weights file)")
-    floats = np.frombuffer(data, "<f4", body // 4, offset)
-    ptr = 0
-    staged: list[tuple[torch.Tensor, np.ndarray, int]] = []
-
-    def take(k: int, item: DarknetConv, what: str, target: torch.Tensor, blocks: int = 0) -> None:
-        nonlocal ptr
-        n = target.numel()
-        if ptr + n > floats.size:
-            need = sum(d.n_floats for d in layout)
-            raise WeightsError(
-                f"{path}: data ran out at Darknet conv #{k} {item.describe()} reading {what}: needs {n} "
-                f"floats, {floats.size - ptr} left (file has {floats.size} floats, the model needs {need})")
-        staged.append((target, floats[ptr:ptr + n], blocks))
-        ptr += n
-
-    for k, item in enumerate(layout):
-        if item.bn is not None:
-            bn = item.bn
-            for what, t in (("BN bias", bn.bias), ("BN scale", bn.weight), ("BN running mean", bn.running_mean),
-                            ("BN running variance", bn.running_var)):
-                take(k, item, what, t)
-        else:
-            take(k, item, "conv bias", item.conv.bias)
-        take(k, item, "conv weights", item.conv.weight, item.reverse_blocks)
-    if ptr != floats.size:
-        raise WeightsError(f"{path}: {floats.size - ptr} floats left over after the last layer "
-                           f"({layout[-1].name}); the file does not match this model (nc={model.model[-1].nc})")
-
+    cfg = parse_cfg(cfg_path) if cfg_path is not None else None
+    replaced = resize_to_cfg(model, cfg) if cfg is not None else {}
+    try:
+        layout = darknet_layout(model)
+        anchors = check_against_cfg(model, layout, cfg) if cfg is not None else None
+        data = path.read_bytes()
+        header, offset = read_header(data, path)
+        staged, n_floats = _stage_floats(data, offset, layout, path, model.model[-1].nc, thinned_hint=cfg is None)
+    except Exception:
+        _put_modules(model, replaced)
+        raise
     with torch.no_grad():
         for target, values, blocks in staged:
             t = torch.from_numpy(values.copy()).view_as(target)
             target.copy_(_reorder_blocks(t, blocks) if blocks else t)
         if anchors is not None:
             model.model[-1].anchors.copy_(torch.tensor(anchors, dtype=torch.float32))
+    if replaced and hasattr(model, "record_widths"):
+        model.record_widths()  # checkpoints saved from this model rebuild the thinned layout
     model.decode = "darknet"
     model.darknet_header = header
-    LOGGER.info(f"Loaded {floats.size:,} floats from {path} (Darknet {header[0]}.{header[1]}.{header[2]}, "
+    LOGGER.info(f"Loaded {n_floats:,} floats from {path} (Darknet {header[0]}.{header[1]}.{header[2]}, "
                 f"{header[3]:,} images seen)")
     return header
+
+
+def _stage_floats(data: bytes, offset: int, layout: list[DarknetConv], path: Path, nc: int,
+                  thinned_hint: bool) -> tuple[list[tuple[torch.Tensor, np.ndarray, int]], int]:
+    """Pair every target tensor of ``layout`` with its slice of the file (nothing copied yet);
+    returns ``([(target, values, reversed SPP blocks)], float count)``."""
+    body = len(data) - offset
+    if body % 4:
+        raise WeightsError(f"{path}: weight data is {body} bytes, not a whole number of float32 values "
+                           "(the file is truncated or is not a Darknet .weights file)")
+    floats = np.frombuffer(data, "<f4", body // 4, offset)
+    hint = "; a thinned export loads only with the .cfg written beside it" if thinned_hint else ""
+    ptr = 0
+    staged: list[tuple[torch.Tensor, np.ndarray, int]] = []
+    for k, item in enumerate(layout):
+        for what, target, blocks in _darknet_tensors(item):
+            n = target.numel()
+            if ptr + n > floats.size:
+                need = sum(d.n_floats for d in layout)
+                raise WeightsError(
+                    f"{path}: data ran out at Darknet conv #{k} {item.describe()} reading {what}: needs {n} "
+                    f"floats, {floats.size - ptr} left (file has {floats.size} floats, the model needs {need}){hint}")
+            staged.append((target, floats[ptr:ptr + n], blocks))
+            ptr += n
+    if ptr != floats.size:
+        raise WeightsError(f"{path}: {floats.size - ptr} floats left over after the last layer "
+                           f"({layout[-1].name}); the file does not match this model (nc={nc}){hint}")
+    return staged, int(floats.size)
+
+
+def _darknet_tensors(item: DarknetConv) -> list[tuple[str, torch.Tensor, int]]:
+    """``(what, tensor, reversed input blocks)`` of one conv in ``.weights`` order."""
+    if item.bn is not None:
+        bn = item.bn
+        first = [("BN bias", bn.bias, 0), ("BN scale", bn.weight, 0), ("BN running mean", bn.running_mean, 0),
+                 ("BN running variance", bn.running_var, 0)]
+    else:
+        first = [("conv bias", item.conv.bias, 0)]
+    return first + [("conv weights", item.conv.weight, item.reverse_blocks)]
+
+
+# ---------------------------------------------------------------------------------------------
+# thinned models: sizes from a cfg's filter counts
+
+
+def cfg_widths(layout: list[DarknetConv], cfg: DarknetCfg) -> dict[str, list[int]]:
+    """Layer sizes (``{module name: [in, out]}`` for convs, ``[n]`` for BN, as in
+    ``model.yaml["widths"]``) that ``cfg``'s ``[convolutional]`` sections give our convs, for the
+    layers whose size differs. The detection convs keep their outputs (they follow ``nc``, which
+    :func:`check_against_cfg` compares). ``{}`` unless the cfg is a thinned form of ``layout`` (same
+    conv count, no layer wider): for any other cfg, that check reports the difference."""
+    if len(cfg.convs) != len(layout):
+        return {}
+    widths: dict[str, list[int]] = {}
+    for c, item in zip(cfg.convs, layout):
+        conv = item.conv
+        size = [c.c_in, c.filters if item.bn is not None else conv.out_channels]
+        if size[0] > conv.in_channels or size[1] > conv.out_channels:
+            return {}  # thinning only removes channels: this cfg describes another model
+        if [conv.in_channels, conv.out_channels] != size:
+            widths[f"{item.name}.conv" if item.bn is not None else item.name] = size
+        if item.bn is not None and item.bn.num_features != c.filters:
+            widths[f"{item.name}.bn"] = [c.filters]
+    return widths
+
+
+def resize_to_cfg(model: nn.Module, cfg: DarknetCfg) -> dict[str, nn.Module]:
+    """Resize ``model``'s layers (in place, fresh weights) to ``cfg``'s filter counts; returns the
+    replaced modules by name, which :func:`_put_modules` puts back. Raises :class:`WeightsError`
+    (model unchanged) when the sizes do not fit the model's layer graph."""
+    widths = cfg_widths(darknet_layout(model), cfg)
+    replaced = {name: model.get_submodule(name) for name in widths}
+    if not replaced:
+        return replaced
+    try:
+        resize_layers(model, widths, where=cfg.path)
+        _probe_forward(model, cfg.convs[0].c_in)
+    except (SparseYoloError, RuntimeError) as e:
+        _put_modules(model, replaced)
+        raise WeightsError(f"{cfg.path}: its filter counts do not fit this model ({e})") from None
+    return replaced
+
+
+def _put_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    for name, module in modules.items():
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+@torch.no_grad()
+def _probe_forward(model: nn.Module, ch: int) -> None:
+    """A small forward pass: a conv whose input size disagrees with its producer raises here."""
+    was_training = model.training
+    p = next(model.parameters())
+    try:
+        model.eval()
+        model(torch.zeros(1, ch, STRIDE_PROBE, STRIDE_PROBE, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
 
 
 def darknet_bytes(model: nn.Module, header: tuple[int, int, int, int] | None = None) -> bytes:
@@ -217,12 +313,8 @@ def darknet_bytes(model: nn.Module, header: tuple[int, int, int, int] | None = N
         return t.detach().cpu().to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
 
     for item in darknet_layout(model):
-        if item.bn is not None:
-            parts += [f32(item.bn.bias), f32(item.bn.weight), f32(item.bn.running_mean), f32(item.bn.running_var)]
-        else:
-            parts.append(f32(item.conv.bias))
-        w = item.conv.weight.detach()
-        parts.append(f32(_reorder_blocks(w, item.reverse_blocks) if item.reverse_blocks else w))
+        for _, t, blocks in _darknet_tensors(item):
+            parts.append(f32(_reorder_blocks(t.detach(), blocks) if blocks else t))
     return b"".join(parts)
 
 
@@ -234,3 +326,152 @@ def save_darknet_weights(model: nn.Module, path: str | os.PathLike, cfg_path: st
     if cfg_path is not None:
         check_against_cfg(model, darknet_layout(model), cfg_path)
     return atomic_write_bytes(path, darknet_bytes(model, header))
+
+
+def save_darknet(model: nn.Module, weights_path: str | os.PathLike, cfg_path: str | os.PathLike | None = None,
+                 header: tuple[int, int, int, int] | None = None, img_size: int = 416) -> tuple[Path, Path]:
+    """Write ``model`` as a Darknet pair: a ``.cfg`` generated from the model, with its actual
+    (thinned) filter counts (``cfg_path``, default ``weights_path`` with suffix ``.cfg``), and the
+    ``.weights``, checked against that cfg. Returns ``(cfg path, weights path)``."""
+    weights_path = Path(weights_path)
+    cfg_file = atomic_write_text(Path(cfg_path) if cfg_path is not None else weights_path.with_suffix(".cfg"),
+                                 darknet_cfg_text(model, img_size))
+    return cfg_file, save_darknet_weights(model, weights_path, cfg_file, header)
+
+
+# ---------------------------------------------------------------------------------------------
+# cfg export
+
+_ACTIVATIONS = {nn.LeakyReLU: "leaky", nn.ReLU: "relu", nn.SiLU: "swish", nn.Identity: "linear"}
+
+
+class _CfgWriter:
+    """Darknet sections in order; layer indices exclude ``[net]``, as in Darknet's routes."""
+
+    def __init__(self) -> None:
+        self.sections: list[CfgSection] = []
+
+    @property
+    def last(self) -> int:
+        return len(self.sections) - 1
+
+    def add(self, kind: str, **options: object) -> int:
+        self.sections.append(CfgSection(kind, 0, {k: str(v) for k, v in options.items()}))
+        return self.last
+
+    def route(self, *sources: int) -> int:
+        """``[route]`` to ``sources``: the previous layer as ``-1``, others by absolute index."""
+        prev = self.last
+        return self.add("route", layers=", ".join(str(-1 if s == prev else s) for s in sources))
+
+
+def darknet_cfg_text(model: nn.Module, img_size: int = 416) -> str:
+    """The Darknet ``.cfg`` of ``model`` (see :func:`darknet_cfg_sections`)."""
+    name = Path(str(getattr(model, "yaml", {}).get("yaml_file", "model"))).stem
+    return format_sections(darknet_cfg_sections(model, img_size),
+                           comment=f"{name}, written by sparseyolo: filters= are the model's actual layer widths")
+
+
+def darknet_cfg_sections(model: nn.Module, img_size: int = 416) -> list[CfgSection]:
+    """``[net]`` and every layer of ``model`` as Darknet cfg sections, with each conv's actual
+    (possibly thinned) ``filters=``; the convs come in :func:`darknet_layout` order, each Detect
+    level's conv and ``[yolo]`` right after the layer feeding it."""
+    w = _CfgWriter()
+    feeds = detect_feeds(model)
+    outs: dict[int, int] = {}  # our layer index -> Darknet index of its output (-1: the image)
+    for layer in list(model.model)[:-1]:
+        froms = [layer.f] if isinstance(layer.f, int) else list(layer.f)
+        sources = [outs.get(f if f >= 0 else layer.i + f, -1) for f in froms]
+        if isinstance(layer, Concat):
+            w.route(*sources)
+        elif len(sources) != 1:
+            raise WeightsError(f"model.{layer.i}: {type(layer).__name__} with several inputs has no Darknet equivalent")
+        else:
+            if sources[0] != w.last:  # e.g. the branch after a [yolo] goes back to an earlier layer
+                w.route(sources[0])
+            _write_block(w, layer, f"model.{layer.i}")
+        outs[layer.i] = w.last
+        for level in feeds.get(layer.i, []):
+            _write_detection(w, model, level)
+    net = CfgSection("net", 0, {"batch": "1", "subdivisions": "1", "width": str(img_size),
+                                "height": str(img_size), "channels": str(darknet_layout(model)[0].conv.in_channels)})
+    return [net] + w.sections
+
+
+def _write_block(w: _CfgWriter, module: nn.Module, prefix: str) -> None:
+    """The sections of one YAML layer (the mirror of :func:`_block_convs`)."""
+    if isinstance(module, Conv):
+        w.add("convolutional", **_conv_options(_block_convs(module, prefix)[0], module.act))
+    elif isinstance(module, Bottleneck):
+        start = w.last
+        _write_block(w, module.cv1, f"{prefix}.cv1")
+        _write_block(w, module.cv2, f"{prefix}.cv2")
+        if module.add:
+            w.add("shortcut", **{"from": start - (w.last + 1), "activation": "linear"})
+    elif isinstance(module, SPP):  # Darknet concatenates [pool13, pool9, pool5, x]
+        _write_block(w, module.cv1, f"{prefix}.cv1")
+        x, pools = w.last, []
+        for j, pool in enumerate(module.m):
+            if j:
+                w.route(x)
+            pools.append(w.add("maxpool", size=_square(pool.kernel_size, prefix), stride=1))
+        w.route(*reversed(pools), x)
+        _write_block(w, module.cv2, f"{prefix}.cv2")
+    elif isinstance(module, nn.Sequential):
+        for k, child in module.named_children():
+            _write_block(w, child, f"{prefix}.{k}")
+    elif isinstance(module, nn.MaxPool2d):
+        size = _square(module.kernel_size, prefix)
+        w.add("maxpool", size=size, stride=_square(module.stride or size, prefix))
+    elif isinstance(module, nn.Upsample) and module.mode == "nearest" and isinstance(module.scale_factor, (int, float)) \
+            and float(module.scale_factor).is_integer():
+        w.add("upsample", stride=int(module.scale_factor))
+    elif not (isinstance(module, nn.ZeroPad2d) and tuple(module.padding) == (0, 1, 0, 1)):
+        # (yolov3-tiny pads right / bottom before its stride-1 pool; Darknet's [maxpool] does that itself)
+        raise WeightsError(f"{prefix}: layer {module} has no Darknet cfg equivalent")
+
+
+def _write_detection(w: _CfgWriter, model: nn.Module, level: int) -> None:
+    """Detect ``level``'s linear 1x1 conv and its ``[yolo]`` section (all anchors, this level's mask)."""
+    detect = model.model[-1]
+    w.add("convolutional", **_conv_options(detect_conv(model, level), None))
+    anchors = detect.anchors.reshape(-1, 2).tolist()
+    w.add("yolo", mask=",".join(str(level * detect.na + a) for a in range(detect.na)),
+          anchors=",  ".join(f"{_number(aw)},{_number(ah)}" for aw, ah in anchors), classes=detect.nc,
+          num=len(anchors))
+
+
+def _conv_options(item: DarknetConv, act: nn.Module | None) -> dict[str, object]:
+    """``[convolutional]`` options of one conv (``act`` None: the linear detection conv)."""
+    c = item.conv
+    k = _square(c.kernel_size, item.name)
+    if _square(c.padding, item.name) != k // 2 or tuple(c.dilation) != (1, 1):
+        raise WeightsError(f"{item.describe()}: Darknet convolutions use 'same' padding and no dilation")
+    options: dict[str, object] = {"batch_normalize": 1} if item.bn is not None else {}
+    options.update(filters=c.out_channels, size=k, stride=_square(c.stride, item.name), pad=1)
+    if c.groups > 1:
+        options["groups"] = c.groups
+    options["activation"] = _activation(act, item.name)
+    return options
+
+
+def _activation(act: nn.Module | None, name: str) -> str:
+    if act is None:
+        return "linear"
+    kind = _ACTIVATIONS.get(type(act))
+    if kind is None or (kind == "leaky" and act.negative_slope != 0.1):
+        raise WeightsError(f"{name}: activation {act} has no Darknet equivalent")
+    return kind
+
+
+def _square(value: int | tuple[int, ...], name: str) -> int:
+    """``3`` or ``(3, 3)`` -> 3; Darknet layers are square."""
+    values = {value} if isinstance(value, int) else set(value)
+    if len(values) != 1:
+        raise WeightsError(f"{name}: non-square size {value} has no Darknet equivalent")
+    return int(values.pop())
+
+
+def _number(v: float) -> str:
+    """An anchor as Darknet text: ``116`` or the float's exact repr."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))

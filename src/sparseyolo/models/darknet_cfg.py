@@ -1,7 +1,9 @@
-"""Reader for Darknet ``.cfg`` network definitions (enough of the format for YOLOv3-family nets).
+"""Reader and writer for Darknet ``.cfg`` network definitions (enough of the format for YOLOv3-family
+nets).
 
-The parsed cfg is only used to validate an import and to count parameters: the layer layout itself
-is derived from our YAML model (see ``models/darknet.py``), so a ``.cfg`` file is optional.
+The parsed cfg validates an import, sizes a thinned model's layers (its ``filters=``) and counts
+parameters: the layer layout itself is derived from our YAML model (see ``models/darknet.py``), so a
+``.cfg`` file is optional. :func:`format_sections` writes sections back as cfg text.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ class CfgSection:
             raise ConfigError(f"{path}:{self.line}: [{self.type}] {key}={self.options[key]!r} is not an integer") from None
 
     def get_ints(self, key: str, path: str = "") -> list[int]:
+        return [int(v) for v in self.get_floats(key, path)]
+
+    def get_floats(self, key: str, path: str = "") -> list[float]:
         try:
-            return [int(float(v)) for v in self.options.get(key, "").split(",") if v.strip()]
+            return [float(v) for v in self.options.get(key, "").split(",") if v.strip()]
         except ValueError:
             raise ConfigError(f"{path}:{self.line}: [{self.type}] {key} must be a list of numbers") from None
 
@@ -69,7 +74,7 @@ class CfgYolo:
     index: int
     line: int
     mask: list[int]
-    anchors: list[tuple[int, int]]   # this layer's anchors (w, h) in pixels
+    anchors: list[tuple[float, float]]   # this layer's anchors (w, h) in pixels (Darknet reads floats)
     classes: int
 
 
@@ -117,6 +122,13 @@ def parse_sections(path: str | os.PathLike) -> list[CfgSection]:
     return sections
 
 
+def format_sections(sections: list[CfgSection], comment: str = "") -> str:
+    """Cfg text for ``sections`` (the inverse of :func:`parse_sections`); ``comment`` lines go first."""
+    blocks = ["\n".join(f"# {c}" for c in comment.splitlines())] if comment else []
+    blocks += ["\n".join([f"[{sec.type}]"] + [f"{k}={v}" for k, v in sec.options.items()]) for sec in sections]
+    return "\n\n".join(blocks) + "\n"
+
+
 def _route_sources(sec: CfgSection, i: int, path: str) -> list[int]:
     out = []
     for v in sec.get_ints("layers", path):
@@ -154,7 +166,7 @@ def parse_cfg(path: str | os.PathLike) -> DarknetCfg:
                     raise ConfigError(f"{p}:{sec.line}: [shortcut] from={frm} does not match layer {i - 1}")
             channels.append(prev * (sec.get_int("stride", 2, p) ** 2) if sec.type == "reorg" else prev)
         elif sec.type in ("yolo", "region"):
-            anchors = sec.get_ints("anchors", p)
+            anchors = sec.get_floats("anchors", p)
             pairs = list(zip(anchors[0::2], anchors[1::2]))
             mask = sec.get_ints("mask", p) or list(range(len(pairs)))
             if any(not 0 <= m < len(pairs) for m in mask):
