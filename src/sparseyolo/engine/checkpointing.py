@@ -13,6 +13,7 @@ from sparseyolo.engine.base import HookBase
 from sparseyolo.engine.ddp import barrier
 from sparseyolo.engine.ema import de_parallel
 from sparseyolo.utils.errors import WeightsError
+from sparseyolo.utils.io import DiskFullError
 from sparseyolo.utils.logging import LOGGER
 
 
@@ -57,9 +58,17 @@ def find_last_checkpoint(project: str | Path) -> Path:
     return candidates[-1]
 
 
+class CheckpointDiskFullError(DiskFullError):
+    """The disk filled up while a checkpoint was written: the run stops, the previous ``last.pt``
+    is intact and the message says how to resume from it."""
+
+
 class CheckpointHook(HookBase):
     """Writes ``weights/last.pt`` every epoch, ``best.pt`` when fitness improves, ``epochN.pt`` every
     ``save_period`` epochs; atomically, on rank 0, with barriers so no rank races ahead.
+
+    ``last.pt`` is written after the others, so a write that fails (full disk) leaves it at the
+    previous epoch, consistent with ``best.pt`` / ``epochN.pt``: resuming from it redoes the epoch.
 
     After a successful run the optimizer / scaler state is stripped from ``last.pt`` and ``best.pt``.
     A failed run leaves the last good checkpoint untouched.
@@ -77,13 +86,27 @@ class CheckpointHook(HookBase):
             from sparseyolo.models.checkpoint import save_checkpoint
 
             fields = t.checkpoint_fields()
-            save_checkpoint(self.last, **fields)
             ev = t.eval_hook
+            targets = []
             if ev is not None and ev.is_best:
-                save_checkpoint(self.best, **fields)
+                targets.append(self.best)
             if self.save_period > 0 and (t.epoch + 1) % self.save_period == 0:
-                save_checkpoint(self.dir / f"epoch{t.epoch + 1}.pt", **fields)
+                targets.append(self.dir / f"epoch{t.epoch + 1}.pt")
+            for f in targets + [self.last]:  # last.pt last: see the class docstring
+                try:
+                    save_checkpoint(f, **fields)
+                except DiskFullError as e:
+                    raise self._disk_full(f, e) from e
         barrier(t.dist)
+
+    def _disk_full(self, path: Path, e: DiskFullError) -> CheckpointDiskFullError:
+        what = e.strerror or "no space left on device"
+        if self.last.is_file():
+            # the write was atomic: last.pt is the previous epoch's checkpoint, untouched
+            hint = f"the previous checkpoint is intact: free some space and resume with --resume {self.last}"
+        else:
+            hint = f"no {self.last.name} had been saved yet: free some space and start the run again"
+        return CheckpointDiskFullError(f"{what} while writing {path}; {hint}", path, e.errno)
 
     def after_train(self) -> None:
         t = self.trainer
@@ -95,7 +118,12 @@ class CheckpointHook(HookBase):
             if f.exists():
                 ckpt = load_checkpoint(f)
                 ckpt.update(optimizer=None, scaler=None)
-                save_checkpoint(f, **ckpt)
+                try:
+                    save_checkpoint(f, **ckpt)
+                except DiskFullError as e:  # the run is done and f is whole; it just stays larger
+                    LOGGER.warning(f"{e.strerror} while stripping the optimizer state from {f}; the "
+                                   f"checkpoint is intact and keeps it")
+                    continue
                 LOGGER.info(f"optimizer state stripped from {f} ({f.stat().st_size / 1e6:.1f} MB)")
 
 
