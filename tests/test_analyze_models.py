@@ -7,15 +7,13 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("sparseyolo.models.checkpoint")
-
-from sparseyolo.benchmark.analyze import analyze_module, analyze_onnx  # noqa: E402
-from sparseyolo.benchmark.loading import load_torch_model  # noqa: E402
-from sparseyolo.benchmark.report import build_report  # noqa: E402
-from sparseyolo.benchmark.sensitivity import magnitude_prune_  # noqa: E402
-from sparseyolo.cli.main import main  # noqa: E402
-from sparseyolo.models import build_model  # noqa: E402
-from sparseyolo.models.checkpoint import save_checkpoint  # noqa: E402
+from sparseyolo.benchmark.analyze import analyze_module, analyze_onnx
+from sparseyolo.benchmark.loading import load_torch_model
+from sparseyolo.benchmark.report import build_report
+from sparseyolo.benchmark.sensitivity import magnitude_prune_
+from sparseyolo.cli.main import main
+from sparseyolo.models import build_model
+from sparseyolo.models.checkpoint import save_checkpoint
 
 PRUNED = {"model.2.conv.weight": 0.5, "model.4.conv.weight": 0.8}
 
@@ -46,7 +44,7 @@ def test_analyze_checkpoint_cli(ckpt, tmp_path, capsys):
 
 
 def test_checkpoint_and_its_onnx_agree(ckpt, tmp_path):
-    export = pytest.importorskip("sparseyolo.export.onnx")
+    import sparseyolo.export.onnx as export
     model, _ = load_torch_model(ckpt)
     a_pt = analyze_module(model, (64, 64))
     onnx_path = export.export_onnx(model, tmp_path / "m.onnx", img_size=(64, 64))
@@ -74,8 +72,6 @@ def test_qat_checkpoint_layers_quantized(tmp_path):
 
 
 def test_report_exports_missing_onnx_and_revalidates(ckpt, tmp_path):
-    pytest.importorskip("sparseyolo.export.onnx")
-    pytest.importorskip("sparseyolo.engine.val")
     from sparseyolo.data.synthetic import make_shapes_dataset
 
     data = make_shapes_dataset(tmp_path / "shapes", n_train=1, n_val=2, img_size=64)
@@ -92,7 +88,6 @@ def test_report_exports_missing_onnx_and_revalidates(ckpt, tmp_path):
 
 
 def test_sensitivity_cli_writes_loadable_recipe(ckpt, tmp_path, capsys):
-    pytest.importorskip("sparseyolo.engine.val")
     from sparseyolo.data.synthetic import make_shapes_dataset
     from sparseyolo.recipe import Recipe
 

@@ -106,7 +106,7 @@ def test_state_mismatch_is_weights_error(tmp_path):
 
 
 def test_qat_structure_is_rebuilt(tmp_path):
-    q = pytest.importorskip("sparseyolo.quantization")
+    import sparseyolo.quantization as q
     m = _small()
     subs = ["model.0", "model.2", "model.20"]
     config = {"weight_bits": 8, "activation_bits": 8, "per_channel": False,

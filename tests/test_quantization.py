@@ -337,13 +337,12 @@ def test_no_fuse_plain_convs_linear_and_custom_outputs():
     assert model.pool.out_quant.initialized
 
 
-def test_fuse_method_name(net):
+def test_fuse_is_a_known_mode_never_a_method_name(net):
     called = []
     net.my_fuse = lambda: called.append(True)  # type: ignore[attr-defined]
-    prepare_qat(net, SUBMODULES, QATConfig(fuse="my_fuse"))
-    assert called == [True]
-    with pytest.raises(ConfigError, match="no_such_fn"):
-        prepare_qat(Net(), None, QATConfig(fuse="no_such_fn"))
+    with pytest.raises(ConfigError, match="fuse must be one of 'conv_bn_relus', 'no_fuse'"):
+        prepare_qat(net, SUBMODULES, QATConfig(fuse="my_fuse"))
+    assert called == []  # a name from a recipe or checkpoint never runs model code
 
 
 def test_deepcopy_and_repeated_prepare_are_safe(net):

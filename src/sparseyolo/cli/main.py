@@ -47,12 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sparseyolo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"sparseyolo.cli.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"sparseyolo.cli.{module_name}":
-                continue  # command not built yet
-            raise
+        # every command is part of the package: a missing module is a broken installation, and must
+        # fail here rather than leave the command out of --help as if it did not exist
+        module = importlib.import_module(f"sparseyolo.cli.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP,
                            formatter_class=_HelpFormatter)
         module.add_arguments(p)

@@ -16,11 +16,17 @@ from sparseyolo.utils.logging import LOGGER
 # pjreddie's mirror keeps all three official tars side by side (the Oxford host splits them by year)
 DEFAULT_URL_BASE = "https://pjreddie.com/media/files/"
 VOC_ARCHIVES = ("VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar", "VOCtrainval_11-May-2012.tar")
+# sha256 of each archive, once someone has hashed the official files (none of them is pinned yet: we
+# could not download them to verify). Until then every download logs that it is not verified.
+VOC_SHA256: dict[str, str] = {}
 
 
 def fetch_and_extract(url_base: str, root: Path, archives: tuple[str, ...] = VOC_ARCHIVES, keep: bool = False,
                       progress: bool = True) -> None:
-    """Download each archive into ``root/archives`` and extract it into ``root`` (once)."""
+    """Download each archive into ``root/archives`` and extract it into ``root`` (once).
+
+    An archive without a pinned sha256 (``VOC_SHA256``) is downloaded with a warning that it is not
+    verified; extraction refuses members that would land outside ``root`` either way."""
     from sparseyolo.utils.downloads import download, safe_extract
 
     base = url_base if url_base.endswith("/") else url_base + "/"
@@ -29,7 +35,7 @@ def fetch_and_extract(url_base: str, root: Path, archives: tuple[str, ...] = VOC
         if marker.is_file():
             LOGGER.info(f"{name}: already extracted")
             continue
-        tar = download(base + name, root / "archives" / name, progress=progress)
+        tar = download(base + name, root / "archives" / name, sha256=VOC_SHA256.get(name), progress=progress)
         safe_extract(tar, root, progress=progress)
         marker.write_text("ok\n")
         if not keep:

@@ -135,19 +135,37 @@ def apply_qat_structure(model: nn.Module, qat: dict) -> nn.Module:
 
 
 def load_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` with a :class:`WeightsError` that names the bad keys."""
-    result = model.load_state_dict(state, strict=False)
+    """``load_state_dict(strict=True)`` with a :class:`WeightsError` that names the bad keys.
+
+    Everything is checked before anything is copied, so a mismatch gives one line naming the tensor
+    and both shapes instead of PyTorch's multi-line RuntimeError, and leaves the model untouched.
+    """
+    if not isinstance(state, dict):
+        raise WeightsError(f"{source}: expected a state dict (tensor names -> tensors), got a {type(state).__name__}")
     own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
         parts = []
-        if result.missing_keys:
-            parts.append(f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[:3]})")
-        if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})")
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {[str(k)[:80] for k in unexpected[:3]]})")
         raise WeightsError(f"{source}: state dict does not match the model: {'; '.join(parts)}")
-    if bad:
-        raise WeightsError(f"{source}: shape mismatch for {bad[:3]}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"{source}: {key} is a {type(value).__name__} in the file, not a tensor")
+        if value.shape != own[key].shape:
+            raise WeightsError(f"{source}: {key} has shape {list(value.shape)} in the file, "
+                               f"{list(own[key].shape)} in the model")
+        if value.is_complex() and not own[key].is_complex():
+            raise WeightsError(f"{source}: {key} holds complex numbers in the file, {own[key].dtype} in the model")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # anything the checks above missed: still one line, naming the source
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) or (first[0] if first else type(e).__name__)
+        raise WeightsError(f"{source}: state dict does not match the model ({detail})") from None
 
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> DetectionModel:

@@ -156,7 +156,11 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
 def transfer_state(model, state: dict, source: str = "weights") -> int:
     """Copy every entry of ``state`` whose name and shape match ``model``; returns the count."""
     own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    # entries that are not tensors, or whose shape differs, are skipped (the point is a partial copy);
+    # load_state_dict would raise a multi-line RuntimeError on either
+    matched = {k: v for k, v in state.items()
+               if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape
+               and (own[k].is_complex() or not v.is_complex())}
     model.load_state_dict(matched, strict=False)
     LOGGER.info(f"Transferred {len(matched)}/{len(own)} items from {source}")
     return len(matched)

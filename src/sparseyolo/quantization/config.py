@@ -7,6 +7,8 @@ from typing import Any
 
 from sparseyolo.utils.errors import ConfigError
 
+# The only fuse steps: a recipe or checkpoint names one of these, never a method of the model (a file
+# must not choose which code runs when it is loaded).
 FUSE_MODES = ("conv_bn_relus", "no_fuse")
 
 
@@ -26,7 +28,8 @@ class QATConfig:
     - ``exclude_batchnorm``: with ``fuse="no_fuse"``, no quantizer after a standalone BatchNorm.
     - ``tensorrt``: symmetric int8 activations and per-channel weights (TensorRT's scheme).
     - ``fuse``: ``"conv_bn_relus"`` folds Conv+BN(+act) for training, ``"no_fuse"`` quantizes the
-      conv alone, any other string names a model method called before preparing.
+      conv alone; nothing else is accepted (SparseML also allowed the name of a model method, which
+      would let a recipe or checkpoint call any method of the model).
     """
 
     weight_bits: int = 8
@@ -50,9 +53,7 @@ class QATConfig:
                 raise ConfigError(f"QATConfig: {name} must be an integer in 2..8, got {bits!r}")
         if not 0.0 < float(self.averaging_constant) <= 1.0:
             raise ConfigError(f"QATConfig: averaging_constant must be in (0, 1], got {self.averaging_constant!r}")
-        if not isinstance(self.fuse, str) or not self.fuse:
-            raise ConfigError(f"QATConfig: fuse must be 'conv_bn_relus', 'no_fuse' or a model method name, "
-                              f"got {self.fuse!r}")
+        check_fuse(self.fuse, "QATConfig: fuse")
         self.exclude_module_types = _names("exclude_module_types", self.exclude_module_types)
         self.custom_quantizable_module_types = _names("custom_quantizable_module_types",
                                                       self.custom_quantizable_module_types)
@@ -85,7 +86,18 @@ class QATConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown quantization key(s) {unknown}; known: {sorted(known)}")
+        if "fuse" in values:
+            check_fuse(values["fuse"], f"{where}: fuse")
         return cls(**values)
+
+
+def check_fuse(value: object, where: str) -> str:
+    """``value`` if it is one of :data:`FUSE_MODES`, else a :class:`ConfigError` starting with ``where``."""
+    if not isinstance(value, str) or value not in FUSE_MODES:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ConfigError(f"{where} must be one of {', '.join(repr(m) for m in FUSE_MODES)}, got {shown} "
+                          f"(naming a model method is not supported)")
+    return value
 
 
 def _names(key: str, value: Any) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from sparseyolo.quantization.config import FUSE_MODES, QATConfig
+from sparseyolo.quantization.config import QATConfig, check_fuse
 from sparseyolo.quantization.fake_quant import (
     ActivationQuantizer,
     WeightQuantizer,
@@ -49,13 +49,8 @@ def prepare_qat(model: nn.Module, submodules: Sequence[str] | None = None,
     the model to another device or after: new buffers follow each layer's weights.
     """
     cfg = config or QATConfig()
+    check_fuse(cfg.fuse, "QATConfig: fuse")  # again: the field may have been changed after validation
     roots = _resolve_submodules(model, submodules)
-    if cfg.fuse not in FUSE_MODES:
-        fuse_fn = getattr(model, cfg.fuse, None)
-        if not callable(fuse_fn):
-            raise ConfigError(f"QATConfig: fuse={cfg.fuse!r} is neither one of {list(FUSE_MODES)} nor a method "
-                              f"of {type(model).__name__}")
-        fuse_fn()
     fold = cfg.fuse != "no_fuse"
     seen: set[int] = set()
     counts = {"conv_bn": 0, "conv": 0, "linear": 0, "outputs": 0}

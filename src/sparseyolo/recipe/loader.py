@@ -336,5 +336,7 @@ def parse_recipe_text(text: str, label: str) -> ParsedRecipe:
         mark = getattr(err, "problem_mark", None)
         loc = f"{label}:{mark.line + 1}" if mark is not None else label
         raise ConfigError(f"{loc}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
+    except RecursionError:  # PyYAML composes nested lists / mappings recursively
+        raise ConfigError(f"{label}: invalid YAML: lists or mappings are nested too deeply") from None
     finally:
         loader.dispose()

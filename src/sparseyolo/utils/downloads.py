@@ -130,7 +130,8 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
              timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
-    An existing ``dest`` is reused when it matches ``sha256`` (or when no hash is given). Data is
+    An existing ``dest`` is reused when it matches ``sha256`` (or when no hash is given; downloading
+    without a hash logs a warning that the file is not verified). Data is
     streamed into ``dest.part`` and a later call resumes it with an HTTP Range request (servers that
     ignore Range are handled by restarting). Raises :class:`DownloadError` for HTTP / network
     errors, a truncated transfer (the ``.part`` is kept) or a checksum mismatch (the file is removed).
@@ -145,6 +146,8 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
     LOGGER.info(f"Downloading {url} to {dest}")
+    if sha256 is None:
+        LOGGER.warning(f"{url}: no sha256 is pinned for this file, so the download is not verified")
     _stream(url, part, progress, timeout)
     if sha256 is not None:
         actual = sha256sum(part)
@@ -176,22 +179,82 @@ def _check_name(archive: Path, name: str) -> PurePosixPath:
     return p
 
 
+def _key(path: PurePosixPath) -> str:
+    """Comparison key of a member path: case-folded, as macOS and Windows file systems compare names."""
+    return str(path).casefold()
+
+
+def _is_link(m: tarfile.TarInfo) -> bool:
+    return m.issym() or m.islnk()
+
+
+def _walk_link(archive: Path, m: tarfile.TarInfo, rel: PurePosixPath, links: dict[str, str]) -> None:
+    """Follow a link's target one component at a time, as the file system would, and refuse it when
+    it leaves the destination or passes through another link of the archive.
+
+    Text normalisation alone is not enough: with ``a -> .`` in the archive, ``b -> a/..`` looks like
+    ``b -> .`` but the system resolves it to the parent of the destination. Refusing every step through
+    a link keeps our answer the same as the file system's, on every Python version.
+    """
+    link = m.linkname.replace("\\", "/")
+    if link.startswith("/") or re.match(r"^[A-Za-z]:", link):
+        raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r} (absolute target)")
+    # symlink targets are relative to the link's folder, hardlink targets to the archive root
+    here = list(rel.parent.parts) if m.issym() else []
+    for part in PurePosixPath(link).parts:
+        if part == ".":
+            continue
+        if part == "..":
+            if not here:
+                raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r} "
+                                    f"pointing outside the destination")
+            here.pop()
+            continue
+        here.append(part)
+        via = links.get(_key(PurePosixPath(*here)))
+        if via is not None:
+            raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r}: its target passes "
+                                f"through the link {via!r} of the same archive")
+
+
 def _check_tar(archive: Path, root: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Check every member before anything is written.
+
+    Links may only point at plain paths inside the destination: no member may sit below a link of
+    the archive, no link target may pass through one, and no member may share a link's name. That
+    stops chains such as ``a -> .``, ``a/b -> ..``, ``b/x`` by our own checks, without relying on
+    tarfile's ``filter="data"``, which Python 3.10 before 3.10.12 (and 3.11 before 3.11.4) lacks.
+    """
     members = tar.getmembers()
+    checked: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
+    names: dict[str, tarfile.TarInfo] = {}
     for m in members:
         rel = _check_name(archive, m.name)
-        if m.issym() or m.islnk():
-            link = m.linkname.replace("\\", "/")
-            if link.startswith("/"):
-                raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r} (absolute target)")
-            # symlink targets are relative to the link's folder, hardlink targets to the archive root
+        if not (m.isfile() or m.isdir() or _is_link(m)):
+            raise DownloadError(f"{archive}: refusing special member {m.name!r} (device or fifo)")
+        if rel == PurePosixPath(".") and not m.isdir():
+            raise DownloadError(f"{archive}: refusing member {m.name!r}: it would replace the destination itself")
+        twin = names.get(_key(rel))
+        if twin is not None and (_is_link(m) or _is_link(twin)):
+            # the second member would be written through the link, or replace what others rely on
+            raise DownloadError(f"{archive}: refusing member {m.name!r}: the archive holds a link of the same name")
+        names[_key(rel)] = m
+        checked.append((m, rel))
+    links = {key: m.name for key, m in names.items() if _is_link(m)}  # comparison key -> name as written
+    for m, rel in checked:
+        for parent in rel.parents:
+            via = links.get(_key(parent))
+            if via is not None:
+                raise DownloadError(f"{archive}: refusing member {m.name!r}: its path passes through the "
+                                    f"link {via!r} of the same archive")
+        if _is_link(m):
+            _walk_link(archive, m, rel, links)
+            # a link already on disk (left by an earlier archive, say) could still redirect the target
             base = root / rel.parent if m.issym() else root
-            target = Path(os.path.normpath(base / link))
+            target = Path(os.path.realpath(base / m.linkname.replace("\\", "/")))
             if not _inside(root, target):
                 raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r} "
                                     f"pointing outside {root}")
-        elif not (m.isfile() or m.isdir()):
-            raise DownloadError(f"{archive}: refusing special member {m.name!r} (device or fifo)")
     return members
 
 
@@ -208,8 +271,10 @@ def _check_zip(archive: Path, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool = True) -> Path:
     """Extract a tar (gz/bz2/xz/none) or zip ``archive`` into ``dest`` and return ``dest``.
 
-    Every member is checked before anything is written: absolute paths, ``..`` components and
-    links pointing outside ``dest`` raise :class:`DownloadError` naming the member.
+    Every member is checked before anything is written: absolute paths, ``..`` components, links
+    pointing outside ``dest``, members below a link and links through links raise
+    :class:`DownloadError` naming the member. The checks are ours, so they hold on every supported
+    Python; tarfile's ``filter="data"`` (where it exists) is a second line of defence.
     """
     from tqdm import tqdm
 

@@ -2,7 +2,8 @@
 
 Keys (SparseML's): ``start_epoch``, ``end_epoch`` (must stay -1: QAT cannot be undone),
 ``submodules`` (module names to quantize; all when omitted), ``model_fuse_fn_name``
-(``conv_bn_relus`` default, ``no_fuse``, or a method name of the model),
+(``conv_bn_relus`` default or ``no_fuse``; SparseML's third form, the name of a model method to call,
+is refused: a recipe must not choose which code runs),
 ``freeze_bn_stats_epoch``, ``disable_quantization_observer_epoch`` (-1/absent = never),
 ``quantize_conv_activations``, ``quantize_linear_activations``, ``activation_bits``,
 ``weight_bits``, ``reduce_range``, ``exclude_module_types``, ``custom_quantizable_module_types``,
@@ -12,30 +13,21 @@ Keys (SparseML's): ``start_epoch``, ``end_epoch`` (must stay -1: QAT cannot be u
 from __future__ import annotations
 
 import difflib
-import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import sparseyolo.quantization as _quantization
+from sparseyolo.quantization.config import FUSE_MODES
 from sparseyolo.recipe.modifiers.base import EPS, Modifier, register
-from sparseyolo.utils.errors import ConfigError, SparseYoloError
+from sparseyolo.utils.errors import ConfigError
 
 if TYPE_CHECKING:
     from sparseyolo.recipe.manager import RecipeManager
 
 
-def quantization_api() -> Any:
-    """Import :mod:`sparseyolo.quantization`, or raise a clear error if it is not available."""
-    try:
-        module = importlib.import_module("sparseyolo.quantization")
-    except ImportError as err:
-        raise SparseYoloError(f"quantization-aware training is not available: {err}") from err
-    needed = ("QATConfig", "prepare_qat", "freeze_bn_stats", "disable_observers", "is_qat_model")
-    missing = [n for n in needed if not hasattr(module, n)]
-    if missing:
-        raise SparseYoloError(
-            "quantization-aware training is not implemented in this build: "
-            f"sparseyolo.quantization lacks {', '.join(missing)}"
-        )
-    return module
+def quantization_api() -> ModuleType:
+    """:mod:`sparseyolo.quantization` (a plain import: a build without it fails at import, loudly)."""
+    return _quantization
 
 
 @register
@@ -78,8 +70,12 @@ class QuantizationModifier(Modifier):
             v = getattr(self, key)
             if v is not None and (not isinstance(v, list) or not all(isinstance(s, str) for s in v)):
                 raise self.error(f"{key} must be a list of module type names, got {v!r}")
-        if self.model_fuse_fn_name is not None and not isinstance(self.model_fuse_fn_name, str):
-            raise self.error(f"model_fuse_fn_name must be a string, got {self.model_fuse_fn_name!r}")
+        if self.model_fuse_fn_name is not None and self.model_fuse_fn_name not in FUSE_MODES:
+            shown = repr(self.model_fuse_fn_name)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ConfigError(f"{self.where_key('model_fuse_fn_name')}: !{self.tag}: model_fuse_fn_name must be "
+                              f"one of {', '.join(repr(m) for m in FUSE_MODES)}, got {shown} (naming a model "
+                              f"method is not supported)")
         self.bn_frozen = False
         self.observers_disabled = False
 
