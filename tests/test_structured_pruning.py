@@ -319,6 +319,19 @@ def test_cli_works_from_a_thinned_checkpoint(shapes, thinned_run, tmp_path):
     cli("detect", "--weights", str(best), "--source", images, "--img", "64", "--device", "cpu",
         "--project", str(tmp_path), "--name", "det")
     assert list((tmp_path / "det").glob("*.jpg"))
+    # a further recipe on the thinned model: unstructured pruning of its (smaller) layers
+    (tmp_path / "more.yaml").write_text(
+        "modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.5, final_sparsity: 0.5, "
+        "start_epoch: 0, end_epoch: 1, update_frequency: 1}\n")
+    cli("train", "--weights", str(best), "--data", shapes["data"], "--img", "64", "--batch-size", "4",
+        "--workers", "0", "--device", "cpu", "--recipe", str(tmp_path / "more.yaml"), "--project", str(tmp_path),
+        "--name", "more", "--noval", "--noplots", "--no-tensorboard")
+    from sparseyolo.models.checkpoint import load_checkpoint
+
+    more = load_checkpoint(tmp_path / "more/weights/last.pt")
+    assert more["model_yaml"]["widths"] == load_checkpoint(best)["model_yaml"]["widths"]
+    w = more["model"]["model.13.conv.weight"]
+    assert abs(float((w == 0).float().mean()) - 0.5) < 0.01
 
 
 def test_batchnorm_l1_drives_gammas_down():
@@ -340,3 +353,29 @@ def test_batchnorm_l1_drives_gammas_down():
     plain = run("")
     slim = run("  - !BatchNormL1Modifier {penalty: 0.05, start_epoch: 0, end_epoch: 2}\n")
     assert slim < plain - 0.05 * 10 * 0.05 * 88 * 0.5  # at least half the penalty's pull on 88 gammas
+
+
+def test_cli_darknet_export_writes_thinned_filter_counts(tmp_path):
+    import subprocess
+    import sys
+
+    from sparseyolo.models.checkpoint import save_checkpoint
+    from sparseyolo.models.weights import load_model
+
+    model = build_model("yolov3-tiny", nc=3)
+    _mask_then_thin(model, None, _recipe(0.5, ", round_to: 8"))
+    model.record_widths()
+    save_checkpoint(tmp_path / "yolov3-tiny.pt", model=model, names=model.names, epoch=0)
+    out = subprocess.run([sys.executable, "-m", "sparseyolo", "export", "--weights", str(tmp_path / "yolov3-tiny.pt"),
+                          "--format", "darknet", "--img", "416"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "decodes boxes as 'v5'" in out.stderr  # Darknet would place this model's boxes its own way
+    cfg = tmp_path / "yolov3-tiny.cfg"
+    filters = [int(line.split("=")[1]) for line in cfg.read_text().splitlines() if line.startswith("filters=")]
+    assert filters[:3] == [model.model[0].conv.out_channels, model.model[2].conv.out_channels, 32] == [8, 16, 32]
+    back, _ = load_model(tmp_path / "yolov3-tiny.weights", cfg=str(cfg))
+    model.eval().export_raw = True
+    back.eval().export_raw = True
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert max((a - b).abs().max().item() for a, b in zip(model(x), back(x))) < 1e-4

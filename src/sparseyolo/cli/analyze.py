@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, _ = load_torch_model(spec, cfg=args.cfg)
         analysis = analyze_module(model, img or (512, 512), source=str(spec))
-    save_dir = Path(args.save_dir) if args.save_dir else increment_path("runs/analyze/exp", mkdir=False)
+    save_dir = Path(args.save_dir) if args.save_dir else increment_path("runs/analyze/exp")
     files = save_analysis(analysis, save_dir, plot=not args.no_plot)
     print(analysis_table(analysis))
     print("\n" + summary_line(analysis))

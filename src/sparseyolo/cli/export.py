@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack-sparse", action="store_true",
                         help="also write W.packed.onnx: sparse FP32 weights stored as their non-zero values plus "
                              "a 1-bit mask, rebuilt when the file loads (same outputs, smaller to ship)")
-    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    parser.add_argument("--format", default="onnx", choices=["onnx", "darknet"],
+                        help="onnx, or darknet: W.cfg + W.weights with the model's actual (thinned) filter counts")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     device = _device(args.device, torch)
     weights, model = _load(args.weights, args.cfg)
     model = model.to(device).float().eval()
+    if args.format == "darknet":
+        return _darknet(model, weights, img_size, is_qat_model(model), LOGGER)
     out = weights.with_suffix(".onnx")
     qat = is_qat_model(model)
     export_onnx(model, out, img_size=img_size, batch_size=args.batch_size, dynamic=args.dynamic,
@@ -67,6 +70,22 @@ def run(args: argparse.Namespace) -> int:
     LOGGER.info(f"export: wrote {', '.join(str(f) for f in files)}\n")
     # the seed's "size on disk" column is the ONNX file; gzip -9 of a large .pt would only add minutes
     print(size_table(files))
+    return 0
+
+
+def _darknet(model, weights, img_size, qat: bool, logger) -> int:
+    from sparseyolo.models.darknet import save_darknet
+    from sparseyolo.utils.errors import SparseYoloError
+
+    if qat:
+        raise SparseYoloError(f"{weights}: a quantization-aware model has no Darknet form; export it to ONNX")
+    if model.decode != "darknet":
+        logger.warning(f"export: {weights.name} decodes boxes as {model.decode!r}; Darknet's [yolo] layer decodes them "
+                       "its own way, so Darknet itself will place this model's boxes differently (the weights and "
+                       "raw outputs are exact; sparseyolo reads the pair back with --cfg)")
+    out = weights.with_suffix(".weights") if weights.suffix != ".weights" else weights.with_suffix(".export.weights")
+    cfg, written = save_darknet(model, out, img_size=max(img_size))
+    logger.info(f"export: wrote {cfg} and {written}")
     return 0
 
 

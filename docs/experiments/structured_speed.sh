@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Speed of structured (channel) pruning + int8, YOLOv3-SPP at 512 (speed only: short coco128 runs at
+# 128 px; the speed of a network depends on its layer widths, not on how well it was trained).
+# Run from the repository root with the venv active; datasets/coco128.yaml points at ../shared/data/coco128.
+set -euo pipefail
+export ORT_DISABLE_TELEMETRY=1 NM_DISABLE_ANALYTICS=1
+E=docs/experiments
+C="--data datasets/coco128.yaml --img 128 --batch-size 16 --workers 2 --noval --noplots --project runs/spp --exist-ok"
+
+# dense FP32 "baseline" (one epoch from scratch), dense int8 (one QAT epoch), channel-pruned int8
+# (60% of the channels removed in multiples of 8 over one epoch, thinned, one QAT epoch)
+sparseyolo train --cfg yolov3-spp --weights '' $C --epochs 1 --name base
+sparseyolo train --weights runs/spp/base/weights/best.pt $C --recipe $E/spp-qat.yaml --name dense_int8
+sparseyolo train --weights runs/spp/base/weights/best.pt $C --recipe $E/spp-channel-short.yaml --name channel_int8
+for r in base dense_int8 channel_int8; do
+    sparseyolo export --weights runs/spp/$r/weights/best.pt --img-size 512 512
+done
+sparseyolo analyze --weights runs/spp/channel_int8/weights/best.pt --img 512
+sparseyolo benchmark runs/spp/base/weights/best.onnx runs/spp/dense_int8/weights/best.onnx \
+    runs/spp/channel_int8/weights/best.onnx --engine onnxruntime,openvino --threads 2 --time 20 --warmup 3 \
+    --json runs/spp/speed.json
