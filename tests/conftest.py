@@ -1,10 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+# hypothesis keeps a cache folder; keep it out of the repository
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "sparseyolo-hypothesis"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPARSEYOLO_SHARED", REPO.parent / "shared"))

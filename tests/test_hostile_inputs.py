@@ -379,3 +379,14 @@ def test_no_soft_paths_left_in_the_files_of_this_issue():
     for rel in ("cli/main.py", "recipe/modifiers/quantization.py"):
         text = (src / rel).read_text()
         assert not re.search(r"not implemented|in this build|not built", text), rel
+
+
+@pytest.mark.parametrize("text", [
+    "big: &b 1" + "0" * 400 + "\nmodifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: *b}\n",
+    "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .inf}\n",
+], ids=["alias-to-huge-int", "infinity"])
+def test_modifier_numbers_too_large_or_infinite(text):
+    from sparseyolo.recipe import Recipe
+
+    with pytest.raises(ConfigError, match=r"<recipe>:\d: !EpochRangeModifier: end_epoch (is too large|must be a finite)"):
+        Recipe.load(text)

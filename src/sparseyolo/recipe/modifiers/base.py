@@ -90,7 +90,13 @@ class Modifier:
     def _number(self, key: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(f"{key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float (e.g. reached through a YAML alias)
+            raise ConfigError(f"{self.where_key(key)}: !{self.tag}: {key} is too large a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"{self.where_key(key)}: !{self.tag}: {key} must be a finite number, got {value!r}")
+        return number
 
     def validate(self) -> None:
         """Check values; subclasses extend."""
