@@ -41,3 +41,25 @@ def _few_threads():
     import torch
 
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A loopback HTTP server over a fresh folder: ``(folder, "http://127.0.0.1:PORT/")``. Tests of
+    download code use it; nothing in the suite reaches the network."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()

@@ -1,9 +1,5 @@
 """Property-based tests of the box conversions, pairwise IoU and class-aware NMS."""
 
-import atexit
-import os
-import shutil
-import tempfile
 from collections import Counter
 
 import numpy as np
@@ -11,7 +7,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 
 from sparseyolo.utils.boxes import box_iou, xywh2xyxy, xywhn2xyxy, xyxy2xywh, xyxy2xywhn
 from sparseyolo.utils.nms import non_max_suppression
@@ -21,12 +16,6 @@ FAST = settings(max_examples=80, deadline=None, database=None)
 NMS = settings(max_examples=60, deadline=None, database=None)
 
 
-# Hypothesis caches the constants of local modules under ./.hypothesis, even without a database and
-# already during collection: point it at a private temp dir (removed at exit) so no run writes to the repo.
-if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-    _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="sparseyolo-hypothesis-")
-    atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
-    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 
 
 coord = st.floats(-2000, 2000, allow_nan=False, allow_infinity=False)

@@ -12,15 +12,12 @@ Nothing here reads ../shared or the network; everything is written under tmp_pat
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import re
 import tarfile
-import threading
 import traceback
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,10 +26,15 @@ import yaml
 
 from sparseyolo.cli import main as cli_main
 from sparseyolo.models import build_model
-from sparseyolo.models.checkpoint import load_checkpoint, load_state, model_from_checkpoint, save_checkpoint
+from sparseyolo.models.checkpoint import (
+    load_checkpoint,
+    load_state,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from sparseyolo.models.weights import load_zoo, resolve_weights, transfer_state
 from sparseyolo.quantization import QATConfig, prepare_qat
-from sparseyolo.recipe import Recipe, restore_qat_structure, resolve_variables
+from sparseyolo.recipe import Recipe, resolve_variables, restore_qat_structure
 from sparseyolo.utils.downloads import download, safe_extract
 from sparseyolo.utils.errors import ConfigError, DownloadError, WeightsError
 
@@ -282,22 +284,6 @@ def test_transfer_state_skips_what_does_not_fit():
 
 
 # --- downloads without a pinned checksum -------------------------------------------------------------------
-@pytest.fixture
-def http_dir(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
 def _unverified(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and "not verified" in r.getMessage()]

@@ -4,20 +4,20 @@ Weights come from a seeded generator (optionally quantised to force ties and exa
 drawn so that the block / N:M pattern tiles them (conv 4-D and linear 2-D).
 """
 
-import atexit
 import math
-import os
-import shutil
-import tempfile
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 from torch import nn
 
-from sparseyolo.sparsity import ParamMasker, interpolate, magnitude_masks, parse_mask_type
+from sparseyolo.sparsity import (
+    ParamMasker,
+    interpolate,
+    magnitude_masks,
+    parse_mask_type,
+)
 from sparseyolo.sparsity.channel_pruner import _select, kept_channels
 from sparseyolo.sparsity.masks import MaskType, check_shape, from_groups, to_groups
 
@@ -27,12 +27,6 @@ SLOW = settings(max_examples=20, deadline=None, database=None)
 TRAIN = settings(max_examples=8, deadline=None, database=None)
 
 
-# Hypothesis caches the constants of local modules under ./.hypothesis, even without a database and
-# already during collection: point it at a private temp dir (removed at exit) so no run writes to the repo.
-if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-    _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="sparseyolo-hypothesis-")
-    atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, True)
-    set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 
 
 MASK_TYPES = ["unstructured", [1, 1], [1, 4], [2, 2], [4, 1], [1, 2], "block4", "2:4", "1:4", "3:4", "1:2", "4:4"]

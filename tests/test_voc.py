@@ -134,31 +134,11 @@ def _add_voc(tar, src: Path, year: str, split: str, stems: list[str]) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-@pytest.fixture
-def http_dir(tmp_path):
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}/mirror/"
-    server.shutdown()
-    server.server_close()
-
-
 def test_get_voc_downloads_extracts_and_converts(shared_dir, http_dir, tmp_path, capsys):
     src = shared_dir / "data/voc2012-sample"
     stems = sorted(p.stem for p in (src / "Annotations").glob("*.xml"))
     served, url = http_dir
+    url += "mirror/"
     (served / "mirror").mkdir()
     sets = {"VOCtrainval_06-Nov-2007.tar": ("2007", "trainval", stems[:2]),
             "VOCtest_06-Nov-2007.tar": ("2007", "test", stems[2:5]),
@@ -186,6 +166,7 @@ def test_get_voc_downloads_extracts_and_converts(shared_dir, http_dir, tmp_path,
 
 def test_get_voc_refuses_path_traversal(shared_dir, http_dir, tmp_path, capsys):
     served, url = http_dir
+    url += "mirror/"
     (served / "mirror").mkdir()
     with tarfile.open(served / "mirror" / "VOCtrainval_06-Nov-2007.tar", "w") as tar:
         _add_voc(tar, shared_dir / "data/voc2012-sample", "2007", "trainval", ["2007_000027"])
