@@ -41,7 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                              "improvement (0 = off)")
     g.add_argument("--seed", type=int, default=0, help="global seed (runs are reproducible per seed)")
     g.add_argument("--resume", nargs="?", const=True, default=False,
-                   help="resume the given last.pt, or the most recent one under --project")
+                   help="resume the given last.pt, or the most recent one under --project, with the run's own "
+                        "settings: only hardware and output flags (--device, --workers, --cache, --project, "
+                        "--noplots, --no-tensorboard, --wandb, --nosave, --save-period) may change; any other "
+                        "flag that differs from the run's is refused")
     g = p.add_argument_group("hardware and data loading")
     g.add_argument("--device", default="", help="cpu, 0, or 0,1,2,3 (with torchrun)")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm (DDP only)")
@@ -59,6 +62,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-period", type=int, default=-1, help="also save epochN.pt every N epochs")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
     g.add_argument("--wandb", action="store_true", help="log to Weights & Biases (if installed)")
+    for action in p._actions:  # remember which flags the command line gives (for --resume)
+        if action.dest not in ("help", argparse.SUPPRESS):
+            action.__class__ = _recording(type(action))
+
+
+_RECORDING: dict[type, type] = {}
+
+
+def _recording(cls: type) -> type:
+    """``cls`` whose call also adds its ``dest`` to ``namespace._given``: argparse calls an action only
+    for a flag on the command line, so a flag given with its default value still counts as given."""
+    if cls not in _RECORDING:
+        def __call__(self, parser, namespace, values, option_string=None):
+            namespace._given = set(getattr(namespace, "_given", ())) | {self.dest}
+            cls.__call__(self, parser, namespace, values, option_string)
+
+        _RECORDING[cls] = type(f"Recording{cls.__name__}", (cls,), {"__call__": __call__})
+    return _RECORDING[cls]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
         cfg.recipe_args = {}
     if not cfg.resume and not cfg.data:
         raise ConfigError("train: --data is required (a dataset YAML with train/val/nc/names)")
-    train(cfg)
+    # on --resume, only the flags on the command line are compared with the run's saved settings
+    train(cfg, given=getattr(args, "_given", set()))
     return 0

@@ -3,17 +3,28 @@
 Images under ``.../images/...`` pair with labels under ``.../labels/...`` (``.txt``, one
 ``cls cx cy w h`` row per object, normalised). Bad images and label rows are skipped and reported
 once per dataset (see :mod:`sparseyolo.data.labels`).
+
+Reproducibility: a training loader's order and every augmented sample's randomness depend only on
+``(seed, epoch, index)`` (:class:`EpochSampler`), never on which worker ran the sample or on what the
+workers did in earlier epochs, so a resumed run (fresh workers) sees exactly the batches an
+uninterrupted one (persistent workers) saw, with any ``--workers``.
+
+An image that cannot be read any more during training (e.g. truncated after the label scan) is
+replaced by the next readable one; its path travels to the main process in the batch
+(:attr:`Batch.skipped`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, distributed
+from torch.utils.data import DataLoader, Dataset, Sampler, distributed
 
 from sparseyolo.data.augment import (augment_hsv, letterbox, mixup, mosaic4, random_flips, random_perspective,
                                      xywhn_to_xyxy)
@@ -71,6 +82,8 @@ class YoloDataset(Dataset):
         if rect:
             self._make_rect_batches(batch_size, pad)
         self.images = ImageCache(self.im_files, img_size, augment, cache, prefix)
+        self._unreadable: set[int] = set()  # indices found unreadable while training (per process)
+        self._skipped: list[str] = []       # paths replaced while making the current item
 
     def _collect(self, im_files: list[str], label_files: list[str], entries: dict, nc: int | None) -> None:
         self.im_files, self.label_files, self.labels, hw = [], [], [], []
@@ -116,16 +129,27 @@ class YoloDataset(Dataset):
         """BGR image ``i`` resized so its long side is ``img_size``; returns (img, (h0, w0), (h, w))."""
         return self.images.get(i)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index):
+        """``index`` is an int, or ``(index, seed)`` from :class:`EpochSampler`: then ``random`` and
+        ``np.random`` are seeded with ``seed`` for this sample (and restored afterwards)."""
+        if isinstance(index, (tuple, list)):
+            index, seed = index
+            with _seeded(seed):
+                return self._get(int(index))
+        return self._get(int(index))
+
+    def _get(self, index: int):
         hyp = self.hyp
+        self._skipped = []
         if self.augment and not self.rect and random.random() < hyp["mosaic"]:  # rect keeps batch shapes
-            img, labels = self._mosaic(index)
+            img, labels, index = self._mosaic(index)
             shapes = None
             if random.random() < hyp["mixup"]:
-                img, labels = mixup(img, labels, *self._mosaic(random.randrange(len(self))))
+                img, labels = mixup(img, labels, *self._mosaic(random.randrange(len(self)))[:2])
         else:
-            img, (h0, w0), (h, w) = self.load_image(index)
+            # a replacement image keeps the batch shape of the one it replaces (rect batches)
             shape = tuple(self.batch_shapes[self.batch[index]]) if self.rect else self.img_size
+            index, (img, (h0, w0), (h, w)) = self._load_readable(index)
             img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
             shapes = ((h0, w0), ((h * ratio[1] / h0, w * ratio[0] / w0), pad))
             labels = self.labels[index].copy()
@@ -143,20 +167,73 @@ class YoloDataset(Dataset):
         if len(labels):
             out[:, 1:] = torch.from_numpy(labels)
         img = np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
-        return torch.from_numpy(img), out, self.im_files[index], shapes
+        item = (torch.from_numpy(img), out, self.im_files[index], shapes)
+        return _Sample(item, self._skipped) if self._skipped else item
 
-    def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_readable(self, index: int) -> tuple[int, tuple]:
+        """``(i, load_image(i))`` for ``index`` or, when that image cannot be read any more, the next
+        readable one (deterministic: the same replacement in every worker and every run). Unreadable
+        paths are added to ``self._skipped`` each time they are met, and remembered so they are not
+        decoded again."""
+        bad, n = self._unreadable, len(self)
+        for k in range(n):
+            i = (index + k) % n
+            if i not in bad:
+                try:
+                    return i, self.load_image(i)
+                except (DataError, OSError, EOFError, ValueError, cv2.error):
+                    bad.add(i)
+            self._skipped.append(self.im_files[i])
+        raise DataError(f"{self.prefix}none of the {n} images of {_source_name(self.path)} can be read any more")
+
+    def _mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         indices = [index] + random.choices(range(len(self)), k=3)
         random.shuffle(indices)
-        return mosaic4(lambda i: self.load_image(i)[0], lambda i: self.labels[i], indices, self.img_size, self.hyp)
+        loaded = [self._load_readable(i) for i in indices]
+        img, labels = mosaic4(lambda k: loaded[k][1][0], lambda k: self.labels[loaded[k][0]], [0, 1, 2, 3],
+                              self.img_size, self.hyp)
+        return img, labels, loaded[indices.index(index)][0]
 
     @staticmethod
-    def collate_fn(batch):
-        """Stack images; concatenate labels with column 0 set to the image's index in the batch."""
+    def collate_fn(batch) -> "Batch":
+        """Stack images; concatenate labels with column 0 set to the image's index in the batch.
+        The paths of images replaced because they could not be read ride along as ``.skipped``."""
+        skipped = tuple(p for item in batch for p in getattr(item, "skipped", ()))
         imgs, labels, paths, shapes = zip(*batch)
         for i, lb in enumerate(labels):
             lb[:, 0] = i
-        return torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes
+        return Batch((torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes), skipped)
+
+
+class _Sample(tuple):
+    """A dataset item ``(img, labels, path, shapes)`` that stands in for unreadable image(s) ``skipped``."""
+
+    def __new__(cls, item, skipped):
+        self = super().__new__(cls, item)
+        self.skipped = tuple(skipped)
+        return self
+
+    def __reduce__(self):
+        return _Sample, (tuple(self), self.skipped)
+
+
+class Batch(tuple):
+    """``(imgs, targets, paths, shapes)`` as before, plus ``skipped``: the paths of images that could not
+    be read while this batch was made (each replaced by the next readable image). It crosses from the
+    DataLoader workers to the main process with the batch, so nothing is lost between processes."""
+
+    def __new__(cls, items, skipped=()):
+        self = super().__new__(cls, items)
+        self.skipped = tuple(skipped)
+        return self
+
+    def __reduce__(self):
+        return Batch, (tuple(self), self.skipped)
+
+    def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) would otherwise drop ``skipped``
+        from torch.utils.data._utils.pin_memory import pin_memory
+
+        return Batch(tuple(pin_memory(x) for x in self), self.skipped)
 
 
 def _xyxy_to_xywhn(labels: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -169,6 +246,62 @@ def _xyxy_to_xywhn(labels: np.ndarray, w: int, h: int) -> np.ndarray:
     labels[:, 1], labels[:, 2] = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
     labels[:, 3], labels[:, 4] = (x2 - x1) / w, (y2 - y1) / h
     return labels[(labels[:, 3] > 0) & (labels[:, 4] > 0)]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed ``random`` and ``np.random`` for one sample, restoring their state afterwards (the main
+    process's streams stay untouched with ``workers=0``)."""
+    py, npy = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+def _mix(*values: int) -> int:
+    """A 32-bit seed from non-negative ints (well mixed: neighbouring epochs / indices are unrelated)."""
+    return int(np.random.SeedSequence([int(v) % 2 ** 32 for v in values]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """Order of one epoch, and a seed per sample, as functions of ``(seed, epoch, index)`` only.
+
+    Yields ``(index, sample_seed)`` (``seeds=True``, for augmenting datasets) or plain indices.
+    ``set_epoch(e)`` selects the epoch; without it each new iteration moves on to the next epoch.
+    A DataLoader's own shuffle draws from a generator that its workers' base seed also draws from,
+    and persistent workers keep their random streams across epochs, so an epoch's batches there
+    depend on the epochs before it: a run resumed with fresh workers would see other batches.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, seeds: bool = True,
+                 base: distributed.DistributedSampler | None = None):
+        self.n, self.shuffle, self.seed, self.seeds, self.base = n, shuffle, seed, seeds, base
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base) if self.base is not None else self.n
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1  # the next iteration is the next epoch unless set_epoch says otherwise
+        if self.base is not None:
+            self.base.set_epoch(epoch)
+            order = list(self.base)
+        elif self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(_mix(self.seed, epoch, 0x5EED))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for i in order:
+            yield (i, _mix(self.seed, epoch, i)) if self.seeds else i
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -184,8 +317,9 @@ def create_dataloader(path, img_size: int, batch_size: int, stride: int, hyp: di
                       nc: int | None = None, pad: float = 0.0) -> tuple[DataLoader, YoloDataset]:
     """Build a :class:`YoloDataset` and its DataLoader (DistributedSampler when ``rank != -1``).
 
-    ``workers`` is capped at the CPU count; ``seed`` makes shuffles and worker augmentations
-    reproducible.
+    ``workers`` is capped at the CPU count; ``seed`` makes shuffles and augmentations reproducible:
+    with ``shuffle`` or ``augment`` the sampler is an :class:`EpochSampler` (call its ``set_epoch``),
+    so epoch ``e`` gives the same batches whatever the worker count and whatever ran before it.
     """
     if rect and shuffle:
         LOGGER.warning(f"{prefix}rect=True sorts images by aspect ratio; shuffle=True ignored")
@@ -201,9 +335,11 @@ def create_dataloader(path, img_size: int, batch_size: int, stride: int, hyp: di
     nw = min(nw, max(1, (os.cpu_count() or 1) // world)) if nw else 0
     sampler = None if rank == -1 else distributed.DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    if shuffle or augment:
+        sampler = EpochSampler(len(dataset), shuffle, seed, seeds=augment, base=sampler)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                         num_workers=nw, pin_memory=torch.cuda.is_available(), collate_fn=YoloDataset.collate_fn,
                         worker_init_fn=_seed_worker, generator=generator, persistent_workers=nw > 0)
     return loader, dataset

@@ -20,6 +20,32 @@ def _npy_dir_fallback() -> Path:
     return cache_dir() / "images"
 
 
+def jpeg_complete(data: bytes) -> bool:
+    """False for a JPEG cut short: no end-of-image marker after the start of its first scan.
+
+    Inside a scan's entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker,
+    so an ``FF D9`` after the first start-of-scan is the end-of-image marker (progressive files have
+    further scans, and files may carry data after it). Data that is not a JPEG, or a header this walk
+    does not follow, is left to the decoder (True).
+    """
+    if data[:2] != b"\xff\xd8":
+        return True
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return True
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", pos) != -1
+        elif 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return False  # cut short inside the header
+
+
 class ImageCache:
     """``get(i)`` -> (BGR image resized so its long side is ``img_size``, (h0, w0), (h, w)).
 
@@ -72,7 +98,15 @@ class ImageCache:
         return p
 
     def _decode(self, f: str) -> np.ndarray:
-        img = cv2.imread(f)  # BGR, EXIF orientation applied
+        try:
+            with open(f, "rb") as fh:
+                data = fh.read()
+        except OSError as e:
+            raise DataError(f"image could not be read (changed since the label scan?): {f} ({e.strerror})") from e
+        # OpenCV decodes a JPEG cut short without an error (the missing part comes out grey)
+        if not jpeg_complete(data):
+            raise DataError(f"image is truncated (changed since the label scan?): {f}")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # BGR, EXIF orientation applied
         if img is None:
             raise DataError(f"image could not be read (changed since the label scan?): {f}")
         return img

@@ -96,8 +96,13 @@ class LoggerHook(HookBase):
 
     def after_epoch(self) -> None:
         t = self.trainer
+        skipped = t.epoch_skipped_images() if hasattr(t, "epoch_skipped_images") else []  # every rank joins
         if not t.dist.main:
             return
+        if skipped:  # each was replaced by the next readable image
+            more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            LOGGER.warning(f"epoch {t.epoch + 1}: skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)}: "
+                           f"{', '.join(skipped[:10])}{more}")
         m = t.eval_hook.metrics if t.eval_hook is not None else {}
         lrs = [g["lr"] for g in t.optimizer.param_groups][:3]
         values = [*self.mloss.tolist(), m.get("precision", float("nan")), m.get("recall", float("nan")),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
@@ -67,6 +69,76 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
         if not 0.0 <= float(self.label_smoothing) < 1.0:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+# settings a resumed run may take from the resuming command: hardware and output only. Everything else
+# shapes the training itself, so the resumed run keeps the saved value and refuses a different one.
+RESUME_MAY_CHANGE = frozenset({"resume", "device", "workers", "cache", "project", "name", "exist_ok", "noplots",
+                               "tensorboard", "wandb", "nosave", "save_period"})
+
+
+def _flag(name: str) -> str:
+    return {"img_size": "--img", "amp": "--no-amp"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _shown(name: str, value: Any) -> str:
+    if name == "amp":
+        value = not value
+    if isinstance(value, bool):
+        return _flag(name) if value else f"no {_flag(name)}"
+    if isinstance(value, dict):
+        import json
+
+        value = json.dumps(value, sort_keys=True)
+    return f"{_flag(name)} {value if value not in ('', None) else repr(value)}"
+
+
+def _same_setting(name: str, new: Any, saved: Any) -> bool:
+    if new == saved:
+        return True
+    if name == "img_size" and isinstance(new, int) and isinstance(saved, int):
+        return max(math.ceil(new / 32) * 32, 32) == saved  # the saved size is the rounded one
+    if name in ("data", "weights", "cfg", "hyp", "recipe") and new and saved:
+        try:
+            return os.path.samefile(str(new), str(saved))
+        except OSError:
+            return False
+    return False
+
+
+def merge_resume_config(saved: TrainConfig, new: TrainConfig, given: Iterable[str], checkpoint: str | Path
+                        ) -> TrainConfig:
+    """The config of a resumed run: ``saved`` (from the checkpoint), with ``--device`` and the hardware /
+    output settings among ``given`` (the flags the resuming command actually set) taken from ``new``.
+
+    A given setting that would change the training (``--data``, ``--img``, ``--epochs``, the recipe...)
+    and differs from the saved value raises :class:`ConfigError`, one line naming each flag with both
+    values: a resumed run never mixes two configurations.
+    """
+    given = set(given)
+    changed = [n for n in sorted(given - RESUME_MAY_CHANGE) if n in saved.__dataclass_fields__
+               and not _same_setting(n, getattr(new, n), getattr(saved, n))]
+    if changed:
+        was = " and ".join(_shown(n, getattr(saved, n)) for n in changed)
+        now = " and ".join(_shown(n, getattr(new, n)) for n in changed)
+        flags = " and ".join(_flag(n) for n in changed)
+        raise ConfigError(f"--resume {checkpoint}: the run was started with {was}, this command gives {now}; a "
+                          f"resumed run keeps its settings. Resume without {flags}, or start a new run from the "
+                          f"checkpoint with --weights {checkpoint}")
+    merged = TrainConfig.from_dict(saved.to_dict())
+    # --device always comes from this command (its default picks what this machine has): the run may
+    # resume on other hardware; the other hardware / output flags keep the run's value unless given
+    for n in (given & RESUME_MAY_CHANGE) | {"device"}:
+        setattr(merged, n, getattr(new, n))
+    merged.resume = str(checkpoint)
+    return merged
+
+
+def given_fields(cfg: TrainConfig) -> set[str]:
+    """The fields of ``cfg`` that differ from the defaults: what a caller that did not say which
+    settings it gave (the Python API) is taken to have set."""
+    default = TrainConfig()
+    return {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
 
 
 def check_img_size(img_size: int, stride: int) -> int:

@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import yaml
@@ -28,7 +28,8 @@ from sparseyolo.engine.hyp import load_hyp
 from sparseyolo.engine.logger import LoggerHook, progress_header
 from sparseyolo.engine.loss import YoloLoss
 from sparseyolo.engine.optim import accumulate_steps, build_optimizer, scaled_weight_decay
-from sparseyolo.engine.setup import TrainConfig, build_train_model, check_img_size, freeze_layers
+from sparseyolo.engine.setup import (TrainConfig, build_train_model, check_img_size, freeze_layers, given_fields,
+                                     merge_resume_config)
 from sparseyolo.utils.errors import DataError, SparseYoloError, WeightsError, where
 from sparseyolo.utils.io import atomic_write_text, increment_path
 from sparseyolo.utils.logging import LOGGER
@@ -50,15 +51,18 @@ def _supported_kwargs(fn, **kwargs) -> dict[str, Any]:
 class Trainer(TrainerBase):
     """Builds model, data, optimizer, loss, EMA, recipe manager and hooks from a :class:`TrainConfig`."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, given: Iterable[str] | None = None):
+        """``given``: the settings the caller actually set (the CLI's flags); a resumed run compares
+        them with the saved ones. None: every field that differs from its default counts as given."""
         super().__init__()
         cfg.check()
+        resume_ckpt, cfg = self._resume_config(cfg, given_fields(cfg) if given is None else set(given))
         self.dist = dist_info()
         self.device = select_device(cfg.device, self.dist)
         init_distributed(self.dist, self.device)
-        resume_ckpt, cfg = self._resume_config(cfg)
         self.cfg, self.resumed = cfg, resume_ckpt is not None
         self.pbar = None
+        self.skipped_images: dict[str, None] = {}
         self.stepped = False
         self.loss_items = torch.zeros(3)
         self.hyp = load_hyp(resume_ckpt["hyp"] if resume_ckpt and resume_ckpt.get("hyp") else cfg.hyp)
@@ -78,7 +82,7 @@ class Trainer(TrainerBase):
             atomic_write_text(self.save_dir / "opt.yaml", yaml.safe_dump(self.config_dict(), sort_keys=False))
 
     # -- setup ------------------------------------------------------------------------------------
-    def _resume_config(self, cfg: TrainConfig) -> tuple[dict | None, TrainConfig]:
+    def _resume_config(self, cfg: TrainConfig, given: set[str]) -> tuple[dict | None, TrainConfig]:
         if not cfg.resume:
             return None, cfg
         from sparseyolo.models.checkpoint import load_checkpoint
@@ -88,9 +92,9 @@ class Trainer(TrainerBase):
         if not ckpt.get("train_args") or ckpt.get("optimizer") is None:
             raise WeightsError(f"{path}: this run already finished (or is not a training checkpoint); nothing "
                                f"to resume. Start a new run with --weights {path}")
-        saved = TrainConfig.from_dict(ckpt["train_args"])
-        # the hardware may differ from the interrupted run; everything else continues as it was
-        saved.device, saved.workers, saved.resume = cfg.device, cfg.workers, str(path)
+        # the hardware and outputs may differ from the interrupted run; everything else continues as it
+        # was, and a command that asks for another value is refused rather than silently overridden
+        saved = merge_resume_config(TrainConfig.from_dict(ckpt["train_args"]), cfg, given, path)
         LOGGER.info(f"resuming {path} from epoch {ckpt['epoch'] + 2}")
         return ckpt, saved
 
@@ -240,8 +244,12 @@ class Trainer(TrainerBase):
         seed_all(epoch_seed)  # each epoch's randomness depends only on (seed, epoch, rank): exact resume
         if getattr(self.train_loader, "generator", None) is not None:
             self.train_loader.generator.manual_seed(epoch_seed)
+        # the data: the loader's EpochSampler derives the order and each sample's augmentation seed
+        # from (seed, epoch, index), so persistent workers (an uninterrupted run) and fresh ones (a
+        # resumed run), with any worker count, make the same batches
         if hasattr(self.train_loader.sampler, "set_epoch"):
             self.train_loader.sampler.set_epoch(self.epoch)
+        self.skipped_images: dict[str, None] = {}  # images that could not be read this epoch, in order
         self.model.train()
         if not self.dist.main:
             return self.train_loader
@@ -252,6 +260,7 @@ class Trainer(TrainerBase):
         return self.pbar
 
     def run_step(self) -> None:
+        self.skipped_images.update(dict.fromkeys(getattr(self.batch, "skipped", ())))
         imgs, targets = self.batch[0], self.batch[1]
         imgs = imgs.to(self.device, non_blocking=True).float() / 255
         targets = targets.to(self.device)
@@ -276,6 +285,15 @@ class Trainer(TrainerBase):
             self.optimizer.zero_grad(set_to_none=True)
             self.stepped = True
         self.loss_items = items
+
+    def epoch_skipped_images(self) -> list[str]:
+        """The training images that could not be read this epoch (replaced by others), all ranks."""
+        paths = list(self.skipped_images)
+        if self.dist.distributed:
+            gathered: list = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, paths)
+            paths = list(dict.fromkeys(p for rank_paths in gathered for p in rank_paths))
+        return paths
 
     def _non_finite(self, items: torch.Tensor) -> None:
         last = self.weights_dir / "last.pt"
@@ -390,11 +408,17 @@ def _supported_kwargs_data(**kwargs) -> dict[str, Any]:
     return _supported_kwargs(create_dataloader, **kwargs)
 
 
-def train(config: TrainConfig | None = None, **kwargs) -> Path:
+def train(config: TrainConfig | None = None, *, given: Iterable[str] | None = None, **kwargs) -> Path:
     """Train and return the run folder (``runs/train/expN``); ``kwargs`` override ``config`` fields,
-    e.g. ``train(cfg="yolov3-tiny", data="voc.yaml", epochs=50)``."""
+    e.g. ``train(cfg="yolov3-tiny", data="voc.yaml", epochs=50)``.
+
+    ``given`` names the settings the caller set (the CLI passes the flags on its command line); by
+    default those are ``kwargs`` plus the fields of ``config`` that differ from their defaults. On
+    ``resume`` only they are compared with the run's saved settings (see ``merge_resume_config``)."""
     unknown = set(kwargs) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"train() got unknown options {sorted(unknown)}")
     cfg = TrainConfig.from_dict({**(config.to_dict() if config else {}), **kwargs})
-    return Trainer(cfg).train()
+    if given is None:
+        given = set(kwargs) | (given_fields(config) if config else set())
+    return Trainer(cfg, given=given).train()
