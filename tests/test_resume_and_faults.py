@@ -178,3 +178,27 @@ def test_image_truncated_mid_run_is_skipped_and_named(shapes, tmp_path, caplog):
     assert _load(save_dir / "weights/last.pt")["epoch"] == 2
     rows = (save_dir / "results.csv").read_text().splitlines()
     assert len(rows) == 4 and "nan" not in rows[-1].split(",")[1]  # every epoch trained, finite losses
+
+
+def test_resume_with_a_mismatched_ema_or_optimizer_is_one_line(shapes, tmp_path):
+    """A resume checkpoint whose EMA or optimizer state does not fit the model: one clear line."""
+    from sparseyolo.engine.trainer import train
+    from sparseyolo.models.checkpoint import load_checkpoint
+    from sparseyolo.utils.errors import WeightsError
+    from sparseyolo.utils.io import atomic_torch_save
+
+    run = train(cfg=shapes["cfg"], data=shapes["data"], epochs=2, project=str(tmp_path), img_size=64, batch_size=4,
+                workers=0, device="cpu", noval=True, noplots=True, tensorboard=False, name="a", save_period=1)
+    ckpt = load_checkpoint(run / "weights/epoch1.pt")  # after the first epoch: resumable
+    bad = dict(ckpt, ema={**ckpt["ema"], "model.0.conv.weight": torch.zeros(3, 3, 3, 3)})
+    atomic_torch_save(bad, run / "weights/bad_ema.pt")
+    with pytest.raises(WeightsError, match=r"bad_ema.pt \(ema\): model.0.conv.weight has shape \[3, 3, 3, 3\] in the "
+                                           r"file, \[8, 3, 3, 3\] in the model"):
+        train(resume=str(run / "weights/bad_ema.pt"), device="cpu")
+    state = ckpt["optimizer"]
+    first = next(iter(state["state"]))
+    state["state"][first] = {k: (torch.zeros(2) if torch.is_tensor(v) and v.dim() else v)
+                             for k, v in state["state"][first].items()}
+    atomic_torch_save(dict(ckpt, optimizer=state), run / "weights/bad_opt.pt")
+    with pytest.raises(WeightsError, match=r"bad_opt.pt \(optimizer\): momentum_buffer of .* has shape \[2\] in the file"):
+        train(resume=str(run / "weights/bad_opt.pt"), device="cpu")

@@ -222,12 +222,14 @@ class Trainer(TrainerBase):
     def _restore(self, ckpt: dict) -> None:
         self.start_epoch = int(ckpt["epoch"]) + 1
         self.global_iter = self.start_epoch * self.batches_per_epoch
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self._load_optimizer(ckpt["optimizer"])
         if ckpt.get("scaler") and self.amp:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
             if ckpt.get("ema") is not None:
-                self.ema.ema.load_state_dict(ckpt["ema"])
+                from sparseyolo.models.checkpoint import load_state
+
+                load_state(self.ema.ema, ckpt["ema"], source=f"{self.cfg.resume} (ema)")
                 self.ema.updates = int(ckpt.get("ema_updates") or 0)
             else:
                 self.ema = None  # EMA had been turned off (QAT)
@@ -237,6 +239,20 @@ class Trainer(TrainerBase):
         set_rng_state(ckpt.get("rng"))
         if self.start_epoch >= self.max_epochs:
             raise WeightsError(f"{self.cfg.resume}: all {self.max_epochs} epochs are done; nothing to resume")
+
+    def _load_optimizer(self, state: dict) -> None:
+        """The optimizer state of a checkpoint, refused in one line when it does not fit the model."""
+        where = f"{self.cfg.resume} (optimizer)"
+        try:
+            self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError, TypeError) as e:
+            raise WeightsError(f"{where}: does not fit this model's optimizer: {e}") from None
+        names = {id(p): n for n, p in de_parallel(self.model).named_parameters()}
+        for p, buffers in self.optimizer.state.items():
+            for key, value in buffers.items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise WeightsError(f"{where}: {key} of {names.get(id(p), 'a parameter')} has shape "
+                                       f"{list(value.shape)} in the file, {list(p.shape)} in the model")
 
     # -- the loop ---------------------------------------------------------------------------------
     def batches(self):
