@@ -63,3 +63,20 @@ def http_dir(tmp_path):
     yield served, f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory) -> dict:
+    """The built-in shapes dataset (8 train, 4 val images at 64 px) and a quarter-width YOLOv3-tiny
+    YAML, made once per test module (a module may damage its copy): ``{"data", "cfg", "root"}``."""
+    import yaml
+
+    from sparseyolo.data.synthetic import make_shapes_dataset
+    from sparseyolo.models.parse import CONFIG_DIR
+
+    root = tmp_path_factory.mktemp("shapes")
+    data = make_shapes_dataset(root / "data", n_train=8, n_val=4, img_size=64)
+    model = yaml.safe_load((CONFIG_DIR / "yolov3-tiny.yaml").read_text())
+    model["width_multiple"] = 0.25
+    (root / "tiny.yaml").write_text(yaml.safe_dump(model))
+    return {"data": str(data), "cfg": str(root / "tiny.yaml"), "root": root}

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from sparseyolo.cli.main import main
-from sparseyolo.utils.io import DiskFullError, atomic_torch_save, atomic_write_bytes, increment_path
+from sparseyolo.utils.io import (
+    DiskFullError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    increment_path,
+)
 
 linux_only = pytest.mark.skipif(not (os.path.exists("/dev/full") and os.path.isdir("/proc/self/fd")),
                                 reason="needs /dev/full and /proc/self/fd (Linux)")
@@ -28,16 +32,8 @@ def _fd_path(f) -> str:
 
 # -- 1. disk full while a checkpoint is written ---------------------------------------------------
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> dict:
-    from sparseyolo.data.synthetic import make_shapes_dataset
-    from sparseyolo.models.parse import CONFIG_DIR
-
-    root = tmp_path_factory.mktemp("shapes")
-    data = make_shapes_dataset(root / "data", n_train=8, n_val=4, img_size=64)
-    model = yaml.safe_load((CONFIG_DIR / "yolov3-tiny.yaml").read_text())
-    model["width_multiple"] = 0.25
-    (root / "tiny.yaml").write_text(yaml.safe_dump(model))
-    return {"data": str(data), "cfg": str(root / "tiny.yaml")}
+def shapes(shapes_data) -> dict:
+    return shapes_data
 
 
 def _fill_disk_at(monkeypatch, name: str, nth: int) -> list[str]:

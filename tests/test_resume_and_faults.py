@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from sparseyolo.engine.base import HookBase
 from sparseyolo.engine.setup import TrainConfig
@@ -26,17 +25,9 @@ modifiers:
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> dict:
-    from sparseyolo.data.synthetic import make_shapes_dataset
-    from sparseyolo.models.parse import CONFIG_DIR
-
-    root = tmp_path_factory.mktemp("shapes")
-    data = make_shapes_dataset(root / "data", n_train=8, n_val=2, img_size=64)
-    model = yaml.safe_load((CONFIG_DIR / "yolov3-tiny.yaml").read_text())
-    model["width_multiple"] = 0.25
-    (root / "tiny.yaml").write_text(yaml.safe_dump(model))
-    (root / "recipe.yaml").write_text(RECIPE)
-    return {"data": str(data), "cfg": str(root / "tiny.yaml"), "recipe": str(root / "recipe.yaml"), "root": root}
+def shapes(shapes_data) -> dict:
+    (shapes_data["root"] / "recipe.yaml").write_text(RECIPE)
+    return {**shapes_data, "recipe": str(shapes_data["root"] / "recipe.yaml")}
 
 
 def _common(shapes: dict, project: Path, **kw) -> dict:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from sparseyolo.models import build_model
@@ -234,22 +233,9 @@ class _StopAfterEpoch:
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> dict:
-    from sparseyolo.data.synthetic import make_shapes_dataset
-
-    root = tmp_path_factory.mktemp("shapes")
-    data = make_shapes_dataset(root / "data", n_train=8, n_val=4, img_size=64)
-    model = yaml.safe_load(open(_config("yolov3-tiny.yaml")).read())
-    model["width_multiple"] = 0.25
-    (root / "tiny.yaml").write_text(yaml.safe_dump(model))
-    (root / "recipe.yaml").write_text(RUN_RECIPE)
-    return {"data": str(data), "cfg": str(root / "tiny.yaml"), "recipe": str(root / "recipe.yaml")}
-
-
-def _config(name: str) -> str:
-    from sparseyolo.models.parse import CONFIG_DIR
-
-    return str(CONFIG_DIR / name)
+def shapes(shapes_data) -> dict:
+    (shapes_data["root"] / "recipe.yaml").write_text(RUN_RECIPE)
+    return {**shapes_data, "recipe": str(shapes_data["root"] / "recipe.yaml")}
 
 
 def _common(shapes: dict, project) -> dict:

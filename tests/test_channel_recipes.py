@@ -1,0 +1,153 @@
+"""The shipped channel-pruning recipes: they load, attach to the models they are written for, remove
+the stated fraction of channels in multiples of ``round_to``, thin the model before QAT starts, and
+train for real (a few steps on the built-in shapes data)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparseyolo.models.yolo import build_model
+from sparseyolo.quantization import is_qat_model
+from sparseyolo.recipe import Recipe
+from sparseyolo.sparsity.channel_pruner import kept_channels
+from sparseyolo.utils.errors import ConfigError
+
+# name -> (model config, width multiple, channel fraction removed, int8 QAT at the end, FLOPs ratio at least);
+# YOLOv3-SPP at half width (the same parameter names, 16+ channels everywhere) keeps the test short
+RECIPES = {
+    "yolov3-tiny.channel_pruned": ("yolov3-tiny", 1.0, 0.5, False, 3.5),
+    "yolov3-tiny.channel_pruned_quantized": ("yolov3-tiny", 1.0, 0.5, True, 3.5),
+    "yolov3-spp.channel_pruned_quantized": ("yolov3-spp", 0.5, 0.6, True, 5.0),
+}
+# short schedules with the recipes' own variables, so the full-size models run in seconds
+SHORT = {"num_epochs": 4, "quantization_epochs": 1}
+
+
+def _convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _pruner(manager):
+    (mod,) = [m for m in manager.pruning_modifiers if getattr(m, "structure", None) == "filter"]
+    return mod
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_loads_with_the_documented_schedule(name):
+    _, _, sparsity, qat, _ = RECIPES[name]
+    recipe = Recipe.load(name)
+    v = recipe.variables
+    assert v["channel_sparsity"] == sparsity and v["round_to"] == 8 and v["importance"] == "l1"
+    assert v["pruning_end_epoch"] == round(0.6 * v["num_epochs"])  # pruning over the first 60%
+    manager = recipe.manager()
+    pruning = _pruner(manager)
+    assert (pruning.final_sparsity, pruning.round_to, pruning.inter_func) == (sparsity, 8, "cubic")
+    assert pruning.end_epoch == v["pruning_end_epoch"] < v["num_epochs"]  # recovery epochs follow
+    quant = [m for m in manager.modifiers if m.tag == "QuantizationModifier"]
+    assert bool(quant) == qat
+    if qat:
+        (q,) = quant
+        assert q.start_epoch == v["num_epochs"] - v["quantization_epochs"] > pruning.end_epoch
+        assert "model.0" in q.submodules and not any(s.startswith(("model.20", "model.28")) for s in q.submodules[-1:])
+        # the observers see at least one epoch of data before they are frozen
+        assert q.freeze_bn_stats_epoch >= q.start_epoch + 1 and q.disable_quantization_observer_epoch >= q.start_epoch + 1
+    # the run's length scales the phases (the prose's --recipe-args advice)
+    longer = Recipe.load(name, args={"num_epochs": 60}).variables
+    assert longer["pruning_end_epoch"] == 36
+    if qat:
+        assert longer["quantization_start_epoch"] == 60 - v["quantization_epochs"]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_removes_the_channel_fraction_and_thins_before_qat(name):
+    cfg, width, sparsity, qat, min_flops_ratio = RECIPES[name]
+    model = build_model(cfg, nc=80, width_multiple=width)
+    before = {n: m.out_channels for n, m in _convs(model).items()}
+    flops_before = model.flops(416)
+    out_shapes = [o.shape for o in model.eval()(torch.zeros(1, 3, 64, 64))[1]]
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    manager = Recipe.load(name, args=SHORT if qat else {"num_epochs": 4}).manager()
+    manager.attach(model, opt, steps_per_epoch=2)
+    pruning = _pruner(manager)
+    skipped = {s.split(" ")[0].rpartition(".")[0] for s in pruning.pruner.skipped}
+    events: list[tuple[str, float]] = []
+    flops_thinned: list[float] = []
+    for event in ("thinned", "qat_start"):
+        manager.subscribe(event, lambda event=event, **_: events.append((event, manager.epoch)))
+    manager.subscribe("thinned", lambda **_: flops_thinned.append(model.flops(416)))
+    for _ in range(manager.max_epochs * 2):
+        opt.step()
+        manager.step()
+    manager.finalize()
+
+    # thinning at the end of pruning, QAT only afterwards
+    assert events[0] == ("thinned", pruning.end_epoch)
+    if qat:
+        assert events[1][0] == "qat_start" and events[1][1] >= events[0][1]
+        assert is_qat_model(model)
+    else:
+        assert [e for e, _ in events] == ["thinned"]
+
+    # every prunable conv lost the stated fraction of its filters, in multiples of round_to
+    after = {n: m.out_channels for n, m in _convs(model).items()}
+    pruned = {n: c for n, c in before.items() if n not in skipped and ".m." not in n}  # Detect outputs: m.0..
+    assert len(pruned) >= 10
+    for n, c in pruned.items():
+        assert after[n] == kept_channels(c, sparsity, 8), n
+        assert after[n] % 8 == 0 and after[n] < c, n
+    removed = 1 - sum(after[n] for n in pruned) / sum(pruned.values())
+    assert removed == pytest.approx(sparsity, abs=0.03)
+    # the Detect head's output convs keep their width: the outputs keep their shape
+    for n in before:
+        if ".m." in n:
+            assert after[n] == before[n], n
+    assert [o.shape for o in model.eval()(torch.zeros(1, 3, 64, 64))[1]] == out_shapes
+    assert flops_before / flops_thinned[0] > min_flops_ratio
+
+
+def test_args_cannot_move_thinning_after_qat_start():
+    """The recovery learning-rate modifier spans pruning_end_epoch -> quantization_start_epoch, so args
+    that would thin a quantization-aware model are refused when the recipe loads."""
+    with pytest.raises(ConfigError, match="end_epoch 35.0 is before start_epoch 36.0"):
+        Recipe.load("yolov3-tiny.channel_pruned_quantized", args={"pruning_end_epoch": 36})
+
+
+def test_round_to_8_needs_16_channels_and_the_error_says_so():
+    model = build_model("yolov3-tiny", nc=3, width_multiple=0.5)  # 8 channels in the first conv
+    manager = Recipe.load("yolov3-tiny.channel_pruned").manager()
+    with pytest.raises(ConfigError, match="round_to 8 leaves .* no channels"):
+        manager.attach(model, torch.optim.SGD(model.parameters(), lr=0.01), steps_per_epoch=2)
+
+
+@pytest.mark.parametrize("name", ["yolov3-tiny.channel_pruned", "yolov3-tiny.channel_pruned_quantized"])
+def test_short_real_training_run(name, tmp_path):
+    """3 epochs on 16 shapes images at 64 px: prune, thin, recover (and QAT); best.pt is the thinned model."""
+    import yaml
+
+    from sparseyolo.data.synthetic import make_shapes_dataset
+    from sparseyolo.engine.trainer import train
+    from sparseyolo.models.parse import load_model_yaml
+    from sparseyolo.models.weights import load_model
+
+    data = make_shapes_dataset(tmp_path / "shapes", n_train=16, n_val=4, img_size=64)
+    d, _ = load_model_yaml("yolov3-tiny")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**d, "width_multiple": 0.25}, sort_keys=False))
+    args = {"num_epochs": 3, "pruning_end_epoch": 1, "pruning_update_frequency": 0.25, "round_to": 2}
+    if name.endswith("quantized"):
+        args["quantization_epochs"] = 1
+    run = train(cfg=str(cfg), data=str(data), recipe=name, recipe_args=args, epochs=99, img_size=64, batch_size=4,
+                workers=0, device="cpu", noplots=True, tensorboard=False, project=str(tmp_path / "runs"), name="r",
+                hyp="pruned_quantized" if name.endswith("quantized") else "pruned", patience=0)
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3  # header + the recipe's 3 epochs
+    model, _ = load_model(run / "weights" / "best.pt")
+    convs = _convs(model)
+    # quarter width: 8, 8, 16, ... 128 filters (never fewer than 8); half of them kept
+    assert convs["model.0.conv"].out_channels == 4 and convs["model.10.conv"].out_channels == 64
+    assert is_qat_model(model) == name.endswith("quantized")
+    out = model.float().eval()(torch.zeros(1, 3, 64, 64))
+    assert out[0].shape[-1] == 5 + 3
