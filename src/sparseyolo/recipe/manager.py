@@ -235,16 +235,17 @@ class RecipeManager:
         return self._graph
 
     def thinning_epoch(self, pruning_end: float) -> float:
-        """When channels removed by a schedule ending at ``pruning_end`` are cut out."""
-        later = [e for m in self.modifiers if m.tag == "LayerThinningModifier" for e in m.epochs
-                 if e + 1e-9 >= pruning_end]
-        return min(later) if later else pruning_end
+        """When channels removed by a schedule ending at ``pruning_end`` are cut out: the first
+        ``LayerThinningModifier`` epoch at or after it, else ``pruning_end`` itself."""
+        return min(self._thinning_epochs_from(pruning_end), default=pruning_end)
 
     def thinning_scheduled_after(self, pruning_end: float) -> bool:
-        return any(m.tag == "LayerThinningModifier" and any(e + 1e-9 >= pruning_end for e in m.epochs)
-                   for m in self.modifiers)
+        return bool(self._thinning_epochs_from(pruning_end))
 
-    def thin(self, strict: bool = True) -> ThinningPlan:
+    def _thinning_epochs_from(self, epoch: float) -> list[float]:
+        return [e for m in self.modifiers if m.tag == "LayerThinningModifier" for e in m.epochs if e + 1e-9 >= epoch]
+
+    def thin(self) -> ThinningPlan:
         """Cut every channel that structured pruning has removed out of the model and optimizer.
 
         Other modifiers' masks follow (by parameter name), then subscribers of ``thinned`` get the
@@ -260,8 +261,7 @@ class RecipeManager:
                 keep[gi] = keep[gi] & k if gi in keep else k.clone()
         plan = plan_thinning(self.model, self.channel_graph(), keep) if keep else ThinningPlan()
         if not plan:
-            if strict and not pending:
-                LOGGER.info("recipe: layer thinning found no removed channels to cut out")
+            LOGGER.info("recipe: no removed channels to cut out")
             return plan
         replaced = apply_thinning(self.model, plan)
         if self.optimizer is not None:

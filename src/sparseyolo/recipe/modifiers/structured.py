@@ -6,7 +6,8 @@
   together). Groups tied by the model's graph (residual adds) are always chosen together.
 * ``LayerThinningModifier``: cuts the removed channels out at ``start_epoch`` (and at each of
   ``update_epochs``). SparseML needed ``param_group_dependency_map`` to know what to thin; here the
-  dependencies come from the traced graph, and the map, when given, is only checked against it.
+  dependencies come from the traced graph, and the map, when given, is only checked against it;
+  ``strict`` (default true) requires a filter / channel pruning schedule to end by its epochs.
 * ``BatchNormL1Modifier`` (ours): network slimming's L1 penalty on BatchNorm scales over an epoch
   range, which drives unimportant channels' gammas towards zero before ``importance: bn_gamma``
   ranks them.
@@ -97,6 +98,10 @@ class LayerThinningModifier(Modifier):
         for key, deps in (self.param_group_dependency_map or {}).items():
             names = [n.strip() for n in str(key).split(",")] + list(deps)
             resolve_params(manager.model, names, self.where_key("param_group_dependency_map"))
+        structured = [m for m in manager.pruning_modifiers if getattr(m, "structure", None)]
+        if self.strict and not any(m.end_epoch <= max(self.epochs) + EPS for m in structured):
+            raise self.error("no filter or channel pruning ends by its epochs, so there is nothing to thin "
+                             "(strict: false allows this)")
 
     def on_start(self, manager: "RecipeManager", epoch: float) -> None:
         self._thin_due(manager, epoch)
@@ -111,7 +116,7 @@ class LayerThinningModifier(Modifier):
         due = [e for e in self.epochs if e not in self.done and epoch + EPS >= e]
         if due:
             self.done.extend(due)
-            manager.thin(strict=self.strict)
+            manager.thin()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "done": list(self.done)}
