@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import INT8_EXACT_ON_ORT
@@ -26,8 +27,6 @@ from sparseyolo.export import (
 from sparseyolo.export.graph import MAX_IR_VERSION
 from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
 from sparseyolo.utils.errors import SparseYoloError
-
-ort = pytest.importorskip("onnxruntime")
 
 
 def session(path):

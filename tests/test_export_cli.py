@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from sparseyolo.cli.main import main
-
-ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,14 @@ import pytest
 import torch
 from test_export import prune, randomize_bn, session
 
-from sparseyolo.export import export_onnx, gzip_size, pack_sparse_file, pack_sparse_weights, unpack_sparse_weights
+from sparseyolo.export import (
+    export_onnx,
+    gzip_size,
+    pack_sparse_file,
+    pack_sparse_weights,
+    unpack_sparse_weights,
+)
 from sparseyolo.utils.errors import SparseYoloError
-
-pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")

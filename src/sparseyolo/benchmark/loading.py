@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparseyolo.utils.errors import SparseYoloError, WeightsError
+from sparseyolo.utils.errors import WeightsError
 
 
 def load_torch_model(weights: str | Path, cfg: str | None = None, use_ema: bool = True):
@@ -14,16 +14,12 @@ def load_torch_model(weights: str | Path, cfg: str | None = None, use_ema: bool 
     if path.suffix == ".pt":
         if not path.exists():
             raise WeightsError(f"{path}: no such file")
-        try:
-            from sparseyolo.models.checkpoint import load_checkpoint, model_from_checkpoint
-        except ImportError as e:
-            raise SparseYoloError(f"{path}: checkpoint loading is not available in this build ({e})") from None
+        from sparseyolo.models.checkpoint import load_checkpoint, model_from_checkpoint
+
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, use_ema=use_ema)
         return model.float().eval(), ckpt
-    try:
-        from sparseyolo.models import load_model
-    except ImportError as e:
-        raise SparseYoloError(f"{path}: model loading is not available in this build ({e})") from None
+    from sparseyolo.models import load_model
+
     model, ckpt = load_model(weights, cfg=cfg)
     return model.float().eval(), ckpt
