@@ -93,6 +93,20 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def broadcast_state(model: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's parameters and buffers.
+
+    DDP does this when it wraps the model, but a recipe computes its first masks before that, from
+    each rank's own initial weights (a scratch run seeds each rank differently): the masks would differ
+    between ranks for the whole run.
+    """
+    if not (info.distributed and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
 def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics, ...) to every rank.
 

@@ -20,8 +20,8 @@ import yaml
 from sparseyolo.engine.base import TrainerBase
 from sparseyolo.engine.checkpointing import (CheckpointHook, find_last_checkpoint, rng_state, seed_all,
                                              set_rng_state)
-from sparseyolo.engine.ddp import (any_rank, barrier, broadcast_object, cleanup, dist_info, init_distributed,
-                                   select_device)
+from sparseyolo.engine.ddp import (any_rank, barrier, broadcast_object, broadcast_state, cleanup, dist_info,
+                                   init_distributed, select_device)
 from sparseyolo.engine.ema import ModelEMA, de_parallel
 from sparseyolo.engine.hooks import DDPBufferSyncHook, EMAHook, EvalHook, LRScheduleHook, RecipeHook
 from sparseyolo.engine.hyp import load_hyp
@@ -140,6 +140,7 @@ class Trainer(TrainerBase):
             model, _ = build_train_model(cfg, nc, names)
         freeze_layers(model, cfg.freeze)
         self.model = model.to(self.device)
+        broadcast_state(self.model, self.dist)  # before a recipe masks anything
         self.max_stride = int(max(int(model.stride.max()), 32))
         self.img_size = check_img_size(cfg.img_size, self.max_stride)
         if cfg.sync_bn and self.dist.distributed and self.device.type == "cuda":
