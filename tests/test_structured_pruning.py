@@ -75,7 +75,8 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", ["yolov3-tiny", "yolov3-spp", "yolov3", "rescat"])
 def test_thinning_is_exact(name):
     torch.manual_seed(0)
-    model = ResCatNet() if name == "rescat" else build_model(name, nc=3)
+    # half width: the same graph as the full model at a quarter of the weights
+    model = ResCatNet() if name == "rescat" else build_model(name, nc=3, width_multiple=0.5)
     _randomize_norms(model)
     dense = sum(p.numel() for p in model.parameters())
     x = torch.rand(2, 3, 64, 64)
@@ -88,13 +89,16 @@ def test_thinning_is_exact(name):
 
 
 def test_groups_follow_adds_concats_and_spp():
-    graph = trace_channel_groups(build_model("yolov3-spp", nc=3), torch.zeros(1, 3, 64, 64))
+    model = build_model("yolov3-spp", nc=3, width_multiple=0.25)  # the layout of the full model, 1/16 the weights
+    graph = trace_channel_groups(model, torch.zeros(1, 3, 64, 64))
     res = graph.group_of_output("model.6.0.cv2.conv")
     # the residual stage: the conv before it and every bottleneck's cv2 share one channel set
     assert {"model.5.conv", "model.6.0.cv2.conv", "model.6.7.cv2.conv"} <= set(res.producers) and not res.fixed
-    assert ("model.26.cv1.conv", 128) in [(s.module, s.offset) for s in res.slices if s.role == "in"]  # via concat
+    up = model.model[23].conv.out_channels  # the upsampled branch comes first in layer 25's concat
+    assert ("model.26.cv1.conv", up) in [(s.module, s.offset) for s in res.slices if s.role == "in"]
     spp = graph.group_of_output("model.12.cv1.conv")  # x and three max-pools of x, concatenated
-    assert sorted(s.offset for s in spp.slices if s.module == "model.12.cv2.conv") == [0, 512, 1024, 1536]
+    c = model.model[12].cv1.conv.out_channels
+    assert sorted(s.offset for s in spp.slices if s.module == "model.12.cv2.conv") == [0, c, 2 * c, 3 * c]
     for j in range(3):
         assert "view" in graph.group_of_output(f"model.28.m.{j}").fixed  # Detect outputs are never removed
 
