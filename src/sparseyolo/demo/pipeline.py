@@ -4,14 +4,17 @@ Stages (each prints a heading; a failure stops the demo with the stage's name):
 
 1. data      - the built-in shapes dataset (:func:`sparseyolo.data.synthetic.make_shapes_dataset`);
 2. baseline  - a narrow YOLOv3-tiny trained from scratch;
-3. pruned    - ``yolov3-tiny.pruned`` from the baseline's ``best.pt`` (shortened by recipe args);
-4. pruned_quantized - ``yolov3-tiny.pruned_quantized`` likewise (prune, recover, int8 QAT);
-5. export    - ONNX of all three (FP32; QDQ + QLinearConv for the QAT run), with sparsity / size;
-6. report    - mAP of each exported ONNX on the val split, interleaved ONNX Runtime benchmark, and
-               the report table of :mod:`sparseyolo.benchmark.report_output`.
+3. channel_pruned_quantized - ``yolov3-tiny.channel_pruned_quantized`` from the baseline's ``best.pt``
+               (shortened by recipe args): half the channels pruned and cut out (thinning), recovery,
+               int8 QAT;
+4. export    - ONNX of both runs at the training size (for mAP) and at the larger benchmark size
+               (for speed): FP32, and QDQ + QLinearConv for the QAT run, with FLOPs and size;
+5. report    - mAP of each exported ONNX on the val split, interleaved ONNX Runtime benchmark at the
+               benchmark size, and the report table of :mod:`sparseyolo.benchmark.report_output`.
 
 Everything goes under ``cfg.out``: ``shapes/`` (data), ``runs/<stage>/`` (training runs with
-``weights/best.pt`` and ``best.onnx``), ``report.md``, ``report.json``, ``report.png``.
+``weights/best.pt``, ``best.onnx`` and ``best-<bench_img>.onnx``), ``report.md``, ``report.json``,
+``report.png``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparseyolo.demo.settings import (PRUNED_QUANTIZED_RECIPE, PRUNED_RECIPE, DemoConfig, hyp_dict, model_yaml,
-                                      pruned_quantized_recipe_args, pruned_recipe_args, write_yaml)
+from sparseyolo.demo.settings import (CHANNEL_RECIPE, DemoConfig, channel_recipe_args, hyp_dict, model_yaml,
+                                      write_yaml)
 from sparseyolo.demo.stages import StageRunner, format_seconds
 from sparseyolo.utils.errors import ConfigError
 from sparseyolo.utils.logging import LOGGER
@@ -47,6 +50,7 @@ class TrainStage:
     hyp: str = ""      # hyperparameter YAML path
     epochs: int = 0
     optimizer: str = "SGD"
+    noval: bool = False  # validate the final epoch only
 
 
 @dataclass
@@ -56,8 +60,10 @@ class DemoResult:
     out: Path
     data: Path
     run_dirs: list[Path]
-    onnx: dict[str, list[Path]]            # run name -> exported files (QDQ first, then QLinear)
+    onnx: dict[str, list[Path]]            # run name -> exported files (training size, then benchmark size;
+                                           # FP32 or QDQ first, then QLinear)
     sparsity: dict[str, float]             # exported file name -> conv-weight sparsity
+    flops: dict[str, float]                # exported file name -> conv / linear FLOPs at its input size
     runs: list[Any]                        # benchmark.report.RunInfo rows of the table
     table: str
     notes: str
@@ -95,21 +101,23 @@ def prepare_out(cfg: DemoConfig) -> Path:
 
 
 def training_stages(cfg: DemoConfig, out: Path) -> list[TrainStage]:
-    """The three runs with their config files written under ``out``."""
+    """The two runs with their config files written under ``out``."""
     base_best = str(out / "runs" / "baseline" / "weights" / "best.pt")
     hyp_base = write_yaml(out / "hyp.baseline.yaml", hyp_dict("scratch", cfg.baseline_hyp))
-    hyp_pruned = write_yaml(out / "hyp.pruned.yaml", hyp_dict("pruned", cfg.sparse_hyp))
     hyp_pq = write_yaml(out / "hyp.pruned_quantized.yaml", hyp_dict("pruned_quantized", cfg.sparse_hyp))
+    args = channel_recipe_args(cfg.sparse_epochs, cfg.width)
     return [
         TrainStage("baseline", f"dense baseline: YOLOv3-tiny x{cfg.width:g} from scratch, {cfg.epochs} epochs, "
-                               f"{cfg.img} px", hyp=str(hyp_base), epochs=cfg.epochs, optimizer="Adam"),
-        TrainStage("pruned", f"pruned: {PRUNED_RECIPE} from the baseline, {cfg.sparse_epochs} epochs",
-                   weights=base_best, recipe=PRUNED_RECIPE, recipe_args=pruned_recipe_args(cfg.sparse_epochs),
-                   hyp=str(hyp_pruned), epochs=cfg.sparse_epochs),
-        TrainStage("pruned_quantized", f"pruned + quantized: {PRUNED_QUANTIZED_RECIPE} from the baseline, "
-                                       f"{cfg.sparse_epochs} epochs (int8 QAT at the end)",
-                   weights=base_best, recipe=PRUNED_QUANTIZED_RECIPE,
-                   recipe_args=pruned_quantized_recipe_args(cfg.sparse_epochs), hyp=str(hyp_pq),
+                               f"{cfg.img} px (validated at the end)", hyp=str(hyp_base), epochs=cfg.epochs,
+                   optimizer="Adam",
+                   # per-epoch validation of a model still learning costs about 40% of the stage (NMS over
+                   # thousands of low-confidence boxes) and chooses nothing: best.pt is the last epoch anyway
+                   noval=True),
+        TrainStage("channel_pruned_quantized",
+                   f"channel pruned + quantized: {CHANNEL_RECIPE} from the baseline, {cfg.sparse_epochs} epochs "
+                   f"(half the channels removed by epoch {args['pruning_end_epoch']:g}, int8 QAT for the last "
+                   f"{args['quantization_epochs']:g})",
+                   weights=base_best, recipe=CHANNEL_RECIPE, recipe_args=args, hyp=str(hyp_pq),
                    epochs=cfg.sparse_epochs),
     ]
 
@@ -147,11 +155,18 @@ def train_stage(cfg: DemoConfig, st: TrainStage, data: Path, model_cfg: Path, pr
                       batch_size=cfg.batch_size, nbs=cfg.batch_size, img_size=cfg.img, optimizer=st.optimizer,
                       project=str(project),
                       name=st.name, exist_ok=True, workers=cfg.workers, seed=cfg.seed, noplots=True,
-                      tensorboard=False, patience=0))
+                      tensorboard=False, patience=0, noval=st.noval))
 
 
-def export_run(run_dir: Path, img: int) -> list[Path]:
-    """``weights/best.pt`` -> ``best.onnx`` (FP32, or QDQ for QAT) and ``best.qlinear.onnx`` (QAT)."""
+def bench_name(path: Path, bench_img: int) -> Path:
+    """``best.onnx`` -> ``best-416.onnx``, ``best.qlinear.onnx`` -> ``best-416.qlinear.onnx``."""
+    stem, _, rest = path.name.partition(".")
+    return path.with_name(f"{stem}-{bench_img}.{rest}")
+
+
+def export_run(run_dir: Path, img: int, bench_img: int) -> list[Path]:
+    """``weights/best.pt`` -> ``best.onnx`` at ``img`` (FP32, or QDQ for QAT) and ``best.qlinear.onnx``
+    (QAT), then the same at ``bench_img`` (``best-<bench_img>.onnx`` ...): same weights, larger input."""
     from sparseyolo.export import export_onnx, export_qlinear
     from sparseyolo.models.weights import load_model
     from sparseyolo.quantization import is_qat_model
@@ -159,20 +174,29 @@ def export_run(run_dir: Path, img: int) -> list[Path]:
     best = run_dir / "weights" / "best.pt"
     model, _ = load_model(best)
     model = model.float().eval()
-    files = [Path(export_onnx(model, best.with_suffix(".onnx"), img_size=(img, img)))]
-    if is_qat_model(model):
-        files.append(Path(export_qlinear(files[0], best.with_suffix(".qlinear.onnx"))))
+    files = []
+    for size in dict.fromkeys((img, bench_img)):
+        onnx_path = best.with_suffix(".onnx") if size == img else bench_name(best.with_suffix(".onnx"), size)
+        files.append(Path(export_onnx(model, onnx_path, img_size=(size, size))))
+        if is_qat_model(model):
+            files.append(Path(export_qlinear(files[-1], onnx_path.with_name(onnx_path.name.replace(
+                ".onnx", ".qlinear.onnx")))))
     return files
 
 
-def onnx_sparsity(path: Path, img: int) -> float:
-    """Fraction of zero conv / linear weights in an ONNX file (int8 zeros count for QDQ / QLinear)."""
+def onnx_stats(path: Path) -> tuple[float, float | None]:
+    """(fraction of zero conv / linear weights, their FLOPs) of an ONNX file at its own input size
+    (int8 weights count for QDQ / QLinear)."""
+    import onnx
+
     from sparseyolo.benchmark.analyze import analyze_onnx
 
-    return float(analyze_onnx(path, img=(img, img)).totals()["sparsity"])
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    totals = analyze_onnx(path, img=(dims[2].dim_value, dims[3].dim_value)).totals()
+    return float(totals["sparsity"]), (float(totals["flops"]) if totals["flops"] else None)
 
 
-def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float]) -> str:
+def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float], flops: dict[str, float]) -> str:
     from sparseyolo.benchmark.table import markdown_table
     from sparseyolo.export.size import file_size, human
 
@@ -180,20 +204,33 @@ def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float]) -> s
     for run, files in onnx.items():
         for f in files:
             fs = file_size(f)
-            rows.append([run, f.name, human(fs.raw), human(fs.gzip), f"{100 * sparsity[str(f)]:.1f}%"])
-    return markdown_table(["run", "file", "size", "gzip -9", "conv weights = 0"], rows, align="llrrr")
+            gf = flops.get(str(f))
+            rows.append([run, f.name, human(fs.raw), human(fs.gzip), "?" if gf is None else f"{gf / 1e9:.3f}",
+                         f"{100 * sparsity[str(f)]:.1f}%"])
+    return markdown_table(["run", "file", "size", "gzip -9", "GFLOPs", "conv weights = 0"], rows, align="llrrrr")
 
 
 def report_rows(run_dirs: list[Path], data: Path, cfg: DemoConfig) -> list[Any]:
-    """The report's rows (``sparseyolo report``'s own code): every run's ``best.onnx`` plus the
-    QLinearConv form of the QAT run, each re-validated as ONNX on the val split and benchmarked
-    interleaved on ONNX Runtime."""
-    from sparseyolo.benchmark.report import build_report
+    """The report's rows, built with ``sparseyolo report``'s own pieces: every run's ``best.onnx``
+    plus the QLinearConv form of the QAT run, each re-validated as ONNX on the val split at the
+    training size, then their ``best-<bench_img>`` twins (same weights) sized and benchmarked
+    interleaved on ONNX Runtime at the benchmark size."""
+    from sparseyolo.benchmark.report import measure_size, read_run, revalidate, with_qlinear_rows
+    from sparseyolo.benchmark.runner import benchmark
 
-    print(f"validating every ONNX file on the val split, then benchmarking them interleaved on {ENGINE}, "
-          f"{cfg.threads} threads, {cfg.bench_time:g}s each")
-    return build_report(run_dirs, [ENGINE], img=cfg.img, batch_size=1, threads=cfg.threads,
-                        time_s=cfg.bench_time, warmup_s=cfg.bench_warmup, export=False, data=str(data))
+    runs = with_qlinear_rows([read_run(d) for d in run_dirs])
+    print(f"validating every ONNX file on the val split at {cfg.img} px, then benchmarking them interleaved on "
+          f"{ENGINE} at {cfg.bench_img} px, {cfg.threads} threads, {cfg.bench_time:g}s each")
+    for run in runs:
+        revalidate(run, str(data), cfg.img)
+        run.onnx = bench_name(run.onnx, cfg.bench_img) if cfg.bench_img != cfg.img else run.onnx
+        measure_size(run)
+    results = benchmark([r.onnx for r in runs], [ENGINE], batch_size=1, img=(cfg.bench_img, cfg.bench_img),
+                        threads=cfg.threads, time_s=cfg.bench_time, warmup_s=cfg.bench_warmup)
+    by_model = {res.model: res for res in results}
+    for run in runs:
+        run.bench = {ENGINE: by_model[str(run.onnx)]} if str(run.onnx) in by_model else {}
+    return runs
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
@@ -208,7 +245,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     t_start = time.perf_counter()
     out = prepare_out(cfg)
-    runner = StageRunner(6, out / "demo-error.log")
+    stages = training_stages(cfg, out)
+    runner = StageRunner(len(stages) + 3, out / "demo-error.log")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -219,20 +257,29 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             model_cfg = write_yaml(out / f"yolov3-tiny-x{cfg.width:g}.yaml", model_yaml(cfg.width))
             print(f"data: {data}\nmodel: {model_cfg}")
         run_dirs = []
-        for st in training_stages(cfg, out):
+        for st in stages:
             with runner.stage(st.name, st.title):
                 run_dirs.append(train_stage(cfg, st, data, model_cfg, out / "runs"))
         onnx: dict[str, list[Path]] = {}
         sparsity: dict[str, float] = {}
-        with runner.stage("export", f"ONNX export at {cfg.img}x{cfg.img} (FP32; QDQ + QLinearConv for QAT)"):
+        flops: dict[str, float] = {}
+        sizes = f"{cfg.img}x{cfg.img} (mAP) and {cfg.bench_img}x{cfg.bench_img} (speed)"
+        with runner.stage("export", f"ONNX export at {sizes}: FP32; QDQ + QLinearConv for QAT"):
             for d in run_dirs:
-                onnx[d.name] = export_run(d, cfg.img)
-                sparsity.update({str(f): onnx_sparsity(f, cfg.img) for f in onnx[d.name]})
-            print(export_summary(onnx, sparsity))
+                onnx[d.name] = export_run(d, cfg.img, cfg.bench_img)
+                for f in onnx[d.name]:
+                    sparsity[str(f)], gf = onnx_stats(f)
+                    if gf is not None:
+                        flops[str(f)] = gf
+            print(export_summary(onnx, sparsity, flops))
         with runner.stage("report", f"ONNX mAP on the val split, {ENGINE} benchmark and the report"):
             runs = report_rows(run_dirs, data, cfg)
             base = runs[0]
-            table, notes = report_table(runs, [ENGINE], base), report_notes(runs, [ENGINE], base)
+            table = report_table(runs, [ENGINE], base)
+            notes = report_notes(runs, [ENGINE], base) + (
+                f"\nmAP of each model exported at the training size ({cfg.img} px); speed of the same weights "
+                f"exported at {cfg.bench_img} px (best-{cfg.bench_img}.onnx): the models are fully convolutional."
+                if cfg.bench_img != cfg.img else "")
             atomic_write_text(out / "report.md", table + "\n\n" + notes + "\n")
             atomic_write_text(out / "report.json", json.dumps(report_json(runs, [ENGINE], base), indent=2))
             plot_report(runs, [ENGINE], base, out / "report.png")
@@ -240,8 +287,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t_start
     LOGGER.debug(f"demo stage times: {runner.times}")
-    return DemoResult(out=out, data=data, run_dirs=run_dirs, onnx=onnx, sparsity=sparsity, runs=runs, table=table,
-                      notes=notes, stage_times=dict(runner.times), wall_time_s=wall)
+    return DemoResult(out=out, data=data, run_dirs=run_dirs, onnx=onnx, sparsity=sparsity, flops=flops, runs=runs,
+                      table=table, notes=notes, stage_times=dict(runner.times), wall_time_s=wall)
 
 
 def summary(result: DemoResult) -> str:
