@@ -80,3 +80,16 @@ def shapes_data(tmp_path_factory) -> dict:
     model["width_multiple"] = 0.25
     (root / "tiny.yaml").write_text(yaml.safe_dump(model))
     return {"data": str(data), "cfg": str(root / "tiny.yaml"), "root": root}
+
+
+def stop_after_epoch(n: int):
+    """A training hook that raises KeyboardInterrupt right after epoch ``n`` was checkpointed: the
+    crash of an interrupted run, for resume tests."""
+    from sparseyolo.engine.base import HookBase
+
+    class StopAfterEpoch(HookBase):
+        def after_epoch(self) -> None:
+            if self.trainer.epoch == n:
+                raise KeyboardInterrupt
+
+    return StopAfterEpoch()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import stop_after_epoch
 
 from sparseyolo.engine.base import HookBase
 from sparseyolo.engine.setup import TrainConfig
@@ -52,20 +53,9 @@ def _same(a, b) -> bool:
     return a == b
 
 
-class _StopAfter(HookBase):
-    """A crash right after epoch ``n`` was checkpointed."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def after_epoch(self) -> None:
-        if self.trainer.epoch == self.n:
-            raise KeyboardInterrupt
-
-
 def _cut_run(common: dict, name: str, stop: int) -> Path:
     t = Trainer(TrainConfig(name=name, **common))
-    t.register_hooks([_StopAfter(stop)])
+    t.register_hooks([stop_after_epoch(stop)])
     with pytest.raises(KeyboardInterrupt):
         t.train()
     last = Path(common["project"]) / name / "weights/last.pt"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import stop_after_epoch
 from torch import nn
 
 from sparseyolo.models import build_model
@@ -222,20 +223,6 @@ modifiers:
 """
 
 
-class _StopAfterEpoch:
-    """A hook that interrupts training after the given epoch, as a kill would."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def __getattr__(self, name):  # every other hook method: nothing to do
-        return lambda: None
-
-    def after_epoch(self) -> None:
-        if self.trainer.epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.fixture(scope="module")
 def shapes(shapes_data) -> dict:
     (shapes_data["root"] / "recipe.yaml").write_text(RUN_RECIPE)
@@ -271,7 +258,7 @@ def test_training_thins_then_resumes_exactly(shapes, thinned_run, tmp_path):
     # i.e. at the last step of epoch index 1, so that epoch's checkpoint is the first thinned one
     for stop, thinned in ((0, False), (1, True)):
         t = Trainer(TrainConfig(name=f"cut{stop}", **common))
-        t.register_hooks([_StopAfterEpoch(stop)])
+        t.register_hooks([stop_after_epoch(stop)])
         with pytest.raises(KeyboardInterrupt):
             t.train()
         cut = tmp_path / f"cut{stop}" / "weights/last.pt"

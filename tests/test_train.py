@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import stop_after_epoch
 
-from sparseyolo.engine.base import HookBase
 from sparseyolo.engine.setup import TrainConfig
 from sparseyolo.engine.trainer import NonFiniteLossError, Trainer, train
 from sparseyolo.utils.errors import ConfigError, DataError
@@ -67,22 +67,11 @@ def test_full_run_writes_every_output(tiny, tmp_path):
                  nosave=True, **FAST) == tmp_path / "exp2"
 
 
-class _StopAfter(HookBase):
-    """Simulates a crash right after epoch ``n`` was checkpointed."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def after_epoch(self) -> None:
-        if self.trainer.epoch == self.n:
-            raise KeyboardInterrupt
-
-
 def test_resume_is_exact(tiny, tmp_path):
     common = dict(cfg=tiny["cfg"], data=tiny["data"], epochs=3, project=str(tmp_path), noval=True, **FAST)
     ref = train(name="ref", **common)
     t = Trainer(TrainConfig(name="cut", **common))
-    t.register_hooks([_StopAfter(1)])
+    t.register_hooks([stop_after_epoch(1)])
     with pytest.raises(KeyboardInterrupt):
         t.train()
     cut = tmp_path / "cut"
