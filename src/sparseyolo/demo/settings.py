@@ -38,7 +38,10 @@ class DemoConfig:
     sparse_epochs: int = 8         # the recipe stage (from the baseline's best.pt)
     batch_size: int = 16
     threads: int = 2               # torch training threads and ONNX Runtime threads
-    workers: int = 2               # data loader processes
+    # data loader processes. 0: a training run's worker processes outlive it and take ~10 s each to
+    # shut down when they are garbage-collected later (40 s of the report stage with 2 workers), while
+    # loading 160 px images in the training process costs a few seconds per run
+    workers: int = 0
     bench_time: float = 5.0        # measured seconds per model (interleaved)
     bench_warmup: float = 1.0
     seed: int = 0
