@@ -1,4 +1,4 @@
-"""``sparseyolo demo``: dataset -> dense baseline -> pruned and pruned+int8 runs -> ONNX -> benchmark -> report,
+"""``sparseyolo demo``: dataset -> dense baseline -> channel-pruned int8 run -> ONNX -> benchmark -> report,
 on a built-in shapes dataset, with no data, weights or network needed."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ import argparse
 HELP = "run the whole workflow (train, prune, quantize, export, benchmark, report) on a built-in dataset"
 
 EPILOG = """\
-Stages: 1 shapes dataset, 2 dense YOLOv3-tiny baseline from scratch, 3 yolov3-tiny.pruned and
-4 yolov3-tiny.pruned_quantized recipes from the baseline's best.pt, 5 ONNX export (QDQ and
-QLinearConv for the QAT run), 6 mAP of each ONNX, interleaved ONNX Runtime benchmark and the
-report table (also in OUT/report.md, OUT/report.json, OUT/report.png).
-About 3 minutes on 2 idle CPU cores; --fast is a smoke run of about a minute (meaningless mAP).
+Stages: 1 shapes dataset, 2 dense half-width YOLOv3-tiny baseline from scratch, 3 the
+yolov3-tiny.channel_pruned_quantized recipe from the baseline's best.pt (half the channels cut out,
+then int8 QAT), 4 ONNX export at the training size (for mAP) and at --bench-img (for speed; QDQ and
+QLinearConv for the QAT run), 5 mAP of each ONNX, interleaved ONNX Runtime benchmark and the report
+table (also in OUT/report.md, OUT/report.json, OUT/report.png).
+About 3.5 minutes on 2 idle CPU cores; --fast is a smoke run of under a minute (meaningless mAP).
 """
 
 
@@ -34,9 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=d.out, help="output folder (a previous demo there is replaced)")
     parser.add_argument("--epochs", type=int, default=None, help=f"baseline epochs (default {d.epochs})")
     parser.add_argument("--sparse-epochs", type=int, default=None,
-                        help=f"epochs of each recipe run (default {d.sparse_epochs})")
+                        help=f"epochs of the recipe run, at least 3 (default {d.sparse_epochs})")
     parser.add_argument("--img", "--img-size", dest="img", type=int, default=None,
-                        help=f"image size for data, training, export and benchmark (default {d.img})")
+                        help=f"image size for data, training and mAP (default {d.img})")
+    parser.add_argument("--bench-img", type=int, default=None,
+                        help=f"export and benchmark size of the speed figures (default {d.bench_img})")
     parser.add_argument("--width", type=float, default=None,
                         help=f"YOLOv3-tiny width multiple (default {d.width:g})")
     parser.add_argument("--threads", type=int, default=d.threads, help="CPU threads (training and ONNX Runtime)")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from sparseyolo.demo import demo_config, run_demo, summary
 
     cfg = demo_config(out=args.out, epochs=args.epochs, sparse_epochs=args.sparse_epochs, img=args.img,
+                      bench_img=args.bench_img,
                       width=args.width, threads=args.threads, workers=args.workers, bench_time=args.bench_time,
                       seed=args.seed, fast=args.fast, keep=args.keep)
     result = run_demo(cfg)
