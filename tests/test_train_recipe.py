@@ -8,7 +8,8 @@ import torch
 from sparseyolo.engine.setup import TrainConfig
 from sparseyolo.engine.trainer import Trainer, train
 
-from test_train import FAST, _StopAfter, _load, tiny  # noqa: F401,F811  (tiny: shared fixture)
+from conftest import stop_after_epoch
+from test_train import FAST, _load, tiny  # noqa: F401,F811  (tiny: shared fixture)
 
 PRUNED = "yolov3-tiny.pruned"
 PRUNED_QAT = "yolov3-tiny.pruned_quantized"
@@ -42,7 +43,7 @@ def test_qat_recipe_turns_off_ema_and_resumes(tiny, tmp_path):
                   project=str(tmp_path), noval=True, **{**FAST, "batch_size": 2})
     ref = train(name="ref", **common)
     t = Trainer(TrainConfig(name="cut", **common))
-    t.register_hooks([_StopAfter(1)])
+    t.register_hooks([stop_after_epoch(1)])
     with pytest.raises(KeyboardInterrupt):
         t.train()
     train(resume=str(tmp_path / "cut/weights/last.pt"), workers=0, device="cpu")
