@@ -93,3 +93,25 @@ def stop_after_epoch(n: int):
                 raise KeyboardInterrupt
 
     return StopAfterEpoch()
+
+
+def qat_checkpoint(model, path: Path, batches: int = 1) -> Path:
+    """``model`` (a DetectionModel) made quantization-aware (all but the Detect head), observers fed
+    ``batches`` random batches, saved as a checkpoint whose recipe state records the QAT structure."""
+    import copy
+
+    import torch
+
+    from sparseyolo.models.checkpoint import save_checkpoint
+    from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
+
+    model = copy.deepcopy(model)
+    submodules = [f"model.{i}" for i in range(len(model.model) - 1)]
+    config = {"weight_bits": 8, "activation_bits": 8, "fuse": "conv_bn_relus"}
+    prepare_qat(model, submodules, QATConfig(**config))
+    freeze_bn_stats(model)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.rand(2, 3, 64, 64))
+    return save_checkpoint(path, model=model, recipe_state={"qat": {"submodules": submodules, "config": config}})

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import qat_checkpoint
 
 from sparseyolo.cli.main import main
 
@@ -40,22 +41,7 @@ def test_export_fp32_checkpoint(tiny_model, tmp_path, capsys, caplog):
 
 
 def test_export_qat_checkpoint_writes_qdq_and_qlinear(tiny_model, tmp_path, capsys):
-    import copy
-
-    from sparseyolo.models.checkpoint import save_checkpoint
-    from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
-
-    model = copy.deepcopy(tiny_model)
-    submodules = [f"model.{i}" for i in range(len(model.model) - 1)]
-    config = {"weight_bits": 8, "activation_bits": 8, "fuse": "conv_bn_relus"}
-    prepare_qat(model, submodules, QATConfig(**config))
-    freeze_bn_stats(model)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(2, 3, 64, 64))
-    weights = save_checkpoint(tmp_path / "q.pt", model=model,
-                              recipe_state={"qat": {"submodules": submodules, "config": config}})
+    weights = qat_checkpoint(tiny_model, tmp_path / "q.pt", batches=2)
     rc = main(["export", "--weights", str(weights), "--img-size", "64", "--uint8-input"])
     assert rc == 0
     qdq, qlin = tmp_path / "q.onnx", tmp_path / "q.qlinear.onnx"

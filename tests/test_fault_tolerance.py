@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import qat_checkpoint
 
 from sparseyolo.cli.main import main
 from sparseyolo.utils.io import (
@@ -226,19 +227,7 @@ def test_export_killed_writing_the_packed_file_keeps_the_old_one(tiny_model, tmp
 
 @linux_only
 def test_export_killed_writing_the_qlinear_file_keeps_the_old_one(tiny_model, tmp_path):
-    from sparseyolo.models.checkpoint import save_checkpoint
-    from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
-
-    model = copy.deepcopy(tiny_model)
-    submodules = [f"model.{i}" for i in range(len(model.model) - 1)]
-    config = {"weight_bits": 8, "activation_bits": 8, "fuse": "conv_bn_relus"}
-    prepare_qat(model, submodules, QATConfig(**config))
-    freeze_bn_stats(model)
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(2, 3, 64, 64))
-    weights = save_checkpoint(tmp_path / "q.pt", model=model,
-                              recipe_state={"qat": {"submodules": submodules, "config": config}})
+    weights = qat_checkpoint(tiny_model, tmp_path / "q.pt")
     assert main(["export", "--weights", str(weights), "--img-size", "64"]) == 0
     before = _snapshot(tmp_path)
     assert before.keys() == {"q.pt", "q.onnx", "q.qlinear.onnx"}

@@ -57,28 +57,21 @@ def _module_tensors(module: nn.Module, dims: dict[str, torch.Tensor], name: str)
         if idx is not None and getattr(module, attr, None) is not None:
             tensors.setdefault(f"{name}.{attr}" if name else attr, {})[dim] = idx
 
-    if isinstance(module, _CONV):
-        if "depthwise" in dims:
-            idx = dims["depthwise"]
-            keep("weight", 0, idx)
-            keep("bias", 0, idx)
-            attrs.update(out_channels=len(idx), in_channels=len(idx), groups=len(idx))
-        else:
-            keep("weight", 0, out)
-            keep("bias", 0, out)
-            keep("weight", 1, inp)
-            if out is not None:
-                attrs["out_channels"] = len(out)
-            if inp is not None:
-                attrs["in_channels"] = len(inp)
-    elif isinstance(module, nn.Linear):
+    if isinstance(module, _CONV) and "depthwise" in dims:
+        idx = dims["depthwise"]
+        keep("weight", 0, idx)
+        keep("bias", 0, idx)
+        attrs.update(out_channels=len(idx), in_channels=len(idx), groups=len(idx))
+    elif isinstance(module, (*_CONV, nn.Linear)):
         keep("weight", 0, out)
         keep("bias", 0, out)
         keep("weight", 1, inp)
+        out_attr, in_attr = ("out_channels", "in_channels") if isinstance(module, _CONV) else \
+            ("out_features", "in_features")
         if out is not None:
-            attrs["out_features"] = len(out)
+            attrs[out_attr] = len(out)
         if inp is not None:
-            attrs["in_features"] = len(inp)
+            attrs[in_attr] = len(inp)
     elif isinstance(module, _NORM):
         idx = dims["norm"]
         for attr in ("weight", "bias", "running_mean", "running_var"):
