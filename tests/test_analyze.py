@@ -1,4 +1,4 @@
-"""Tests for sparseyolo.benchmark.analyze / sensitivity and ``sparseyolo analyze``."""
+"""Tests for sparseyolo.analysis.layers / sensitivity and ``sparseyolo analyze``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import torch
 import torch.nn as nn
 import yaml
 from onnx import TensorProto, helper, numpy_helper
-
-from sparseyolo.benchmark.analyze import _ort_shapes, analyze_module, analyze_onnx
-from sparseyolo.benchmark.analyze_output import analysis_table, save_analysis
-from sparseyolo.benchmark.sensitivity import (magnitude_prune_, prunable_params, recipe_text,
-                                              sensitivity_analysis, suggest_targets)
-from sparseyolo.cli.main import main
 from test_benchmark import export_onnx, tiny_cnn
+
+from sparseyolo.analysis.layers import _ort_shapes, analyze_module, analyze_onnx
+from sparseyolo.analysis.layers_output import analysis_table, save_analysis
+from sparseyolo.analysis.sensitivity import (
+    recipe_text,
+    sensitivity_analysis,
+    suggest_targets,
+)
+from sparseyolo.cli.main import main
+from sparseyolo.sparsity.masks import magnitude_prune_
+from sparseyolo.sparsity.params import prunable_param_names as prunable_params
 
 
 def conv_flops(cout, cin, k, out_hw):

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from sparseyolo.benchmark.analyze import analyze_module
+from sparseyolo.analysis.layers import analyze_module
 from sparseyolo.cli.main import main
 from sparseyolo.models import build_model
 from sparseyolo.models.checkpoint import save_checkpoint

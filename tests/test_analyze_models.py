@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from sparseyolo.benchmark.analyze import analyze_module, analyze_onnx
-from sparseyolo.benchmark.loading import load_torch_model
-from sparseyolo.benchmark.report import build_report
-from sparseyolo.benchmark.sensitivity import magnitude_prune_
+from sparseyolo.analysis.layers import analyze_module, analyze_onnx
+from sparseyolo.analysis.report import build_report
 from sparseyolo.cli.main import main
 from sparseyolo.models import build_model
 from sparseyolo.models.checkpoint import save_checkpoint
+from sparseyolo.runtime.loading import load_torch_model
+from sparseyolo.sparsity.masks import magnitude_prune_
 
 PRUNED = {"model.2.conv.weight": 0.5, "model.4.conv.weight": 0.8}
 

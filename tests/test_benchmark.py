@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
-from sparseyolo.benchmark.engines import get_engine, parse_engines
-from sparseyolo.benchmark.onnx_info import read_model_info, resolve_input_shapes
+from sparseyolo.runtime.engines import get_engine, parse_engines
+from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
 from sparseyolo.benchmark.runner import BenchResult, _run_interleaved, benchmark
 from sparseyolo.cli.main import main
 from sparseyolo.utils.errors import SparseYoloError
@@ -154,7 +154,7 @@ def test_interleaving_order():
 
 
 def test_missing_engine_is_reported_not_fatal(models, monkeypatch):
-    from sparseyolo.benchmark import engines
+    from sparseyolo.runtime import engines
 
     def missing(self):
         raise ImportError("No module named 'openvino'", name="openvino")
@@ -231,7 +231,7 @@ def test_deepsparse_worker_matches_onnxruntime(models, monkeypatch):
     python = _deepsparse_python()
     if python is None:
         pytest.skip("no DeepSparse venv (scripts/setup_deepsparse.sh)")
-    from sparseyolo.benchmark.worker_client import RemoteRunner
+    from sparseyolo.runtime.worker_client import RemoteRunner
 
     shapes, dtypes = {"images": (2, 3, 32, 32)}, {"images": "float32"}
     before = models["conv"].read_bytes()
@@ -256,7 +256,7 @@ def test_deepsparse_worker_matches_onnxruntime(models, monkeypatch):
 
 
 def test_deepsparse_gets_a_private_static_copy(models):
-    from sparseyolo.benchmark.engines import _deepsparse_copy
+    from sparseyolo.runtime.engines import _deepsparse_copy
 
     assert onnx.load(str(models["u8"])).ir_version > 9  # helper.make_model writes the newest IR
     tmp = _deepsparse_copy(models["u8"], {"images": (1, 3, 8, 8)}, static=False)

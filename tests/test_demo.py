@@ -41,7 +41,7 @@ def _input_hw(path: Path) -> list[int]:
 
 
 def _flops(path: Path) -> float:
-    from sparseyolo.benchmark.analyze import analyze_onnx
+    from sparseyolo.analysis.layers import analyze_onnx
 
     return float(analyze_onnx(path, img=tuple(_input_hw(path))).totals()["flops"])
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparseyolo.engine.backends import Backend
-from sparseyolo.engine.predict import list_sources, run
+from sparseyolo.runtime.backends import Backend
+from sparseyolo.runtime.predict import list_sources, run
 from sparseyolo.utils.errors import SparseYoloError
 
 # (h, w) of the image, red box x1, y1, x2, y2 in original pixels

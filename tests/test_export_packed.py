@@ -65,7 +65,7 @@ def test_unpack_restores_the_plain_model_exactly(sparse_onnx):
 
 
 def test_analyze_sees_the_same_sparsity_in_packed_files(sparse_onnx):
-    from sparseyolo.benchmark.analyze import analyze_onnx
+    from sparseyolo.analysis.layers import analyze_onnx
 
     plain, packed, _ = sparse_onnx
     ra, rb = analyze_onnx(plain), analyze_onnx(packed)

@@ -1,14 +1,15 @@
-"""The package's layers only import downwards (docs/architecture.md)."""
+"""The package's layers only import downwards (docs/architecture.md). This is the one layering test."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "sparseyolo"
 
-# A subpackage may import subpackages of the same or a lower rank only (and never a sibling
-# of the same rank unless listed in SAME_RANK_OK).
+# A subpackage may import subpackages of a lower rank only (and a sibling of the same rank only
+# when listed in SAME_RANK_OK). Core first, then the YOLO domain, then the edges.
 RANK = {
     "utils": 0,
     "sparsity": 1, "quantization": 1,
@@ -16,15 +17,20 @@ RANK = {
     "models": 3, "data": 3,
     "evaluation": 4,
     "engine": 5,
-    "export": 6,
-    "benchmark": 7,
+    "runtime": 6, "export": 6,
+    "analysis": 7, "benchmark": 7,
     "demo": 8,
     "cli": 9,
 }
-SAME_RANK_OK: set[tuple[str, str]] = set()
+SAME_RANK_OK: set[tuple[str, str]] = {("analysis", "benchmark")}  # a report times its runs
+CORE = ("recipe", "sparsity", "quantization")
+YOLO = set(RANK) - set(CORE) - {"utils"}
+# "sparseyolo.x..." inside any string: importlib.import_module targets, lazy-export tables
+_STRING_MODULE = re.compile(r"^sparseyolo\.([a-z_]+)(\.[a-z_.]+)?$")
 
 
 def _imports(path: Path) -> set[str]:
+    """Subpackages ``path`` imports: import statements and module names written as strings."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found = set()
     for node in ast.walk(tree):
@@ -32,6 +38,10 @@ def _imports(path: Path) -> set[str]:
             names = [node.module]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _STRING_MODULE.match(node.value):
+            names = [node.value]
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            names = [str(node.values[0].value).rstrip(".")]  # f"sparseyolo.cli.{name}"
         else:
             continue
         for name in names:
@@ -39,6 +49,11 @@ def _imports(path: Path) -> set[str]:
             if parts[0] == "sparseyolo" and len(parts) > 1 and parts[1] in RANK:
                 found.add(parts[1])
     return found
+
+
+def test_every_subpackage_has_a_rank():
+    packages = {p.name for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(RANK)
 
 
 @pytest.mark.parametrize("layer", sorted(RANK))
@@ -55,8 +70,20 @@ def test_layer_imports_only_downwards(layer):
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
-def test_core_never_imports_yolo_code():
-    yolo = {"models", "data", "engine", "evaluation", "export", "benchmark", "demo", "cli"}
-    for layer in ("recipe", "sparsity", "quantization"):
-        for path in (PKG / layer).rglob("*.py"):
-            assert not (_imports(path) & yolo), f"{path} imports YOLO code"
+@pytest.mark.parametrize("layer", CORE)
+def test_core_never_imports_yolo_code(layer):
+    for path in (PKG / layer).rglob("*.py"):
+        assert not (_imports(path) & YOLO), f"{path} imports YOLO code"
+
+
+def test_sparsity_needs_only_utils():
+    for path in (PKG / "sparsity").rglob("*.py"):
+        assert _imports(path) <= {"sparsity", "utils"}, f"{path} imports {_imports(path)}"
+
+
+def test_string_imports_are_caught(tmp_path):
+    """The check sees ``importlib`` targets, so a lazy upward import cannot slip through."""
+    f = tmp_path / "m.py"
+    f.write_text('import importlib\nimportlib.import_module("sparseyolo.cli.main")\n'
+                 'x = f"sparseyolo.engine.{1}"\n')
+    assert _imports(f) == {"cli", "engine"}

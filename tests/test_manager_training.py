@@ -379,26 +379,6 @@ def test_readme_example_runs():
     assert [round(r["sparsity"], 2) for r in report] == [0.8, 0.8, 0.8]
 
 
-FORBIDDEN = ("models", "data", "engine", "evaluation", "export", "benchmark", "cli")
-
-
-@pytest.mark.parametrize("package", ["recipe", "sparsity"])
-def test_core_packages_stay_model_agnostic(package):
-    root = Path(__file__).resolve().parents[1] / "src" / "sparseyolo" / package
-    for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                parts = name.split(".")
-                if parts[0] == "sparseyolo" and len(parts) > 1:
-                    assert parts[1] not in FORBIDDEN, f"{path} imports {name}"
-                    if package == "sparsity":
-                        assert parts[1] in ("utils", "sparsity"), f"{path} imports {name}"
-
 
 def test_qat_resume_rebuilds_structure_and_continues():
     from sparseyolo.recipe import restore_qat_structure

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sparseyolo.benchmark.report import build_report, read_results_csv, read_run
-from sparseyolo.benchmark.report_output import pick_baseline, report_table
+from sparseyolo.analysis.report import build_report, read_results_csv, read_run
+from sparseyolo.analysis.report_output import pick_baseline, report_table
 from sparseyolo.cli.main import main
 from sparseyolo.utils.errors import SparseYoloError
 from test_benchmark import export_onnx, tiny_cnn

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from sparseyolo.engine.backends import Backend, OnnxBackend, TorchBackend, load_backend
-from sparseyolo.engine.val import validate
+from sparseyolo.runtime.backends import Backend, OnnxBackend, TorchBackend, load_backend
+from sparseyolo.evaluation.validation import validate
 
 NAMES = ["a", "b", "c"]
 SIZES = [(120, 200), (160, 90), (100, 100), (240, 130), (64, 300)]  # (h, w), varied aspect ratios
@@ -247,7 +247,7 @@ def test_yolov3_tiny_darknet_weights_coco128_map(shared_dir, tmp_path):
     """Official Darknet YOLOv3-tiny on coco128 val2017 vs the independent OpenCV reference
     (mAP@0.5 = 0.292, mAP@0.5:0.95 = 0.168): 416 square letterbox, conf 0.001, class-aware NMS at
     IoU 0.45, 300 detections per image. Runs the `sparseyolo val` code path (~30 s on one core)."""
-    from sparseyolo.engine.val import run
+    from sparseyolo.runtime.val import run
 
     names = (shared_dir / "darknet-cfg" / "coco.names").read_text().split("\n")[:80]
     images = shared_dir / "data" / "coco128" / "images" / "val2017"
@@ -289,7 +289,7 @@ def test_yolov3_tiny_onnx_matches_pytorch_map(shared_dir, tmp_path):
 
 def test_backends_on_sparseyolo_exports(tiny_model, tmp_path):
     """`sparseyolo export` output: raw heads decode like PyTorch; an NMS-included graph is only filtered."""
-    from sparseyolo.engine.backends import postprocess
+    from sparseyolo.runtime.backends import postprocess
     from sparseyolo.export import export_onnx
 
     imgs = torch.randint(0, 255, (2, 3, 128, 128), dtype=torch.uint8)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseyolo.benchmark.engines import Engine, EngineUnavailable, Runner, get_engine
-from sparseyolo.benchmark.onnx_info import ModelInfo, read_model_info, resolve_input_shapes
+from sparseyolo.runtime.engines import Engine, EngineUnavailable, Runner, get_engine
+from sparseyolo.runtime.onnx_info import ModelInfo, read_model_info, resolve_input_shapes
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 

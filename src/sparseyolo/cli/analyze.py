@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sparseyolo.benchmark.analyze import analyze_module, analyze_onnx
-    from sparseyolo.benchmark.analyze_output import analysis_table, save_analysis, summary_line
-    from sparseyolo.benchmark.loading import load_torch_model
+    from sparseyolo.analysis.layers import analyze_module, analyze_onnx
+    from sparseyolo.analysis.layers_output import analysis_table, save_analysis, summary_line
+    from sparseyolo.runtime.loading import load_torch_model
     from sparseyolo.cli.benchmark import parse_img
     from sparseyolo.utils.errors import SparseYoloError
     from sparseyolo.utils.io import increment_path
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + summary_line(analysis))
     print(f"results saved to {save_dir} ({', '.join(p.name for p in files.values())})")
     if args.sensitivity:
-        from sparseyolo.benchmark.sensitivity_cli import run_sensitivity
+        from sparseyolo.cli.sensitivity import run_sensitivity
 
         run_sensitivity(model, args, save_dir, img or (512, 512))
     return 0

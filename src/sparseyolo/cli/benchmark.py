@@ -60,9 +60,9 @@ def check_positive(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.benchmark.engines import parse_engines
+    from sparseyolo.runtime.engines import parse_engines
     from sparseyolo.benchmark.runner import benchmark
-    from sparseyolo.benchmark.table import results_json, results_notes, results_table
+    from sparseyolo.benchmark.output import results_json, results_notes, results_table
     from sparseyolo.utils.io import atomic_write_text
 
     check_positive(args)

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.engine.predict import run as detect_run
+    from sparseyolo.runtime.predict import run as detect_run
 
     detect_run(args.weights, args.source, img_size=args.img_size, conf_thres=args.conf_thres,
                iou_thres=args.iou_thres, max_det=args.max_det, classes=args.classes,

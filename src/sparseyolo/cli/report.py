@@ -31,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
     from types import SimpleNamespace
 
-    from sparseyolo.benchmark.engines import parse_engines
-    from sparseyolo.benchmark.report import build_report
-    from sparseyolo.benchmark.report_output import pick_baseline, plot_report, report_json, report_notes, report_table
+    from sparseyolo.runtime.engines import parse_engines
+    from sparseyolo.analysis.report import build_report
+    from sparseyolo.analysis.report_output import pick_baseline, plot_report, report_json, report_notes, report_table
     from sparseyolo.cli.benchmark import check_positive
     from sparseyolo.utils.io import atomic_write_text
 

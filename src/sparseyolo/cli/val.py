@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.engine.val import run as val_run
+    from sparseyolo.runtime.val import run as val_run
 
     val_run(args.weights, args.data, img_size=args.img_size, batch_size=args.batch_size,
             conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, task=args.task,

@@ -10,7 +10,7 @@ Stages (each prints a heading; a failure stops the demo with the stage's name):
 4. export    - ONNX of both runs at the training size (for mAP) and at the larger benchmark size
                (for speed): FP32, and QDQ + QLinearConv for the QAT run, with FLOPs and size;
 5. report    - mAP of each exported ONNX on the val split, interleaved ONNX Runtime benchmark at the
-               benchmark size, and the report table of :mod:`sparseyolo.benchmark.report_output`.
+               benchmark size, and the report table of :mod:`sparseyolo.analysis.report_output`.
 
 Everything goes under ``cfg.out``: ``shapes/`` (data), ``runs/<stage>/`` (training runs with
 ``weights/best.pt``, ``best.onnx`` and ``best-<bench_img>.onnx``), ``report.md``, ``report.json``,
@@ -125,7 +125,7 @@ def training_stages(cfg: DemoConfig, out: Path) -> list[TrainStage]:
 
 def run_finished(run_dir: Path) -> bool:
     """A training run that logged all its epochs and has ``weights/best.pt``."""
-    from sparseyolo.benchmark.report import read_run
+    from sparseyolo.analysis.report import read_run
     from sparseyolo.utils.errors import SparseYoloError
 
     if not (run_dir / "weights" / "best.pt").exists():
@@ -190,7 +190,7 @@ def onnx_stats(path: Path) -> tuple[float, float | None]:
     (int8 weights count for QDQ / QLinear)."""
     import onnx
 
-    from sparseyolo.benchmark.analyze import analyze_onnx
+    from sparseyolo.analysis.layers import analyze_onnx
 
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     totals = analyze_onnx(path, img=(dims[2].dim_value, dims[3].dim_value)).totals()
@@ -198,7 +198,7 @@ def onnx_stats(path: Path) -> tuple[float, float | None]:
 
 
 def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float], flops: dict[str, float]) -> str:
-    from sparseyolo.benchmark.table import markdown_table
+    from sparseyolo.benchmark.output import markdown_table
     from sparseyolo.export.size import file_size, human
 
     rows = []
@@ -216,7 +216,7 @@ def report_rows(run_dirs: list[Path], data: Path, cfg: DemoConfig) -> list[Any]:
     plus the QLinearConv form of the QAT run, each re-validated as ONNX on the val split at the
     training size, then their ``best-<bench_img>`` twins (same weights) sized and benchmarked
     interleaved on ONNX Runtime at the benchmark size."""
-    from sparseyolo.benchmark.report import measure_size, read_run, revalidate, with_qlinear_rows
+    from sparseyolo.analysis.report import measure_size, read_run, revalidate, with_qlinear_rows
     from sparseyolo.benchmark.runner import benchmark
 
     runs = with_qlinear_rows([read_run(d) for d in run_dirs])
@@ -240,7 +240,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     import torch
 
-    from sparseyolo.benchmark.report_output import plot_report, report_json, report_notes, report_table
+    from sparseyolo.analysis.report_output import plot_report, report_json, report_notes, report_table
     from sparseyolo.data.synthetic import make_shapes_dataset
     from sparseyolo.utils.io import atomic_write_text
 

@@ -1,6 +1,6 @@
-"""Training engine: trainer + hooks, loss, EMA, optimiser, DDP (and the validation loop).
+"""Training: the trainer and its hooks, loss, EMA, optimiser, DDP, checkpoints, logging.
 
-Heavy submodules load lazily so ``import sparseyolo.engine.val`` does not pull in the trainer.
+Heavy submodules load lazily, so importing one piece does not pull in the trainer.
 """
 
 from __future__ import annotations

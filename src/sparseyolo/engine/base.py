@@ -3,11 +3,23 @@
 The trainer owns the loop; LR schedule, EMA, the recipe manager, evaluation, checkpointing and
 logging are hooks. A hook may keep state through ``state_dict()`` / ``load_state_dict()``; the
 trainer gathers them by hook class name so that a resumed run restores every schedule.
+
+Hooks never call each other. What one hook learns that others need travels as an event on the
+trainer's one :class:`EventBus` (``trainer.events``), to which a hook subscribes by returning
+``{event: callback}`` from :meth:`HookBase.subscriptions`:
+
+- ``pruning_start``, ``pruning_end``, ``qat_start``: the recipe's phases (no info);
+- ``thinned``: pruned channels were cut out of the model (``plan``: the ``ThinningPlan``);
+- ``validated``: an epoch was validated (``metrics``, ``fitness``, ``is_best``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+from sparseyolo.utils.events import EventBus
+
+TRAINER_EVENTS = ("pruning_start", "pruning_end", "qat_start", "thinned", "validated")
 
 
 class HookBase:
@@ -18,6 +30,10 @@ class HookBase:
     """
 
     trainer: "TrainerBase"
+
+    def subscriptions(self) -> dict[str, Callable[..., None]]:
+        """``{event: callback}`` to subscribe on ``trainer.events`` when the hook is registered."""
+        return {}
 
     def before_train(self) -> None: ...
     def before_epoch(self) -> None: ...
@@ -50,6 +66,14 @@ class TrainerBase:
         self.global_iter = 0   # batches seen since the start of training (across resumes)
         self.stop = False
         self.failed = False
+        self.events = EventBus(TRAINER_EVENTS, owner="trainer event")
+        self.manager: Any = None  # the recipe manager, when a recipe drives training
+
+    @property
+    def phase(self) -> str:
+        """The recipe's phase (``training``, ``pruning``, ``pruned``, ``qat``, ``done``); ``training``
+        without a recipe."""
+        return self.manager.phase if self.manager is not None else "training"
 
     def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
         for h in hooks:
@@ -57,10 +81,16 @@ class TrainerBase:
                 continue
             h.trainer = self
             self._hooks.append(h)
+            for event, callback in h.subscriptions().items():
+                self.events.subscribe(event, callback)
 
     def hook(self, cls: type) -> Any:
         """The registered hook of type ``cls`` or None."""
         return next((h for h in self._hooks if isinstance(h, cls)), None)
+
+    def epoch_skipped_images(self) -> list[str]:
+        """Images the data loader had to skip this epoch (a collective call under DDP)."""
+        return []
 
     def batches(self) -> Iterable[Any]:
         raise NotImplementedError

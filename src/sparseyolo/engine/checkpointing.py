@@ -78,6 +78,16 @@ class CheckpointHook(HookBase):
         self.dir = Path(weights_dir)
         self.last, self.best = self.dir / "last.pt", self.dir / "best.pt"
         self.save_period, self.nosave = save_period, nosave
+        self._is_best = False
+
+    def subscriptions(self) -> dict[str, Any]:
+        return {"validated": self._on_validated}
+
+    def _on_validated(self, metrics: dict, fitness: float | None, is_best: bool) -> None:
+        self._is_best = is_best
+
+    def before_epoch(self) -> None:
+        self._is_best = False  # until this epoch's validation says otherwise
 
     def after_epoch(self) -> None:
         t = self.trainer
@@ -86,10 +96,7 @@ class CheckpointHook(HookBase):
             from sparseyolo.models.checkpoint import save_checkpoint
 
             fields = t.checkpoint_fields()
-            ev = t.eval_hook
-            targets = []
-            if ev is not None and ev.is_best:
-                targets.append(self.best)
+            targets = [self.best] if self._is_best else []
             if self.save_period > 0 and (t.epoch + 1) % self.save_period == 0:
                 targets.append(self.dir / f"epoch{t.epoch + 1}.pt")
             for f in targets + [self.last]:  # last.pt last: see the class docstring

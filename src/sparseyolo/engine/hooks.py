@@ -38,26 +38,30 @@ class LRScheduleHook(HookBase):
 
     def before_step(self) -> None:
         t = self.trainer
-        manager = getattr(t, "manager", None)
-        set_lr = not (manager is not None and manager.controls_lr)
+        set_lr = not (t.manager is not None and t.manager.controls_lr)
         apply_lr(t.optimizer, self.hyp, t.global_iter, self.nw, t.epoch, self.lf, set_lr=set_lr)
 
 
 class RecipeHook(HookBase):
-    """Drives the SparseML-style recipe manager: ``manager.step()`` after each optimizer step.
+    """Drives the SparseML-style recipe manager: ``manager.step()`` after each optimizer step, and
+    relays the manager's phase events (``pruning_start``, ``pruning_end``, ``qat_start``,
+    ``thinned``) onto ``trainer.events``, where the other hooks and the trainer subscribe."""
 
-    At QAT start it turns AMP and EMA off (as the seed did): fake-quant observers must see fp32
-    activations, and an EMA of pre-QAT float weights would not match the quantized graph.
-    """
+    RELAYED = ("pruning_start", "pruning_end", "qat_start", "thinned")
 
     def __init__(self, manager: Any):
         self.manager = manager
 
     def before_train(self) -> None:
-        self.manager.subscribe("qat_start", lambda: self.trainer.on_qat_start())
-        self.manager.subscribe("thinned", lambda plan: self.trainer.on_thinned(plan))
-        if self.manager.qat_active:  # resumed during QAT: the event has passed
-            self.trainer.on_qat_start()
+        events = self.trainer.events
+        for name in self.RELAYED:
+            self.manager.subscribe(name, lambda _name=name, **info: events.emit(_name, **info))
+        # phases reached when the manager was attached (QAT from epoch 0, or a resumed run) were
+        # announced before anyone listened
+        if self.manager.pruning_done:
+            events.emit("pruning_end")
+        if self.manager.qat_active:
+            events.emit("qat_start")
 
     def after_step(self) -> None:
         if self.trainer.stepped:
@@ -70,12 +74,11 @@ class RecipeHook(HookBase):
 
 class EMAHook(HookBase):
     """Updates the weight EMA after each optimizer step and keeps its pruned weights at zero; when
-    the recipe thins the model, the EMA loses the same channels."""
+    the recipe thins the model, the EMA loses the same channels. At QAT start the EMA is dropped
+    (as the seed did): an average of pre-QAT float weights would not match the quantized graph."""
 
-    def before_train(self) -> None:
-        manager = getattr(self.trainer, "manager", None)
-        if manager is not None:
-            manager.subscribe("thinned", self._thin)
+    def subscriptions(self) -> dict[str, Any]:
+        return {"thinned": self._thin, "qat_start": self._drop}
 
     def _thin(self, plan: Any) -> None:
         from sparseyolo.sparsity.thinning import apply_thinning
@@ -83,11 +86,16 @@ class EMAHook(HookBase):
         if self.trainer.ema is not None:
             apply_thinning(self.trainer.ema.ema, plan)
 
+    def _drop(self) -> None:
+        if self.trainer.ema is not None:
+            LOGGER.info("QAT: weight EMA turned off; checkpoints hold the live QAT model")
+            self.trainer.ema = None
+
     def after_step(self) -> None:
         t = self.trainer
         if t.stepped and t.ema is not None:
             t.ema.update(t.model)
-            if getattr(t, "manager", None) is not None:
+            if t.manager is not None:
                 t.manager.apply_masks(t.ema.ema)
 
 
@@ -110,23 +118,24 @@ class EvalHook(HookBase):
         self.metrics: dict[str, float] = {}
         self._pruning_done_seen = False
         self._qat_seen = False
-        self._qat_trained = False  # QAT was active when the current epoch started
+        self._pruning_ended = False  # the recipe announced the end of pruning
+        self._qat_on = False  # the recipe announced QAT
+        self._qat_trained = False  # QAT was on when the current epoch started
+
+    def subscriptions(self) -> dict[str, Any]:
+        return {"pruning_end": self._on_pruning_end, "qat_start": self._on_qat_start}
+
+    def _on_pruning_end(self) -> None:
+        self._pruning_ended = True
+
+    def _on_qat_start(self) -> None:
+        self._qat_on = True
 
     def before_epoch(self) -> None:
-        manager = getattr(self.trainer, "manager", None)
-        self._qat_trained = manager is not None and bool(manager.qat_active)
-
-    def before_train(self) -> None:
-        manager = getattr(self.trainer, "manager", None)
-        if manager is not None and not self.trainer.resumed:
-            self._pruning_done_seen = bool(manager.pruning_done)
-            self._qat_seen = bool(manager.qat_active)
+        self._qat_trained = self._qat_on
 
     def _restart_selection(self) -> None:
-        manager = getattr(self.trainer, "manager", None)
-        if manager is None:
-            return
-        if manager.pruning_done and not self._pruning_done_seen:
+        if self._pruning_ended and not self._pruning_done_seen:
             self._pruning_done_seen = True
             LOGGER.info("pruning finished: best.pt is chosen among the pruned models from now on")
             self.best_fitness, self.best_epoch = None, -1
@@ -150,6 +159,7 @@ class EvalHook(HookBase):
                 self.best_fitness, self.best_epoch, self.is_best = fi, t.epoch, True
             if fi is None and self.noval:
                 self.is_best = True  # without validation the latest model is the best we know
+            t.events.emit("validated", metrics=self.metrics, fitness=fi, is_best=self.is_best)
             if self.patience > 0 and self.best_epoch >= 0 and t.epoch - self.best_epoch >= self.patience:
                 LOGGER.info(f"early stopping: no improvement in the last {self.patience} epochs; best was "
                             f"epoch {self.best_epoch + 1}. Change --patience to train longer.")
@@ -157,8 +167,7 @@ class EvalHook(HookBase):
         t.stop = bool(broadcast_object(stop, t.dist)) or t.stop
 
     def _evaluate_epoch(self, final: bool):
-        manager = getattr(self.trainer, "manager", None)
-        if manager is None or not manager.qat_active or self._qat_trained:
+        if not self._qat_on or self._qat_trained:
             return self.evaluate(final)
         from sparseyolo.quantization import quantizers_bypassed
 

@@ -27,6 +27,7 @@ class LoggerHook(HookBase):
 
     def __init__(self, save_dir: Path, names: list[str], tensorboard: bool = True, wandb: bool = False,
                  plots: bool = True, run_name: str = "exp"):
+        self._metrics: dict[str, Any] = {}  # the last ``validated`` event's metrics
         self.save_dir = Path(save_dir)
         self.csv = self.save_dir / "results.csv"
         self.names, self.plots = names, plots
@@ -94,16 +95,22 @@ class LoggerHook(HookBase):
             except Exception as e:
                 LOGGER.warning(f"train batch plot failed: {e}")
 
+    def subscriptions(self) -> dict[str, Any]:
+        return {"validated": self._on_validated}
+
+    def _on_validated(self, metrics: dict, fitness: float | None, is_best: bool) -> None:
+        self._metrics = metrics
+
     def after_epoch(self) -> None:
         t = self.trainer
-        skipped = t.epoch_skipped_images() if hasattr(t, "epoch_skipped_images") else []  # every rank joins
+        skipped = t.epoch_skipped_images()  # every rank joins
         if not t.dist.main:
             return
         if skipped:  # each was replaced by the next readable image
             more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
             LOGGER.warning(f"epoch {t.epoch + 1}: skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)}: "
                            f"{', '.join(skipped[:10])}{more}")
-        m = t.eval_hook.metrics if t.eval_hook is not None else {}
+        m, self._metrics = self._metrics, {}
         lrs = [g["lr"] for g in t.optimizer.param_groups][:3]
         values = [*self.mloss.tolist(), m.get("precision", float("nan")), m.get("recall", float("nan")),
                   m.get("mAP50", float("nan")), m.get("mAP50-95", float("nan")),

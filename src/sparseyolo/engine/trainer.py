@@ -9,7 +9,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,13 +38,6 @@ GRAD_CLIP = 10.0  # max gradient norm; guards the first iterations of scratch ru
 
 class NonFiniteLossError(SparseYoloError):
     """Training produced a NaN / inf loss; the run stops and keeps its last good checkpoint."""
-
-
-def _supported_kwargs(fn, **kwargs) -> dict[str, Any]:
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
 
 
 class Trainer(TrainerBase):
@@ -161,7 +153,7 @@ class Trainer(TrainerBase):
             self.train_loader, self.train_dataset = create_dataloader(
                 self.data["train"], self.img_size, batch, self.max_stride, hyp=self.hyp, augment=True,
                 cache=cfg.cache, workers=cfg.workers, shuffle=True, rank=self.dist.rank, seed=cfg.seed,
-                prefix="train: ", **_supported_kwargs_data(nc=int(self.data["nc"])))
+                prefix="train: ", nc=int(self.data["nc"]))
         if len(self.train_dataset) == 0:
             raise DataError(f"{cfg.data}: the training set {self.data['train']} has no usable images")
         self.batches_per_epoch = len(self.train_loader)
@@ -171,7 +163,7 @@ class Trainer(TrainerBase):
                 self.val_loader, _ = create_dataloader(
                     self.data["val"], self.img_size, batch * 2, self.max_stride, hyp=self.hyp, augment=False,
                     rect=True, cache=cfg.cache, workers=cfg.workers, shuffle=False, rank=-1, seed=cfg.seed,
-                    prefix="val: ", **_supported_kwargs_data(nc=int(self.data["nc"]), pad=0.5))
+                    prefix="val: ", nc=int(self.data["nc"]), pad=0.5)
         elif self.dist.main:
             LOGGER.warning(f"{cfg.data}: no 'val' set; metrics will be empty and best.pt follows last.pt")
 
@@ -208,6 +200,8 @@ class Trainer(TrainerBase):
 
     def _register_default_hooks(self) -> None:
         cfg = self.cfg
+        self.events.subscribe("thinned", self._on_thinned)
+        self.events.subscribe("qat_start", self._on_qat_start)
         self.eval_hook = EvalHook(self._evaluate, noval=cfg.noval or self.val_loader is None, patience=cfg.patience)
         self.register_hooks([
             LRScheduleHook(self.hyp, cos=cfg.cos_lr),
@@ -321,8 +315,8 @@ class Trainer(TrainerBase):
             f"cls {cls:.4g}); training stopped and {keep}. Usual causes: a learning rate too high for this "
             f"batch size (--hyp lr0), or broken labels.")
 
-    def on_thinned(self, plan) -> None:
-        """Called by :class:`RecipeHook` when the recipe cut pruned channels out of the model: the
+    def _on_thinned(self, plan) -> None:
+        """The recipe cut pruned channels out of the model (``thinned`` event): the
         model's config records the new widths (checkpoints rebuild them), and DDP, whose gradient
         buckets hold the old parameters, is wrapped anew."""
         bare = de_parallel(self.model)
@@ -336,28 +330,24 @@ class Trainer(TrainerBase):
             LOGGER.info(f"thinned model: {sum(p.numel() for p in bare.parameters()):,} parameters, "
                         f"{bare.flops(self.img_size):.2f} GFLOPs at {self.img_size}")
 
-    def on_qat_start(self) -> None:
-        """Called by :class:`RecipeHook` when the recipe's quantization-aware training begins."""
+    def _on_qat_start(self) -> None:
+        """The recipe's quantization-aware training begins (``qat_start`` event)."""
         if self.amp:
             LOGGER.info("QAT: mixed precision turned off (fake-quant observers need fp32)")
             self.amp = False
             self.scaler = torch.amp.GradScaler("cuda", enabled=False)
-        if self.ema is not None:
-            LOGGER.info("QAT: weight EMA turned off; checkpoints hold the live QAT model")
-            self.ema = None
 
     def _evaluate(self, final: bool) -> tuple[dict, float | None]:
-        from sparseyolo.engine.val import validate
+        from sparseyolo.evaluation.validation import validate
         from sparseyolo.evaluation.metrics import fitness
 
         if self.val_loader is None:
             return {}, None
         model = self.ema.ema if self.ema is not None else de_parallel(self.model)
         plots = final and not self.cfg.noplots
-        kwargs = _supported_kwargs(validate, names=list(de_parallel(self.model).names), plots=plots,
-                                   save_dir=self.save_dir, compute_loss=self.loss_fn, verbose=final)
         # half=False: the backend converts the module in place, and this is the live EMA / model
-        metrics, _ = validate(model, self.val_loader, **kwargs)
+        metrics, _ = validate(model, self.val_loader, names=list(de_parallel(self.model).names), plots=plots,
+                              save_dir=self.save_dir, compute_loss=self.loss_fn, verbose=final)
         return metrics, fitness(metrics)
 
     def evaluate_best(self) -> None:
@@ -368,10 +358,10 @@ class Trainer(TrainerBase):
             return
         LOGGER.info(f"\nvalidating {best} (epoch {self.eval_hook.best_epoch + 1}):")
         model = model_from_checkpoint(load_checkpoint(best)).to(self.device)
-        from sparseyolo.engine.val import validate
+        from sparseyolo.evaluation.validation import validate
 
-        validate(model, self.val_loader, **_supported_kwargs(
-            validate, names=list(model.names), plots=not self.cfg.noplots, save_dir=self.save_dir, verbose=True))
+        validate(model, self.val_loader, names=list(model.names), plots=not self.cfg.noplots, save_dir=self.save_dir,
+                 verbose=True)
 
     # -- checkpoint contents ----------------------------------------------------------------------
     def checkpoint_fields(self) -> dict[str, Any]:
@@ -417,12 +407,6 @@ def _data_key(data_yaml: str, split: str):
         yield
     except DataError as e:
         raise DataError(f"{where(data_yaml, key=split)}: {e}") from None
-
-
-def _supported_kwargs_data(**kwargs) -> dict[str, Any]:
-    from sparseyolo.data.dataset import create_dataloader
-
-    return _supported_kwargs(create_dataloader, **kwargs)
 
 
 def train(config: TrainConfig | None = None, *, given: Iterable[str] | None = None, **kwargs) -> Path:

@@ -205,7 +205,7 @@ class ConfusionMatrix:
 def fitness(metrics: Mapping[str, float] | Sequence[float] | np.ndarray) -> float | np.ndarray:
     """Model selection score ``0.1 * mAP50 + 0.9 * mAP50-95``.
 
-    Accepts the metrics dict of :func:`sparseyolo.engine.val.validate`, a sequence
+    Accepts the metrics dict of :func:`sparseyolo.evaluation.validation.validate`, a sequence
     ``(precision, recall, mAP50, mAP50-95, ...)``, or a 2-D array of such rows (one score per row).
     """
     if isinstance(metrics, Mapping):

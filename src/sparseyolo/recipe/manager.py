@@ -26,6 +26,7 @@ from sparseyolo.recipe.modifiers import LRModifier, Modifier, PruningBase
 from sparseyolo.sparsity import prunable_param_names, tensor_sparsity
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
 from sparseyolo.sparsity.thinning import ThinningPlan, apply_thinning, plan_thinning, thin_optimizer
+from sparseyolo.utils.events import EventBus
 from sparseyolo.utils.errors import ConfigError, SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 
@@ -68,7 +69,7 @@ class RecipeManager:
         self.finalized = False
         self.example_inputs: Any = None
         self._graph: ChannelGraph | None = None
-        self._listeners: dict[str, list[Callable[..., None]]] = {e: [] for e in EVENTS}
+        self._events = EventBus(EVENTS, owner="recipe event")
         self._phase_flags = (False, False, False)  # pruning active, pruning done, QAT active
 
     # --- events ---------------------------------------------------------------------------------------
@@ -76,13 +77,10 @@ class RecipeManager:
         """Call ``callback(**info)`` when ``event`` happens: ``pruning_start``, ``pruning_end``,
         ``qat_start`` (no info) or ``thinned`` (``plan``: the :class:`ThinningPlan` that was applied
         to the model and optimizer; apply it to any copy of the model, such as an EMA)."""
-        if event not in self._listeners:
-            raise SparseYoloError(f"unknown recipe event {event!r}; events: {', '.join(EVENTS)}")
-        self._listeners[event].append(callback)
+        self._events.subscribe(event, callback)
 
     def emit(self, event: str, **info: Any) -> None:
-        for callback in self._listeners[event]:
-            callback(**info)
+        self._events.emit(event, **info)
 
     def _announce_phases(self) -> None:
         flags = (self.pruning_active, self.pruning_done, self.qat_active)

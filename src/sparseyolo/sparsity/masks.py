@@ -198,6 +198,17 @@ def _expand(keep_units: torch.Tensor, weight: torch.Tensor, mask_type: MaskType)
     return from_groups(groups, weight.shape, mask_type.block).to(weight.device)
 
 
+def magnitude_prune_(weight: torch.Tensor, sparsity: float, mask_type: MaskType | None = None) -> torch.Tensor:
+    """Zero the ``sparsity`` fraction of ``weight``'s units with the lowest magnitude, in place (exactly
+    ``round(sparsity * n_units)``, ties by position); returns the keep-mask. One-shot use (sensitivity
+    analysis, tests): training goes through :class:`~sparseyolo.sparsity.masker.ParamMasker`."""
+    mask_type = mask_type or MaskType("unstructured")
+    with torch.no_grad():
+        keep = magnitude_masks([weight], [torch.ones_like(weight, dtype=torch.bool)], sparsity, mask_type)[0]
+        weight.masked_fill_(~keep, 0.0)  # masked_fill, not mul: NaN * 0 is NaN
+    return keep
+
+
 def tensor_sparsity(t: torch.Tensor) -> float:
     """Fraction of exact zeros."""
     return float((t == 0).sum()) / max(t.numel(), 1)

@@ -18,11 +18,13 @@ ALL_TOKEN = "__ALL__"
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def prunable_param_names(model: nn.Module) -> list[str]:
-    """Names of the ``weight`` of every conv / linear layer, in module order."""
+def prunable_param_names(model: nn.Module, min_numel: int = 0) -> list[str]:
+    """Names of the ``weight`` of every conv / linear layer (with at least ``min_numel`` elements),
+    in module order."""
     names = []
     for mod_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES) and isinstance(getattr(module, "weight", None), nn.Parameter):
+        weight = getattr(module, "weight", None)
+        if isinstance(module, PRUNABLE_TYPES) and isinstance(weight, nn.Parameter) and weight.numel() >= min_numel:
             names.append(f"{mod_name}.weight" if mod_name else "weight")
     return names
 

@@ -144,7 +144,7 @@ def export_missing(run: RunInfo, img: int) -> None:
     """Export ``weights/best.pt`` to ``weights/best.onnx`` (sparseyolo.export) when no ONNX exists."""
     if run.onnx is not None or run.weights is None:
         return
-    from sparseyolo.benchmark.loading import load_torch_model
+    from sparseyolo.runtime.loading import load_torch_model
 
     try:
         from sparseyolo.export.onnx import export_onnx
@@ -165,10 +165,10 @@ def measure_size(run: RunInfo) -> None:
 
 
 def revalidate(run: RunInfo, data: str, img: int) -> None:
-    """mAP of the exported ONNX itself (``engine.val.run``), replacing the training log's number."""
+    """mAP of the exported ONNX itself (``runtime.val.run``), replacing the training log's number."""
     import tempfile
 
-    from sparseyolo.engine.val import run as val_run
+    from sparseyolo.runtime.val import run as val_run
 
     with tempfile.TemporaryDirectory(prefix="sparseyolo-report-") as tmp:  # leave the run folder untouched
         metrics, _, _ = val_run(run.onnx, data, img_size=img, batch_size=1, project=tmp, name="val",

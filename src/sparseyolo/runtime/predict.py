@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sparseyolo.engine.backends import Backend, load_backend, postprocess, select_device
+from sparseyolo.runtime.backends import Backend, load_backend, postprocess, select_device
 from sparseyolo.evaluation.coco import category_ids, detections_to_coco, save_json
 from sparseyolo.evaluation.plots import annotate_detections
 from sparseyolo.utils.boxes import clip_boxes, xyxy2xywhn

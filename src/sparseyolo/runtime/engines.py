@@ -15,8 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
-from sparseyolo.benchmark.deepsparse_worker import time_slice
-from sparseyolo.benchmark.onnx_info import random_inputs
+from sparseyolo.runtime.deepsparse_worker import time_slice
+from sparseyolo.runtime.onnx_info import random_inputs
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 from sparseyolo.utils.registry import Registry
@@ -101,7 +101,7 @@ class Engine:
         ``batch_size`` and 512x512 images; ``static`` says whether the file's shapes are all fixed.
         """
         if shapes is None or dtypes is None or static is None:
-            from sparseyolo.benchmark.onnx_info import read_model_info, resolve_input_shapes
+            from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
 
             info = read_model_info(path)
             shapes = shapes or resolve_input_shapes(info, batch_size, None)
@@ -163,18 +163,9 @@ class OnnxRuntimeEngine(Engine):
         return onnxruntime.__version__
 
     def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed):
-        import onnxruntime as ort
+        from sparseyolo.runtime.sessions import ort_session
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = int(threads or 0)  # 0 = ORT's default (all physical cores)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise SparseYoloError(f"{path}: onnxruntime cannot load the model: {e}") from None
+        session = ort_session(path, threads)
         return _OrtRunner(session, shapes, dtypes, seed)
 
 
@@ -300,7 +291,7 @@ def _deepsparse_copy(path: Path, shapes: Mapping[str, tuple[int, ...]], static: 
 
 @functools.lru_cache(maxsize=None)
 def _worker_version(python: str) -> str:
-    from sparseyolo.benchmark.worker_client import WorkerClient
+    from sparseyolo.runtime.worker_client import WorkerClient
 
     try:
         with WorkerClient(python) as client:
@@ -353,7 +344,7 @@ class DeepSparseEngine(Engine):
 
     def _compile_file(self, path, batch_size, threads, shapes, dtypes, static, seed):
         if self._in_process():
-            from sparseyolo.benchmark.deepsparse_worker import compile_engine
+            from sparseyolo.runtime.deepsparse_worker import compile_engine
 
             try:
                 engine = compile_engine(str(path), batch_size, threads, shapes, not static)
@@ -363,6 +354,6 @@ class DeepSparseEngine(Engine):
         python = deepsparse_python()
         if python is None:
             raise EngineUnavailable(f"deepsparse: not installed; {self.install_hint}")
-        from sparseyolo.benchmark.worker_client import RemoteRunner
+        from sparseyolo.runtime.worker_client import RemoteRunner
 
         return RemoteRunner(python, path, batch_size, threads, shapes, dtypes, static, seed)

@@ -1,27 +1,13 @@
-"""Markdown tables and JSON documents for benchmark results."""
+"""Benchmark results as Markdown tables and JSON documents."""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
-from typing import Sequence
 
 from sparseyolo.benchmark.runner import BenchResult
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table; ``align`` is one of 'l'/'r' per column (default: 'l' then 'r')."""
-    cells = [[str(h) for h in header]] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    align = align or "l" + "r" * (len(header) - 1)
-
-    def fmt(row):
-        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, align)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1)) for w, a in zip(widths, align)) + "|"
-    return "\n".join([fmt(cells[0]), rule] + [fmt(r) for r in cells[1:]])
+from sparseyolo.utils.system import system_info
+from sparseyolo.utils.tables import markdown_table
 
 
 def _short_names(paths: list[str]) -> dict[str, str]:
@@ -70,21 +56,6 @@ def results_notes(results: list[BenchResult]) -> str:
 
 def _ratio(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}x"
-
-
-def system_info() -> dict:
-    return {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version()}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def results_json(results: list[BenchResult], settings: dict) -> str:

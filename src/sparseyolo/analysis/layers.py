@@ -230,8 +230,8 @@ def analyze_onnx(path: str | Path, img: tuple[int, int] | None = None) -> ModelA
     import onnx
     from onnx import numpy_helper
 
-    from sparseyolo.benchmark.onnx_info import read_model_info, resolve_input_shapes
     from sparseyolo.export.packed import unpack_sparse_weights
+    from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
 
     info = read_model_info(path)
     model = onnx.load(str(info.path))
@@ -358,18 +358,16 @@ def _onnx_output_shapes(model, input_shapes: dict, names: list[str], path: Path)
 
 def _ort_shapes(model, input_shapes: dict, names: list[str], path: Path) -> dict[str, list[int]]:
     import onnx
-    import onnxruntime as ort
 
-    from sparseyolo.benchmark.onnx_info import random_array
+    from sparseyolo.runtime.onnx_info import random_array
+    from sparseyolo.runtime.sessions import ort_session
 
     existing = {o.name for o in model.graph.output}
     for n in names:
         if n not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=n))
     try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(model.SerializeToString(), label=path)
         dtypes = {i.name: i.type for i in sess.get_inputs()}
         rng = np.random.default_rng(0)
         feed = {k: random_array(v, _ort_dtype(dtypes[k]), rng) for k, v in input_shapes.items()}

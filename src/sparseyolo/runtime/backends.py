@@ -1,9 +1,4 @@
-"""One inference interface over a PyTorch ``DetectionModel`` and an ONNX Runtime session.
-
-Both backends take a uint8 RGB batch ``(bs, 3, H, W)`` and return decoded predictions
-``(bs, N, 5 + nc)`` (xywh in input pixels, sigmoid-ed objectness and class scores), ready for
-:func:`sparseyolo.utils.nms.non_max_suppression`. ``preprocess`` and ``forward`` are separate so
-callers can time them separately.
+"""Model runners over inference runtimes: an ONNX Runtime session behind the :class:`Backend` interface.
 
 ONNX files exported by ``sparseyolo export`` output, by default, the raw head tensors (one per
 level, ``(bs, na*no, ny, nx)`` or ``(bs, na, ny, nx, no)``) and carry metadata props ``names``,
@@ -18,7 +13,6 @@ taken as already decoded. An export with NMS in the graph (metadata ``output_for
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -27,63 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparseyolo.evaluation.backend import Backend, TorchBackend, postprocess
+from sparseyolo.runtime.sessions import ort_session
 from sparseyolo.utils.errors import WeightsError
-from sparseyolo.utils.nms import non_max_suppression
 
-
-class Backend:
-    """Common attributes: ``names``, ``stride`` (max stride, int), ``device``, ``fixed_shape``
-    ((h, w) when the model only accepts one input size, else None), ``fixed_batch``."""
-
-    names: list[str]
-    stride: int = 32
-    device: torch.device = torch.device("cpu")
-    fixed_shape: tuple[int, int] | None = None
-    fixed_batch: int | None = None
-    kind: str = ""
-    end2end: bool = False  # forward() already returns NMS-ed (bs, max_det, 6) detections
-
-    def preprocess(self, imgs: torch.Tensor) -> Any:
-        raise NotImplementedError
-
-    def forward(self, x: Any) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
-        return self.forward(self.preprocess(imgs))
-
-    def warmup(self, imgsz: tuple[int, int] = (640, 640)) -> None:
-        h, w = self.fixed_shape or imgsz
-        self(torch.zeros((self.fixed_batch or 1, 3, h, w), dtype=torch.uint8))
-
-
-class TorchBackend(Backend):
-    """A ``DetectionModel`` (or any module whose eval forward returns ``(pred, raw)`` or ``pred``)."""
-
-    kind = "pytorch"
-
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", half: bool = False):
-        self.device = torch.device(device)
-        self.half = half and self.device.type != "cpu"  # fp16 convs are not supported on CPU
-        self.model = model.to(self.device).eval()
-        self.model = self.model.half() if self.half else self.model.float()
-        if getattr(model, "export_raw", False):
-            model.export_raw = False  # we need the decoded predictions
-        stride = getattr(model, "stride", None)
-        self.stride = int(max(stride.tolist())) if isinstance(stride, torch.Tensor) and stride.numel() else 32
-        nc = getattr(model, "nc", None)
-        self.names = list(getattr(model, "names", None) or [f"class{i}" for i in range(nc or 0)])
-
-    def preprocess(self, imgs: torch.Tensor) -> torch.Tensor:
-        x = imgs.to(self.device, non_blocking=True)
-        x = x.half() if self.half else x.float()
-        return x / 255.0
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        pred = out[0] if isinstance(out, (list, tuple)) else out
-        return pred.float()
+__all__ = ["Backend", "TorchBackend", "OnnxBackend", "postprocess", "load_backend", "select_device"]
 
 
 def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
@@ -103,23 +45,11 @@ class OnnxBackend(Backend):
     kind = "onnx"
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
-        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         self.path = Path(path)
         if not self.path.is_file():
             raise WeightsError(f"ONNX file not found: {self.path}")
         self.device = torch.device("cpu")  # outputs are returned as CPU tensors
-        providers = ["CPUExecutionProvider"]
-        if str(device) not in ("cpu", "") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt models
-            raise WeightsError(f"{self.path}: ONNX Runtime cannot load the model: {e}") from None
+        self.session = ort_session(self.path, threads, device=str(device))
         meta = self.session.get_modelmeta().custom_metadata_map
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -209,24 +139,6 @@ class OnnxBackend(Backend):
             xy, wh = Detect.decode_xy_wh(head, t[..., :2], t[..., 2:4], grid, anchor, self.strides[li])
             preds.append(torch.cat((xy, wh, t[..., 4:].sigmoid()), -1).reshape(bs, -1, no))
         return torch.cat(preds, 1)
-
-
-def postprocess(backend: Backend, pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                classes: list[int] | None = None, agnostic: bool = False, max_det: int = 300,
-                multi_label: bool = False) -> list[torch.Tensor]:
-    """Per-image (n, 6) detections from ``backend.forward`` output: NMS for decoded predictions, a
-    score / class filter for end-to-end (NMS-included) exports."""
-    if not backend.end2end:
-        return non_max_suppression(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic,
-                                   max_det=max_det, multi_label=multi_label)
-    out = []
-    for d in pred.float():
-        keep = d[:, 4] > conf_thres
-        if classes is not None:
-            keep &= (d[:, 5:6] == torch.tensor(classes, device=d.device, dtype=d.dtype)).any(1)
-        d = d[keep]
-        out.append(d[d[:, 4].argsort(descending=True)][:max_det])
-    return out
 
 
 def load_backend(weights: str | Path | nn.Module | Backend, device: str | torch.device = "cpu",

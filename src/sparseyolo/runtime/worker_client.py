@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseyolo.benchmark.deepsparse_worker import decode_array, encode_array
-from sparseyolo.benchmark.engines import Runner
+from sparseyolo.runtime.deepsparse_worker import decode_array, encode_array
+from sparseyolo.runtime.engines import Runner
 from sparseyolo.utils.errors import SparseYoloError
 
 WORKER_SCRIPT = Path(__file__).with_name("deepsparse_worker.py")

@@ -45,7 +45,7 @@ def time_slice(fn, seconds: float, min_iters: int = 1) -> list[float]:
 
 
 def make_inputs(shapes: dict, dtypes: dict, seed: int = 0) -> list:
-    """Random inputs in graph order, same recipe as sparseyolo.benchmark.onnx_info.random_array."""
+    """Random inputs in graph order, same recipe as sparseyolo.runtime.onnx_info.random_array."""
     import numpy as np
 
     rng = np.random.default_rng(seed)

@@ -1,7 +1,7 @@
 """One-shot pruning sensitivity: prune each layer alone to several sparsities (magnitude), score the
 model, restore the weights; then suggest per-layer targets as a SparseML-format pruning recipe.
 
-The engine is generic: ``score_fn(model) -> float`` (mAP on a small validation subset, minus a loss,
+The analysis is generic: ``score_fn(model) -> float`` (mAP on a small validation subset, minus a loss,
 accuracy of a toy model, ...), so it works with any ``nn.Module``.
 """
 
@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sparseyolo.sparsity.masks import magnitude_prune_
+from sparseyolo.sparsity.params import prunable_param_names
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.plotting import save_figure
 
@@ -44,31 +46,6 @@ class SensitivityResult:
                             "damage": self.damage(n).tolist()} for n in self.ranking()]}
 
 
-def prunable_params(model, min_numel: int = 0) -> list[str]:
-    """Names of conv / linear weights (2-D or more) that recipes can prune, in model order."""
-    import torch.nn as nn
-
-    names = []
-    for mod_name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and m.weight.numel() >= min_numel:
-            names.append(f"{mod_name}.weight" if mod_name else "weight")
-    return names
-
-
-def magnitude_prune_(weight, sparsity: float) -> None:
-    """Zero the ``sparsity`` fraction of ``weight`` with the smallest magnitude, in place."""
-    import torch
-
-    k = int(round(sparsity * weight.numel()))
-    if k <= 0:
-        return
-    with torch.no_grad():
-        flat = weight.detach().abs().flatten()
-        keep = torch.ones_like(flat, dtype=torch.bool)
-        keep[torch.topk(flat, k, largest=False).indices] = False  # exactly k zeros, ties broken by topk
-        weight.mul_(keep.view_as(weight).to(weight.dtype))
-
-
 def sensitivity_analysis(model, score_fn: Callable[[object], float], params: Sequence[str] | None = None,
                          levels: Sequence[float] = DEFAULT_LEVELS, higher_is_better: bool = True,
                          progress: bool = True) -> SensitivityResult:
@@ -77,7 +54,7 @@ def sensitivity_analysis(model, score_fn: Callable[[object], float], params: Seq
     from tqdm import tqdm
 
     named = dict(model.named_parameters())
-    params = list(params) if params is not None else prunable_params(model)
+    params = list(params) if params is not None else prunable_param_names(model)
     unknown = [p for p in params if p not in named]
     if unknown:
         raise SparseYoloError(f"unknown parameter names: {', '.join(unknown[:5])}")

@@ -9,8 +9,13 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from sparseyolo.benchmark.sensitivity import (plot_sensitivity, prunable_params, recipe_text,
-                                              sensitivity_analysis, suggest_targets)
+from sparseyolo.analysis.sensitivity import (
+    plot_sensitivity,
+    recipe_text,
+    sensitivity_analysis,
+    suggest_targets,
+)
+from sparseyolo.sparsity.params import prunable_param_names
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.io import atomic_write_text
 from sparseyolo.utils.logging import LOGGER
@@ -18,12 +23,12 @@ from sparseyolo.utils.logging import LOGGER
 
 def detection_scorer(data: str | Path, img: int, n_images: int, batch_size: int = 16,
                      metric: str = "mAP50") -> Callable[[object], float]:
-    """``score(model) -> metric`` on the first ``n_images`` of the data YAML's val split (engine.val)."""
+    """``score(model) -> metric`` on the first ``n_images`` of the data YAML's val split (evaluation.validation)."""
     import torch
 
     from sparseyolo.data.config import load_data_config
     from sparseyolo.data.dataset import create_dataloader
-    from sparseyolo.engine.val import validate
+    from sparseyolo.evaluation.validation import validate
 
     cfg = load_data_config(data)
     if not cfg.get("val"):
@@ -53,7 +58,7 @@ def detection_scorer(data: str | Path, img: int, n_images: int, batch_size: int 
 def run_sensitivity(model, args: argparse.Namespace, save_dir: Path, img: tuple[int, int]) -> dict[str, Path]:
     """Run the analysis for the CLI and write sensitivity.json / sensitivity.png / recipe.md."""
     score = detection_scorer(args.data, max(img), args.sens_images, args.batch_size, args.sens_metric)
-    params = prunable_params(model, min_numel=args.sens_min_params)
+    params = prunable_param_names(model, min_numel=args.sens_min_params)
     LOGGER.info(f"sensitivity: {len(params)} layers x {len(args.sens_levels)} levels on {args.sens_images} images")
     result = sensitivity_analysis(model, score, params, levels=args.sens_levels, higher_is_better=True)
     targets = suggest_targets(result, tolerance=args.sens_tolerance)

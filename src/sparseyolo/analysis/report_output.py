@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparseyolo.benchmark.report import RunInfo
-from sparseyolo.benchmark.table import markdown_table
+from sparseyolo.analysis.report import RunInfo
+from sparseyolo.benchmark.output import markdown_table
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.plotting import save_figure
 
