@@ -50,8 +50,9 @@ TARGET = 1.10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--cfg", default="yolov3-tiny", help="model name or YAML")
     p.add_argument("--recipe", default="yolov3-tiny.pruned", help="pruning recipe (name, path or YAML text)")
     p.add_argument("--img", type=int, default=320)
@@ -60,8 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=2, help="optimizer steps per variant per repeat")
     p.add_argument("--repeats", type=int, default=5, help="interleaved A/B repeats (medians are reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before measuring")
-    p.add_argument("--steps-per-epoch", type=int, default=259,
-                   help="optimizer steps per epoch assumed for amortising mask updates (VOC, batch 16 -> 64)")
+    p.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=259,
+        help="optimizer steps per epoch assumed for amortising mask updates (VOC, batch 16 -> 64)",
+    )
     p.add_argument("--mask-updates", type=int, default=3, help="mask updates timed (median is amortised)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -75,8 +80,15 @@ def make_batch(batch: int, img: int, nc: int, seed: int = 0) -> tuple[torch.Tens
     n = 4 * batch
     wh = torch.rand(n, 2, generator=g) * 0.4 + 0.05
     xy = torch.rand(n, 2, generator=g) * (1 - wh) + wh / 2
-    targets = torch.cat([torch.arange(batch).repeat_interleave(4)[:, None].float(),
-                         torch.randint(0, nc, (n, 1), generator=g).float(), xy, wh], 1)
+    targets = torch.cat(
+        [
+            torch.arange(batch).repeat_interleave(4)[:, None].float(),
+            torch.randint(0, nc, (n, 1), generator=g).float(),
+            xy,
+            wh,
+        ],
+        1,
+    )
     return imgs, targets
 
 
@@ -154,11 +166,13 @@ def main(argv=None) -> int:
             run(v, args.warmup)
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.repeats):
-        order = variants[r % 3:] + variants[:r % 3]  # rotate who goes first
+        order = variants[r % 3 :] + variants[: r % 3]  # rotate who goes first
         for v in order:
             times[v].append(run(v, args.iters))
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v} {times[v][-1] * 1e3:.0f} ms/step" for v in variants),
-              file=sys.stderr)
+        print(
+            f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v} {times[v][-1] * 1e3:.0f} ms/step" for v in variants),
+            file=sys.stderr,
+        )
     manager.reapply_masks_every_step = True
 
     # the occasional mask update, timed on its own and amortised
@@ -186,15 +200,29 @@ def main(argv=None) -> int:
     b_amortised = b + upd / steps_between_updates
     c_amortised = c + upd / steps_between_updates
     result = {
-        "model": args.cfg, "recipe": args.recipe, "img": args.img, "batch": args.batch, "threads": args.threads,
-        "iters": args.iters, "repeats": args.repeats, "steps_per_epoch": args.steps_per_epoch,
-        "update_frequency_epochs": freq, "steps_between_mask_updates": steps_between_updates,
-        "ms_per_step": {"A_plain": round(a * 1e3, 2), "B_recipe": round(b * 1e3, 2),
-                        "B_recipe_amortised": round(b_amortised * 1e3, 2), "C_epoch_boundary": round(c * 1e3, 2),
-                        "C_epoch_boundary_amortised": round(c_amortised * 1e3, 2)},
+        "model": args.cfg,
+        "recipe": args.recipe,
+        "img": args.img,
+        "batch": args.batch,
+        "threads": args.threads,
+        "iters": args.iters,
+        "repeats": args.repeats,
+        "steps_per_epoch": args.steps_per_epoch,
+        "update_frequency_epochs": freq,
+        "steps_between_mask_updates": steps_between_updates,
+        "ms_per_step": {
+            "A_plain": round(a * 1e3, 2),
+            "B_recipe": round(b * 1e3, 2),
+            "B_recipe_amortised": round(b_amortised * 1e3, 2),
+            "C_epoch_boundary": round(c * 1e3, 2),
+            "C_epoch_boundary_amortised": round(c_amortised * 1e3, 2),
+        },
         "mask_update_ms": round(upd * 1e3, 2),
-        "direct_ms_per_step": {"manager_calls_B": round(direct_b * 1e3, 2), "manager_calls_C": round(direct_c * 1e3, 2),
-                               "grad_hooks": round(hook * 1e3, 2)},
+        "direct_ms_per_step": {
+            "manager_calls_B": round(direct_b * 1e3, 2),
+            "manager_calls_C": round(direct_c * 1e3, 2),
+            "grad_hooks": round(hook * 1e3, 2),
+        },
         "ratio_direct": round((a + direct_b + hook + upd / steps_between_updates) / a, 4),
         "ratio_direct_epoch_boundary": round((a + direct_c + hook + upd / steps_between_updates) / a, 4),
         "ratio_steady": round(b / a, 4),
@@ -203,10 +231,12 @@ def main(argv=None) -> int:
         "target": TARGET,
     }
     print(json.dumps(result, indent=2))
-    print(f"recipe overhead ratio (B/A, mask updates amortised over {steps_between_updates:g} steps): "
-          f"{result['ratio']:.3f} (target <= {TARGET}); from the manager's own timed calls: "
-          f"{result['ratio_direct']:.3f} (re-zeroing only at epoch boundaries: "
-          f"{result['ratio_direct_epoch_boundary']:.3f})")
+    print(
+        f"recipe overhead ratio (B/A, mask updates amortised over {steps_between_updates:g} steps): "
+        f"{result['ratio']:.3f} (target <= {TARGET}); from the manager's own timed calls: "
+        f"{result['ratio_direct']:.3f} (re-zeroing only at epoch boundaries: "
+        f"{result['ratio_direct_epoch_boundary']:.3f})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -35,15 +35,21 @@ def conv_stack(path: Path, sparsity: float, channels: int, size: int, layers: in
         w = rng.standard_normal((channels, channels, kernel, kernel)).astype(np.float32)
         if sparsity > 0:
             w[np.abs(w) < np.quantile(np.abs(w), sparsity)] = 0.0
-        inits += [numpy_helper.from_array(w, f"w{i}"),
-                  numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}")]
         p = kernel // 2
-        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[p, p, p, p]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[p, p, p, p]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
         x = f"r{i}"
     shape = [1, channels, size, size]
-    graph = helper.make_graph(nodes, "conv_stack", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "conv_stack",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -67,19 +73,24 @@ def main(argv: list[str] | None = None) -> int:
             dense, sparse = Path(tmp, f"dense_k{k}.onnx"), Path(tmp, f"sparse_k{k}.onnx")
             conv_stack(dense, 0.0, args.channels, args.size, args.layers, k)
             conv_stack(sparse, args.sparsity, args.channels, args.size, args.layers, k)
-            flops = 2 * args.layers * args.channels ** 2 * k * k * args.size ** 2
-            print(f"\n## {args.layers} x Conv {k}x{k}, {args.channels} ch, {args.size}x{args.size} "
-                  f"({flops / 1e9:.1f} GFLOP dense), {args.sparsity:.0%} zeros, {args.threads} threads")
-            results = benchmark([dense, sparse], engines, threads=args.threads, time_s=args.time,
-                                warmup_s=args.warmup, progress=False)
+            flops = 2 * args.layers * args.channels**2 * k * k * args.size**2
+            print(
+                f"\n## {args.layers} x Conv {k}x{k}, {args.channels} ch, {args.size}x{args.size} "
+                f"({flops / 1e9:.1f} GFLOP dense), {args.sparsity:.0%} zeros, {args.threads} threads"
+            )
+            results = benchmark(
+                [dense, sparse], engines, threads=args.threads, time_s=args.time, warmup_s=args.warmup, progress=False
+            )
             for eng in engines:
                 rows = [r for r in results if r.engine == eng]
                 if any(r.status != "ok" for r in rows):
                     print(f"  {eng:12s} {rows[0].status}: {rows[0].message or rows[1].message}")
                     continue
                 d, s = rows
-                print(f"  {eng:12s} dense {d.images_per_s:7.2f} it/s ({flops * d.images_per_s / 1e9:5.0f} GFLOP/s)"
-                      f"  sparse {s.images_per_s:7.2f} it/s  sparse/dense {s.images_per_s / d.images_per_s:5.2f}x")
+                print(
+                    f"  {eng:12s} dense {d.images_per_s:7.2f} it/s ({flops * d.images_per_s / 1e9:5.0f} GFLOP/s)"
+                    f"  sparse {s.images_per_s:7.2f} it/s  sparse/dense {s.images_per_s / d.images_per_s:5.2f}x"
+                )
     return 0
 
 

@@ -33,11 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--cfg", default="yolov3-tiny")
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared/data/coco128/images/train2017"),
-                   help="folder of images with YOLO labels beside them (labels/ next to images/)")
+    p.add_argument(
+        "--data-dir",
+        default=str(REPO.parent / "shared/data/coco128/images/train2017"),
+        help="folder of images with YOLO labels beside them (labels/ next to images/)",
+    )
     p.add_argument("--img", type=int, default=416)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=10, help="training steps per variant per repeat")
@@ -66,8 +70,17 @@ def main(argv=None) -> int:
     loss_fn = YoloLoss(model, hyp, args.img)
     opt = build_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     ema = ModelEMA(model)
-    loader, dataset = create_dataloader(args.data_dir, args.img, args.batch, int(model.stride.max()), hyp=hyp,
-                                        augment=True, workers=args.workers, shuffle=True, seed=0)
+    loader, dataset = create_dataloader(
+        args.data_dir,
+        args.img,
+        args.batch,
+        int(model.stride.max()),
+        hyp=hyp,
+        augment=True,
+        workers=args.workers,
+        shuffle=True,
+        seed=0,
+    )
 
     def endless():
         while True:
@@ -102,13 +115,21 @@ def main(argv=None) -> int:
     for r in range(args.repeats):
         for v in times:
             times[v].append(run(v, args.iters))
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v} {times[v][-1] * 1e3:.0f} ms/step" for v in times),
-              file=sys.stderr)
+        print(
+            f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v} {times[v][-1] * 1e3:.0f} ms/step" for v in times),
+            file=sys.stderr,
+        )
     med = {v: statistics.median(t) for v, t in times.items()}
     ema_s = med["+ema"] - med["core"]
     result = {
-        "model": args.cfg, "img": args.img, "batch": args.batch, "device": str(device), "threads": args.threads,
-        "workers": args.workers, "iters": args.iters, "repeats": args.repeats,
+        "model": args.cfg,
+        "img": args.img,
+        "batch": args.batch,
+        "device": str(device),
+        "threads": args.threads,
+        "workers": args.workers,
+        "iters": args.iters,
+        "repeats": args.repeats,
         "ms_per_step": {v: round(m * 1e3, 2) for v, m in med.items()},
         "train_images_per_s": round(args.batch / (med["+loader"] + max(ema_s, 0.0)), 2),
         "core_images_per_s": round(args.batch / med["core"], 2),

@@ -57,7 +57,7 @@ def test_onnx_matches_torch(tmp_path):
     a_pt = analyze_module(m, img=(32, 32))
     a_onnx = analyze_onnx(path, img=(32, 32))
     assert [l.op for l in a_onnx.layers] == ["Conv", "Conv", "Conv", "Gemm"]
-    for lp, lo in zip(a_pt.layers, a_onnx.layers):
+    for lp, lo in zip(a_pt.layers, a_onnx.layers, strict=False):
         assert lo.shape == lp.shape
         assert lo.zeros == lp.zeros
         assert lo.flops == lp.flops
@@ -70,26 +70,40 @@ def _qdq_and_qlinear(tmp_path, sparsity=0.5):
     wq = rng.integers(-100, 100, size=(8, 3, 3, 3)).astype(np.int8)
     wq.flat[: int(sparsity * wq.size)] = 0
     f32 = lambda v: numpy_helper.from_array(np.array(v, dtype=np.float32))  # noqa: E731
-    inits = [numpy_helper.from_array(wq, "w_q"), numpy_helper.from_array(np.array(0.02, np.float32), "w_s"),
-             numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
-             numpy_helper.from_array(np.array(1 / 255, np.float32), "x_s"),
-             numpy_helper.from_array(np.array(0, np.uint8), "x_zp"),
-             numpy_helper.from_array(np.array(0.05, np.float32), "y_s"),
-             numpy_helper.from_array(np.array(128, np.uint8), "y_zp")]
+    inits = [
+        numpy_helper.from_array(wq, "w_q"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "w_s"),
+        numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "x_s"),
+        numpy_helper.from_array(np.array(0, np.uint8), "x_zp"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "y_s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "y_zp"),
+    ]
     del f32
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])
-    qdq_nodes = [helper.make_node("QuantizeLinear", ["images", "x_s", "x_zp"], ["xq"]),
-                 helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xf"]),
-                 helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w_f"]),
-                 helper.make_node("Conv", ["xf", "w_f"], ["out"], strides=[2, 2], pads=[1, 1, 1, 1])]
+    qdq_nodes = [
+        helper.make_node("QuantizeLinear", ["images", "x_s", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_zp"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w_f"]),
+        helper.make_node("Conv", ["xf", "w_f"], ["out"], strides=[2, 2], pads=[1, 1, 1, 1]),
+    ]
     g = helper.make_graph(qdq_nodes, "qdq", [x], [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
     qdq = tmp_path / "qdq.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(qdq))
     xu8 = helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 3, 32, 32])
-    ql_nodes = [helper.make_node("QLinearConv", ["images", "x_s", "x_zp", "w_q", "w_s", "w_zp", "y_s", "y_zp"], ["yq"],
-                                 strides=[2, 2], pads=[1, 1, 1, 1]),
-                helper.make_node("DequantizeLinear", ["yq", "y_s", "y_zp"], ["out"])]
-    g2 = helper.make_graph(ql_nodes, "ql", [xu8], [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    ql_nodes = [
+        helper.make_node(
+            "QLinearConv",
+            ["images", "x_s", "x_zp", "w_q", "w_s", "w_zp", "y_s", "y_zp"],
+            ["yq"],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("DequantizeLinear", ["yq", "y_s", "y_zp"], ["out"]),
+    ]
+    g2 = helper.make_graph(
+        ql_nodes, "ql", [xu8], [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits
+    )
     ql = tmp_path / "qlinear.onnx"
     onnx.save(helper.make_model(g2, opset_imports=[helper.make_opsetid("", 13)]), str(ql))
     return qdq, ql, int(np.count_nonzero(wq == 0))
@@ -119,6 +133,7 @@ def test_ort_shape_fallback(tmp_path):
 
 def test_qat_layers_flagged():
     import sparseyolo.quantization as q
+
     m = tiny_cnn()
     q.prepare_qat(m, None, q.QATConfig())
     a = analyze_module(m, img=(32, 32))
@@ -157,8 +172,9 @@ def test_magnitude_prune_exact():
 def _toy_setup():
     """A CNN and a score (negative MSE to the dense outputs) where layer '2' matters more than '4'."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                      nn.Conv2d(8, 4, 1)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    ).eval()
     with torch.no_grad():
         m[4].weight.mul_(0.01)  # tiny 1x1 head weights: pruning them barely moves the output
         m[4].weight[:, :1] = 1.0  # ... but 4 of 32 large ones carry the signal (pruned only at 95%)
@@ -191,8 +207,12 @@ def test_sensitivity_restores_and_ranks():
 
 
 def test_recipe_loads(tmp_path):
-    targets = {"model.0.conv.weight": 0.4, "model.2.cv1.conv.weight": 0.85, "model.3.conv.weight": 0.75,
-               "model.28.m.0.weight": 0.8}
+    targets = {
+        "model.0.conv.weight": 0.4,
+        "model.2.cv1.conv.weight": 0.85,
+        "model.3.conv.weight": 0.75,
+        "model.28.m.0.weight": 0.8,
+    }
     text = recipe_text(targets, num_epochs=50, pruning_end_epoch=30)
     front = text.split("---")[1]
 
@@ -206,6 +226,7 @@ def test_recipe_loads(tmp_path):
     got = {p: m["final_sparsity"] for m in mods for p in m["params"]}
     assert got == targets and doc["num_epochs"] == 50 and mods[0]["end_epoch"] == 30
     import sparseyolo.recipe as recipe_mod
+
     path = tmp_path / "recipe.md"
     path.write_text(text)
     recipe = recipe_mod.Recipe.load(str(path))

@@ -8,12 +8,12 @@ import json
 
 import pytest
 import torch
+from test_darknet_thinned import thinned_model
 
 from sparseyolo.analysis.layers import analyze_module
 from sparseyolo.cli.main import main
 from sparseyolo.models import build_model
 from sparseyolo.models.checkpoint import save_checkpoint
-from test_darknet_thinned import thinned_model
 
 IMG = 416
 
@@ -44,7 +44,7 @@ def table_rows(out: str) -> dict[str, dict[str, str]]:
     """The per-layer Markdown table as ``{layer: {column: cell}}``."""
     lines = [line for line in out.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=False)) for line in lines[2:]]
     return {r["layer"]: r for r in rows}
 
 
@@ -58,12 +58,15 @@ def test_table_and_summary_show_channels_and_flops(thinned, tmp_path, capsys):
     assert rows["model.0.conv.weight"]["channels"] == "8/16"
     assert rows["model.20.m.0.weight"]["channels"] == "24/24"  # the detection convs follow nc
     total = next(r for k, r in rows.items() if k.startswith("total"))
-    assert total["channels"] == (f"{sum(c.out_channels for c in kept.values())}/"
-                                 f"{sum(c.out_channels for c in original.values())}")
+    assert total["channels"] == (
+        f"{sum(c.out_channels for c in kept.values())}/" f"{sum(c.out_channels for c in original.values())}"
+    )
     before, after = full.flops(IMG), model.flops(IMG)
     assert before / after > 3
-    expected = (f"thinned: {before:.2f} -> {after:.2f} GFLOPs at {IMG}x{IMG} ({before / after:.2f}x fewer), "
-                f"{params(full):,} -> {params(model):,} parameters")
+    expected = (
+        f"thinned: {before:.2f} -> {after:.2f} GFLOPs at {IMG}x{IMG} ({before / after:.2f}x fewer), "
+        f"{params(full):,} -> {params(model):,} parameters"
+    )
     assert expected in out
 
 

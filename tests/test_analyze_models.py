@@ -45,6 +45,7 @@ def test_analyze_checkpoint_cli(ckpt, tmp_path, capsys):
 
 def test_checkpoint_and_its_onnx_agree(ckpt, tmp_path):
     import sparseyolo.export.onnx as export
+
     model, _ = load_torch_model(ckpt)
     a_pt = analyze_module(model, (64, 64))
     onnx_path = export.export_onnx(model, tmp_path / "m.onnx", img_size=(64, 64))
@@ -79,8 +80,9 @@ def test_report_exports_missing_onnx_and_revalidates(ckpt, tmp_path):
     (run / "weights").mkdir(parents=True)
     (run / "weights" / "best.pt").write_bytes(ckpt.read_bytes())
     (run / "results.csv").write_text("epoch,metrics/mAP_0.5,metrics/mAP_0.5:0.95\n0,0.1,0.05\n")
-    (runs,) = build_report([run], ["onnxruntime"], img=64, threads=1, time_s=0.05, warmup_s=0, progress=False,
-                           data=str(data))
+    (runs,) = build_report(
+        [run], ["onnxruntime"], img=64, threads=1, time_s=0.05, warmup_s=0, progress=False, data=str(data)
+    )
     assert runs.map_source == "onnx" and 0.0 <= runs.map50 <= 1.0 and runs.map50 != 0.1  # re-validated
     assert runs.onnx == run / "weights" / "best.onnx" and runs.onnx.exists()
     assert runs.bench["onnxruntime"].status == "ok"
@@ -93,9 +95,29 @@ def test_sensitivity_cli_writes_loadable_recipe(ckpt, tmp_path, capsys):
 
     data = make_shapes_dataset(tmp_path / "shapes", n_train=1, n_val=4, img_size=64)
     out = tmp_path / "sens"
-    rc = main(["analyze", str(ckpt), "--img", "64", "--save-dir", str(out), "--no-plot", "--sensitivity",
-               "--data", str(data), "--sens-images", "4", "--batch-size", "4", "--sens-levels", "0.5", "0.9",
-               "--sens-min-params", "1000000"])
+    rc = main(
+        [
+            "analyze",
+            str(ckpt),
+            "--img",
+            "64",
+            "--save-dir",
+            str(out),
+            "--no-plot",
+            "--sensitivity",
+            "--data",
+            str(data),
+            "--sens-images",
+            "4",
+            "--batch-size",
+            "4",
+            "--sens-levels",
+            "0.5",
+            "0.9",
+            "--sens-min-params",
+            "1000000",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "sensitivity.json").read_text())
     names = {l["name"] for l in doc["layers"]}

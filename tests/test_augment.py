@@ -7,12 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from sparseyolo.data.augment import (augment_hsv, box_candidates, letterbox, random_flips, random_perspective)
+from sparseyolo.data.augment import augment_hsv, box_candidates, letterbox, random_flips, random_perspective
 from sparseyolo.data.dataset import YoloDataset
 from sparseyolo.utils.boxes import scale_boxes, xywhn2xyxy
 
-STRONG = {"hsv_h": 0.1, "hsv_s": 0.9, "hsv_v": 0.9, "degrees": 30.0, "translate": 0.3, "scale": 0.8,
-          "shear": 10.0, "perspective": 0.001, "flipud": 0.5, "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.5}
+STRONG = {
+    "hsv_h": 0.1,
+    "hsv_s": 0.9,
+    "hsv_v": 0.9,
+    "degrees": 30.0,
+    "translate": 0.3,
+    "scale": 0.8,
+    "shear": 10.0,
+    "perspective": 0.001,
+    "flipud": 0.5,
+    "fliplr": 0.5,
+    "mosaic": 1.0,
+    "mixup": 0.5,
+}
 
 
 @pytest.fixture(scope="module")

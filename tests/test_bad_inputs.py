@@ -45,8 +45,13 @@ modifiers:
 {extra}"""
 
 
-def _recipe(path: Path, mod: str = "GMPruningModifier", params: str = '["model.4.conv.weight"]',
-            final: str = "0.5", extra: str = "") -> Path:
+def _recipe(
+    path: Path,
+    mod: str = "GMPruningModifier",
+    params: str = '["model.4.conv.weight"]',
+    final: str = "0.5",
+    extra: str = "",
+) -> Path:
     path.write_text(RECIPE.format(mod=mod, params=params, final=final, extra=extra))
     return path
 
@@ -90,16 +95,30 @@ def tiny(tmp_path_factory, shared_dir) -> dict:
     model = yaml.safe_load((REPO / "src/sparseyolo/configs/models/yolov3-tiny.yaml").read_text())
     model["width_multiple"] = 0.25
     (root / "tiny.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
-    return {"root": root, "data": root / "data.yaml", "cfg": root / "tiny.yaml",
-            "empty_label": val[1].stem, "four_cols": val[2].stem, "coord": val[3].stem,
-            "text": train[0].stem, "cls95": train[1].stem, "dup": train[2].stem}
+    return {
+        "root": root,
+        "data": root / "data.yaml",
+        "cfg": root / "tiny.yaml",
+        "empty_label": val[1].stem,
+        "four_cols": val[2].stem,
+        "coord": val[3].stem,
+        "text": train[0].stem,
+        "cls95": train[1].stem,
+        "dup": train[2].stem,
+    }
 
 
 def _proc(*args, cwd: Path, env: dict | None = None, timeout: float = 240) -> tuple[int, str]:
     """``python -m sparseyolo ARGS`` -> (exit code, stdout + stderr); never a traceback on stderr."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    out = subprocess.run([sys.executable, "-m", "sparseyolo", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout, cwd=cwd, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "sparseyolo", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
     assert "Traceback" not in out.stderr, out.stderr[-4000:]
     return out.returncode, out.stdout + out.stderr
 
@@ -129,7 +148,7 @@ def _error(rc: int, text: str, cmd: str, *needles: str) -> str:
     marker = f"sparseyolo {cmd}: error: "
     assert rc == 2, f"exit code {rc}, expected 2:\n{text[-3000:]}"
     assert marker in text, text[-3000:]
-    msg = text[text.index(marker) + len(marker):]
+    msg = text[text.index(marker) + len(marker) :]
     for needle in needles:
         assert needle in msg, f"{needle!r} not in the error message: {msg}"
     assert "Traceback" not in text
@@ -137,9 +156,29 @@ def _error(rc: int, text: str, cmd: str, *needles: str) -> str:
 
 
 def _train_args(tiny: dict, project: Path, *extra) -> list:
-    return ["train", "--cfg", tiny["cfg"], "--data", tiny["data"], "--img", "64", "--batch-size", "4",
-            "--epochs", "1", "--workers", "0", "--device", "cpu", "--project", project, "--noplots",
-            "--no-tensorboard", "--noval", *extra]
+    return [
+        "train",
+        "--cfg",
+        tiny["cfg"],
+        "--data",
+        tiny["data"],
+        "--img",
+        "64",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        project,
+        "--noplots",
+        "--no-tensorboard",
+        "--noval",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +186,32 @@ def trained(tiny) -> dict:
     """A 1-epoch CLI run at ``--img 100`` with a recipe file that is deleted afterwards."""
     root = tiny["root"]
     recipe = _recipe(root / "prune.yaml")
-    rc, log = _proc("train", "--cfg", tiny["cfg"], "--data", tiny["data"], "--img", "100", "--batch-size", "4",
-                    "--epochs", "1", "--workers", "0", "--device", "cpu", "--project", root / "runs",
-                    "--name", "rec", "--noplots", "--no-tensorboard", "--recipe", recipe, cwd=root)
+    rc, log = _proc(
+        "train",
+        "--cfg",
+        tiny["cfg"],
+        "--data",
+        tiny["data"],
+        "--img",
+        "100",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        root / "runs",
+        "--name",
+        "rec",
+        "--noplots",
+        "--no-tensorboard",
+        "--recipe",
+        recipe,
+        cwd=root,
+    )
     assert rc == 0, log[-4000:]
     recipe.unlink()  # the recipe travels inside the checkpoint
     return {"run": root / "runs/rec", "weights": root / "runs/rec/weights/last.pt", "log": log}
@@ -160,8 +222,16 @@ def _assert_one_summary(log: str, tiny: dict) -> None:
     lines = [ln for ln in log.splitlines() if "val.txt" in ln and "skipped" in ln]
     assert len(lines) == 1, f"expected one summary for the val set:\n{log[-4000:]}"
     summary = lines[0]
-    for needle in ("val.txt:9", "missing.jpg", "random.jpg", "trunc.jpg", f"{tiny['four_cols']}.txt:1",
-                   "4 columns", f"{tiny['coord']}.txt:1", "1.7"):
+    for needle in (
+        "val.txt:9",
+        "missing.jpg",
+        "random.jpg",
+        "trunc.jpg",
+        f"{tiny['four_cols']}.txt:1",
+        "4 columns",
+        f"{tiny['coord']}.txt:1",
+        "1.7",
+    ):
         assert needle in summary, f"{needle!r} missing from the summary: {summary}"
     assert tiny["empty_label"] not in summary  # an empty label file is an image without objects
 
@@ -180,8 +250,23 @@ def test_train_skips_bad_samples_and_rounds_img(trained, tiny):
 
 
 def test_val_skips_bad_samples_in_one_summary(trained, tiny):
-    rc, log = _proc("val", "--weights", trained["weights"], "--data", tiny["data"], "--img", "64", "--workers", "0",
-                    "--device", "cpu", "--project", tiny["root"] / "runs/val", "--noplots", cwd=tiny["root"])
+    rc, log = _proc(
+        "val",
+        "--weights",
+        trained["weights"],
+        "--data",
+        tiny["data"],
+        "--img",
+        "64",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        tiny["root"] / "runs/val",
+        "--noplots",
+        cwd=tiny["root"],
+    )
     assert rc == 0, log[-4000:]
     _assert_one_summary(log, tiny)
     # 6 listed + 2 corrupt + 1 missing = 9 entries; 5 skipped; the empty-label image stays
@@ -189,16 +274,40 @@ def test_val_skips_bad_samples_in_one_summary(trained, tiny):
 
 
 def test_detect_skips_corrupt_images(trained, tiny, cli):
-    rc, log = cli("detect", "--weights", trained["weights"], "--source", tiny["root"] / "val/images", "--img", "64",
-                  "--device", "cpu", "--project", tiny["root"] / "runs/detect")
+    rc, log = cli(
+        "detect",
+        "--weights",
+        trained["weights"],
+        "--source",
+        tiny["root"] / "val/images",
+        "--img",
+        "64",
+        "--device",
+        "cpu",
+        "--project",
+        tiny["root"] / "runs/detect",
+    )
     assert rc == 0, log[-3000:]
     assert "random.jpg" in log and "skipped" in log
     assert "7 images" in log  # the truncated JPEG still decodes partially, as in OpenCV
 
 
 def test_data_yaml_without_names(trained, tiny, cli, tmp_path):
-    rc, log = cli("val", "--weights", trained["weights"], "--data", tiny["root"] / "nonames.yaml", "--img", "64",
-                  "--workers", "0", "--device", "cpu", "--project", tmp_path)
+    rc, log = cli(
+        "val",
+        "--weights",
+        trained["weights"],
+        "--data",
+        tiny["root"] / "nonames.yaml",
+        "--img",
+        "64",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path,
+    )
     _error(rc, log, "val", "nonames.yaml", "'names'")
     rc, log = cli(*_train_args(dict(tiny, data=tiny["root"] / "nonames.yaml"), tmp_path))
     _error(rc, log, "train", "nonames.yaml", "'names'")
@@ -207,8 +316,21 @@ def test_data_yaml_without_names(trained, tiny, cli, tmp_path):
 def test_data_yaml_syntax_error_names_line(trained, tiny, cli, tmp_path):
     bad = tmp_path / "syntax.yaml"
     bad.write_text("train: [a\nnames: [x]\n")
-    rc, log = cli("val", "--weights", trained["weights"], "--data", bad, "--img", "64", "--workers", "0",
-                  "--device", "cpu", "--project", tmp_path)
+    rc, log = cli(
+        "val",
+        "--weights",
+        trained["weights"],
+        "--data",
+        bad,
+        "--img",
+        "64",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path,
+    )
     msg = _error(rc, log, "val", f"{bad}:2", "invalid YAML")
     assert "<unicode string>" not in msg
 
@@ -226,11 +348,41 @@ def cut_weights(tiny, shared_dir) -> tuple[Path, Path]:
 
 def test_truncated_darknet_weights(cut_weights, tiny, cli, tmp_path):
     half, aligned = cut_weights
-    rc, log = cli("val", "--weights", half, "--cfg", "yolov3-tiny", "--data", tiny["data"], "--img", "64",
-                  "--workers", "0", "--device", "cpu", "--project", tmp_path)
+    rc, log = cli(
+        "val",
+        "--weights",
+        half,
+        "--cfg",
+        "yolov3-tiny",
+        "--data",
+        tiny["data"],
+        "--img",
+        "64",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path,
+    )
     _error(rc, log, "val", str(half))
-    rc, log = cli("val", "--weights", aligned, "--cfg", "yolov3-tiny", "--data", tiny["data"], "--img", "64",
-                  "--workers", "0", "--device", "cpu", "--project", tmp_path)
+    rc, log = cli(
+        "val",
+        "--weights",
+        aligned,
+        "--cfg",
+        "yolov3-tiny",
+        "--data",
+        tiny["data"],
+        "--img",
+        "64",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path,
+    )
     _error(rc, log, "val", str(aligned), "ran out")
     rc, log = cli(*_train_args(tiny, tmp_path, "--weights", aligned))
     _error(rc, log, "train", str(aligned))
@@ -239,15 +391,44 @@ def test_truncated_darknet_weights(cut_weights, tiny, cli, tmp_path):
 def test_truncated_darknet_weights_message_says_so(cut_weights, tiny, cli, tmp_path):
     """Both cuts should tell the user the file is incomplete, not only that its size is odd."""
     for weights in cut_weights:
-        rc, log = cli("val", "--weights", weights, "--cfg", "yolov3-tiny", "--data", tiny["data"], "--img", "64",
-                      "--workers", "0", "--device", "cpu", "--project", tmp_path)
+        rc, log = cli(
+            "val",
+            "--weights",
+            weights,
+            "--cfg",
+            "yolov3-tiny",
+            "--data",
+            tiny["data"],
+            "--img",
+            "64",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--project",
+            tmp_path,
+        )
         msg = _error(rc, log, "val", str(weights))
         assert any(w in msg for w in ("truncated", "ran out", "too short", "incomplete", "cut short")), msg
 
 
 def test_truncated_darknet_weights_detect_subprocess(cut_weights, tiny, tmp_path):
-    rc, log = _proc("detect", "--weights", cut_weights[0], "--cfg", "yolov3-tiny", "--source",
-                    tiny["root"] / "val/images", "--img", "64", "--device", "cpu", "--project", tmp_path, cwd=tmp_path)
+    rc, log = _proc(
+        "detect",
+        "--weights",
+        cut_weights[0],
+        "--cfg",
+        "yolov3-tiny",
+        "--source",
+        tiny["root"] / "val/images",
+        "--img",
+        "64",
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path,
+        cwd=tmp_path,
+    )
     _error(rc, log, "detect", str(cut_weights[0]))
 
 
@@ -352,8 +533,7 @@ def test_export_rounds_img_size_and_needs_no_recipe_file(exported, trained):
     ckpt = torch.load(trained["weights"], map_location="cpu", weights_only=True)
     assert "GMPruningModifier" in ckpt["recipe"]
     # the pruned conv (model.4, 50% of its weights) is still sparse in the exported graph
-    sparsest = max(float((numpy_helper.to_array(t) == 0).mean()) for t in model.graph.initializer
-                   if len(t.dims) == 4)
+    sparsest = max(float((numpy_helper.to_array(t) == 0).mean()) for t in model.graph.initializer if len(t.dims) == 4)
     assert sparsest >= 0.45
 
 

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import pytest
-
 from test_bad_inputs import _error, _train_args, cli, tiny  # noqa: F401,F811  (shared fixtures)
 
 
-@pytest.mark.parametrize("flag, value, needle", [
-    ("--img", "0", "--img-size must be an integer >= 1, got 0"),
-    ("--img", "-64", "--img-size must be an integer >= 1"),
-    ("--batch-size", "0", "--batch-size must be an integer >= 1"),
-    ("--epochs", "0", "--epochs must be an integer >= 1"),
-    ("--workers", "-1", "--workers must be an integer >= 0"),
-    ("--label-smoothing", "1.5", "--label-smoothing must be in [0, 1)"),
-    ("--freeze", "999", "--freeze 999 would freeze every layer of this 21-layer model; use at most 20"),
-])
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [
+        ("--img", "0", "--img-size must be an integer >= 1, got 0"),
+        ("--img", "-64", "--img-size must be an integer >= 1"),
+        ("--batch-size", "0", "--batch-size must be an integer >= 1"),
+        ("--epochs", "0", "--epochs must be an integer >= 1"),
+        ("--workers", "-1", "--workers must be an integer >= 0"),
+        ("--label-smoothing", "1.5", "--label-smoothing must be in [0, 1)"),
+        ("--freeze", "999", "--freeze 999 would freeze every layer of this 21-layer model; use at most 20"),
+    ],
+)
 def test_unusable_train_flags(flag, value, needle, tiny, cli, tmp_path):
     rc, log = cli(*_train_args(tiny, tmp_path, flag, value))
     _error(rc, log, "train", needle)
@@ -27,15 +29,32 @@ def checkpoint(tiny) -> str:
     """A 1-epoch checkpoint of the tiny model (in-process, no validation)."""
     from sparseyolo.engine.trainer import train
 
-    run = train(cfg=str(tiny["cfg"]), data=str(tiny["data"]), epochs=1, img_size=64, batch_size=4, workers=0,
-                device="cpu", project=str(tiny["root"] / "runs"), name="flags", noval=True, noplots=True,
-                tensorboard=False)
+    run = train(
+        cfg=str(tiny["cfg"]),
+        data=str(tiny["data"]),
+        epochs=1,
+        img_size=64,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        project=str(tiny["root"] / "runs"),
+        name="flags",
+        noval=True,
+        noplots=True,
+        tensorboard=False,
+    )
     return str(run / "weights/last.pt")
 
 
-@pytest.mark.parametrize("cmd, flag, value", [
-    ("val", "--img", "0"), ("val", "--batch-size", "0"), ("detect", "--img", "0"), ("detect", "--img", "-32"),
-])
+@pytest.mark.parametrize(
+    "cmd, flag, value",
+    [
+        ("val", "--img", "0"),
+        ("val", "--batch-size", "0"),
+        ("detect", "--img", "0"),
+        ("detect", "--img", "-32"),
+    ],
+)
 def test_unusable_val_detect_flags(cmd, flag, value, checkpoint, tiny, cli, tmp_path):
     where = ["--data", tiny["data"], "--workers", "0"] if cmd == "val" else ["--source", tiny["root"] / "val/images"]
     rc, log = cli(cmd, "--weights", checkpoint, *where, "--device", "cpu", "--project", tmp_path, flag, value)

@@ -44,8 +44,29 @@ def test_probe_conv_stack_has_the_requested_zeros(tmp_path):
 
 def test_probe_runs_on_onnxruntime(capsys):
     probe = load_script("sparse_kernel_probe")
-    assert probe.main(["--engines", "onnxruntime", "--channels", "8", "--size", "8", "--layers", "1",
-                       "--kernels", "1", "--time", "0.2", "--warmup", "0.05", "--threads", "1"]) == 0
+    assert (
+        probe.main(
+            [
+                "--engines",
+                "onnxruntime",
+                "--channels",
+                "8",
+                "--size",
+                "8",
+                "--layers",
+                "1",
+                "--kernels",
+                "1",
+                "--time",
+                "0.2",
+                "--warmup",
+                "0.05",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "1 x Conv 1x1" in out and "sparse/dense" in out
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
-from sparseyolo.runtime.engines import get_engine, parse_engines
-from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
 from sparseyolo.benchmark.runner import BenchResult, _run_interleaved, benchmark
 from sparseyolo.cli.main import main
+from sparseyolo.runtime.engines import get_engine, parse_engines
+from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
 from sparseyolo.utils.errors import SparseYoloError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_cnn(ch: int = 8, sparsity: float = 0.0, seed: int = 0) -> nn.Module:
     """A small conv net; ``sparsity`` zeroes that fraction of each conv weight by magnitude."""
     torch.manual_seed(seed)
-    m = nn.Sequential(nn.Conv2d(3, ch, 3, 2, 1), nn.ReLU(), nn.Conv2d(ch, ch * 2, 3, 1, 1), nn.ReLU(),
-                      nn.Conv2d(ch * 2, 6, 1), nn.Flatten(1), nn.LazyLinear(4)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(3, ch, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(ch, ch * 2, 3, 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(ch * 2, 6, 1),
+        nn.Flatten(1),
+        nn.LazyLinear(4),
+    ).eval()
     with torch.no_grad():
         m(torch.zeros(1, 3, 32, 32))
         if sparsity > 0:
@@ -42,8 +49,16 @@ def tiny_cnn(ch: int = 8, sparsity: float = 0.0, seed: int = 0) -> nn.Module:
 
 def export_onnx(model: nn.Module, path: Path, img: int = 32, dynamic: bool = True) -> Path:
     axes = {"images": {0: "batch"}} if dynamic else None
-    torch.onnx.export(model, torch.zeros(1, 3, img, img), str(path), dynamo=False, opset_version=13,
-                      input_names=["images"], output_names=["out"], dynamic_axes=axes)
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, img, img),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["images"],
+        output_names=["out"],
+        dynamic_axes=axes,
+    )
     return path
 
 
@@ -52,8 +67,16 @@ def fully_conv_onnx(path: Path, dynamic_hw: bool = True) -> Path:
     torch.manual_seed(1)
     m = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
     axes = {"images": {0: "batch", 2: "h", 3: "w"}} if dynamic_hw else None
-    torch.onnx.export(m, torch.zeros(1, 3, 32, 32), str(path), dynamo=False, opset_version=13,
-                      input_names=["images"], output_names=["out"], dynamic_axes=axes)
+    torch.onnx.export(
+        m,
+        torch.zeros(1, 3, 32, 32),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["images"],
+        output_names=["out"],
+        dynamic_axes=axes,
+    )
     return path
 
 
@@ -61,11 +84,18 @@ def uint8_input_onnx(path: Path) -> Path:
     """uint8 NCHW input -> Cast -> scale -> Conv: like a QLinear export that takes raw pixels."""
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
     scale = numpy_helper.from_array(np.array(1 / 255, dtype=np.float32), "scale")
-    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["f", "scale"], ["fs"]),
-             helper.make_node("Conv", ["fs", "w"], ["out"], pads=[1, 1, 1, 1])]
-    graph = helper.make_graph(nodes, "u8", [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [w, scale])
+    nodes = [
+        helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "scale"], ["fs"]),
+        helper.make_node("Conv", ["fs", "w"], ["out"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "u8",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [w, scale],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, str(path))
     return path
@@ -74,16 +104,25 @@ def uint8_input_onnx(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bench")
-    return {"dense": export_onnx(tiny_cnn(), d / "dense.onnx"),
-            "sparse": export_onnx(tiny_cnn(sparsity=0.8), d / "sparse.onnx"),
-            "static": export_onnx(tiny_cnn(), d / "static.onnx", dynamic=False),
-            "conv": fully_conv_onnx(d / "conv.onnx"),
-            "u8": uint8_input_onnx(d / "u8.onnx")}
+    return {
+        "dense": export_onnx(tiny_cnn(), d / "dense.onnx"),
+        "sparse": export_onnx(tiny_cnn(sparsity=0.8), d / "sparse.onnx"),
+        "static": export_onnx(tiny_cnn(), d / "static.onnx", dynamic=False),
+        "conv": fully_conv_onnx(d / "conv.onnx"),
+        "u8": uint8_input_onnx(d / "u8.onnx"),
+    }
 
 
 def test_interleaved_two_models_onnxruntime(models):
-    res = benchmark([models["dense"], models["sparse"]], ["onnxruntime"], img=(32, 32), threads=1,
-                    time_s=0.2, warmup_s=0.05, progress=False)
+    res = benchmark(
+        [models["dense"], models["sparse"]],
+        ["onnxruntime"],
+        img=(32, 32),
+        threads=1,
+        time_s=0.2,
+        warmup_s=0.05,
+        progress=False,
+    )
     assert [r.status for r in res] == ["ok", "ok"]
     for r in res:
         assert r.images_per_s > 0 and r.iterations > 1 and r.seconds >= 0.2
@@ -95,8 +134,9 @@ def test_interleaved_two_models_onnxruntime(models):
 
 
 def test_batch_and_img_reach_the_model(models):
-    (r,) = benchmark([models["conv"]], ["onnxruntime"], batch_size=3, img=(48, 40), time_s=0.05, warmup_s=0,
-                     progress=False)
+    (r,) = benchmark(
+        [models["conv"]], ["onnxruntime"], batch_size=3, img=(48, 40), time_s=0.05, warmup_s=0, progress=False
+    )
     assert r.status == "ok" and r.batch_size == 3 and r.input_shapes["images"] == [3, 3, 48, 40]
     # images/s counts images, not batches
     assert r.images_per_s == pytest.approx(3 * r.iterations / (r.seconds), rel=1e-6)
@@ -160,8 +200,9 @@ def test_missing_engine_is_reported_not_fatal(models, monkeypatch):
         raise ImportError("No module named 'openvino'", name="openvino")
 
     monkeypatch.setattr(engines.OpenVinoEngine, "_version", missing)
-    res = benchmark([models["dense"]], ["openvino", "onnxruntime"], img=(32, 32), time_s=0.05, warmup_s=0,
-                    progress=False)
+    res = benchmark(
+        [models["dense"]], ["openvino", "onnxruntime"], img=(32, 32), time_s=0.05, warmup_s=0, progress=False
+    )
     assert res[0].status == "unavailable" and "pip install openvino" in res[0].message
     assert res[1].status == "ok" and res[1].images_per_s > 0
 
@@ -177,7 +218,11 @@ def test_deepsparse_unavailable_without_worker(models, monkeypatch, tmp_path):
 
 
 def test_parse_engines():
-    assert parse_engines(["onnxruntime,openvino", "deepsparse", "openvino"]) == ["onnxruntime", "openvino", "deepsparse"]
+    assert parse_engines(["onnxruntime,openvino", "deepsparse", "openvino"]) == [
+        "onnxruntime",
+        "openvino",
+        "deepsparse",
+    ]
     assert parse_engines(None) == ["onnxruntime"]
     with pytest.raises(SparseYoloError, match="onnxruntime"):
         parse_engines(["onnxruntim"])
@@ -185,8 +230,26 @@ def test_parse_engines():
 
 def test_cli_table_and_json(models, tmp_path, capsys):
     out = tmp_path / "b.json"
-    rc = main(["benchmark", str(models["dense"]), str(models["sparse"]), "--engine", "onnxruntime", "--img", "32",
-               "--time", "0.1", "--warmup", "0", "--threads", "1", "--json", str(out), "--quiet"])
+    rc = main(
+        [
+            "benchmark",
+            str(models["dense"]),
+            str(models["sparse"]),
+            "--engine",
+            "onnxruntime",
+            "--img",
+            "32",
+            "--time",
+            "0.1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0
     assert "| dense.onnx" in text and "| sparse.onnx" in text and "1.00x" in text
@@ -212,11 +275,14 @@ def test_cli_errors(models, tmp_path, capsys):
 
 def test_openvino_runs(models):
     pytest.importorskip("openvino")
-    (r,) = benchmark([models["conv"]], ["openvino"], img=(32, 32), batch_size=2, threads=1, time_s=0.1,
-                     warmup_s=0, progress=False)
+    (r,) = benchmark(
+        [models["conv"]], ["openvino"], img=(32, 32), batch_size=2, threads=1, time_s=0.1, warmup_s=0, progress=False
+    )
     assert r.status == "ok", r.message
     assert r.images_per_s > 0 and r.input_shapes["images"] == [2, 3, 32, 32]
-    ov = get_engine("openvino").load(models["dense"], 1, 1, {"images": (1, 3, 32, 32)}, {"images": "float32"}, static=False)
+    ov = get_engine("openvino").load(
+        models["dense"], 1, 1, {"images": (1, 3, 32, 32)}, {"images": "float32"}, static=False
+    )
     ort = get_engine("onnxruntime").load(models["dense"], 1, 1, {"images": (1, 3, 32, 32)}, {"images": "float32"})
     np.testing.assert_allclose(ov.run()[0], ort.run()[0], rtol=1e-3, atol=1e-4)
 
@@ -249,8 +315,15 @@ def test_deepsparse_worker_matches_onnxruntime(models, monkeypatch):
         assert runner.client.proc.poll() is not None  # worker gone after close
     assert models["conv"].read_bytes() == before  # DeepSparse never rewrites the user's file
     monkeypatch.setenv("SPARSEYOLO_DEEPSPARSE_PYTHON", str(python))
-    res = benchmark([models["dense"], models["sparse"]], ["onnxruntime", "deepsparse"], img=(32, 32), threads=1,
-                    time_s=0.1, warmup_s=0, progress=False)
+    res = benchmark(
+        [models["dense"], models["sparse"]],
+        ["onnxruntime", "deepsparse"],
+        img=(32, 32),
+        threads=1,
+        time_s=0.1,
+        warmup_s=0,
+        progress=False,
+    )
     assert [r.status for r in res] == ["ok"] * 4, [r.message for r in res]
     assert res[2].engine_version.startswith("1.8")
 

@@ -16,8 +16,6 @@ FAST = settings(max_examples=80, deadline=None, database=None)
 NMS = settings(max_examples=60, deadline=None, database=None)
 
 
-
-
 coord = st.floats(-2000, 2000, allow_nan=False, allow_infinity=False)
 size = st.floats(0, 1000, allow_nan=False, allow_infinity=False)
 xywh_rows = st.lists(st.tuples(coord, coord, size, size), min_size=1, max_size=20)
@@ -109,8 +107,10 @@ def test_box_iou_symmetric_and_bounded(r1, r2, dtype):
 
 
 @FAST
-@given(st.lists(st.tuples(coord, coord, st.floats(0.5, 1000), st.floats(0.5, 1000)), min_size=1, max_size=20),
-       st.sampled_from([torch.float32, torch.float64]))
+@given(
+    st.lists(st.tuples(coord, coord, st.floats(0.5, 1000), st.floats(0.5, 1000)), min_size=1, max_size=20),
+    st.sampled_from([torch.float32, torch.float64]),
+)
 def test_box_iou_is_one_on_the_diagonal(rows, dtype):
     a = boxes_of(rows, dtype)
     assert (a[:, 2] - a[:, 0] > 0).all() and (a[:, 3] - a[:, 1] > 0).all()
@@ -148,11 +148,16 @@ def candidates(x, conf, multi_label, classes):
     for i in range(len(x)):
         if not x[i, 4] > conf:
             continue
-        cls = [c for c in range(nc) if scores[i, c] > conf] if multi_label and nc > 1 \
-            else [int(scores[i].argmax())] if scores[i].max() > conf else []
+        cls = (
+            [c for c in range(nc) if scores[i, c] > conf]
+            if multi_label and nc > 1
+            else [int(scores[i].argmax())]
+            if scores[i].max() > conf
+            else []
+        )
         for c in cls:
             if classes is None or c in classes:
-                rows.append(torch.cat((box[i], scores[i, c:c + 1], torch.tensor([float(c)]))))
+                rows.append(torch.cat((box[i], scores[i, c : c + 1], torch.tensor([float(c)]))))
     return torch.stack(rows) if rows else torch.zeros(0, 6)
 
 
@@ -161,15 +166,30 @@ def iou64(a, b):
 
 
 @NMS
-@given(predictions(), st.floats(0, 0.9), st.floats(0, 1), st.integers(1, 50), st.booleans(), st.booleans(),
-       st.sampled_from([None, [0], [1, 2], [0, 3]]))
+@given(
+    predictions(),
+    st.floats(0, 0.9),
+    st.floats(0, 1),
+    st.integers(1, 50),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, [0], [1, 2], [0, 3]]),
+)
 def test_nms_keeps_a_suppressed_sorted_subset(pred, conf, iou_thres, max_det, multi_label, agnostic, classes):
     before = pred.clone()
-    out = non_max_suppression(pred, conf, iou_thres, classes=classes, agnostic=agnostic, max_det=max_det,
-                              multi_label=multi_label, time_limit=1e6)
+    out = non_max_suppression(
+        pred,
+        conf,
+        iou_thres,
+        classes=classes,
+        agnostic=agnostic,
+        max_det=max_det,
+        multi_label=multi_label,
+        time_limit=1e6,
+    )
     assert torch.equal(pred, before)
     assert isinstance(out, list) and len(out) == pred.shape[0]
-    for x, det in zip(pred, out):
+    for x, det in zip(pred, out, strict=False):
         assert det.shape[1] == 6 and det.dtype == pred.dtype and len(det) <= max_det
         cand = candidates(x, conf, multi_label, classes)
         # a sub-multiset of the candidate rows: same coordinates, score and class, nothing invented
@@ -203,7 +223,7 @@ def test_nms_keeps_a_suppressed_sorted_subset(pred, conf, iou_thres, max_det, mu
 def test_nms_iou_one_keeps_every_best_class_candidate(pred, conf):
     """At iou_thres=1 nothing suppresses anything: the output is all candidates, sorted."""
     out = non_max_suppression(pred, conf, 1.0, max_det=10_000, time_limit=1e6)
-    for x, det in zip(pred, out):
+    for x, det in zip(pred, out, strict=False):
         cand = candidates(x, conf, False, None)
         assert len(det) == len(cand)
         assert Counter(tuple(r) for r in det.tolist()) == Counter(tuple(r) for r in cand.tolist())

@@ -55,7 +55,9 @@ def test_recipe_loads_with_the_documented_schedule(name):
         # YOLOv3-tiny's 3-channel stem conv stays in float too (int8 kernels run it slower than float)
         assert ("model.0" in q.submodules) == name.startswith("yolov3-spp")
         # the observers see at least one epoch of data before they are frozen
-        assert q.freeze_bn_stats_epoch >= q.start_epoch + 1 and q.disable_quantization_observer_epoch >= q.start_epoch + 1
+        assert (
+            q.freeze_bn_stats_epoch >= q.start_epoch + 1 and q.disable_quantization_observer_epoch >= q.start_epoch + 1
+        )
     # the run's length scales the phases (the prose's --recipe-args advice)
     longer = Recipe.load(name, args={"num_epochs": 60}).variables
     assert longer["pruning_end_epoch"] == 36
@@ -142,9 +144,23 @@ def test_short_real_training_run(name, tmp_path):
     args = {"num_epochs": 3, "pruning_end_epoch": 1, "pruning_update_frequency": 0.25, "round_to": 2}
     if name.endswith("quantized"):
         args["quantization_epochs"] = 1
-    run = train(cfg=str(cfg), data=str(data), recipe=name, recipe_args=args, epochs=99, img_size=64, batch_size=4,
-                workers=0, device="cpu", noplots=True, tensorboard=False, project=str(tmp_path / "runs"), name="r",
-                hyp="pruned_quantized" if name.endswith("quantized") else "pruned", patience=0)
+    run = train(
+        cfg=str(cfg),
+        data=str(data),
+        recipe=name,
+        recipe_args=args,
+        epochs=99,
+        img_size=64,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        noplots=True,
+        tensorboard=False,
+        project=str(tmp_path / "runs"),
+        name="r",
+        hyp="pruned_quantized" if name.endswith("quantized") else "pruned",
+        patience=0,
+    )
     rows = (run / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3  # header + the recipe's 3 epochs
     model, _ = load_model(run / "weights" / "best.pt")

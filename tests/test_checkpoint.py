@@ -31,9 +31,20 @@ def ckpt_path(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model(torch.zeros(1, 3, 64, 64))[0].sum().backward()
     opt.step()
-    return save_checkpoint(tmp_path / "last.pt", model=model, ema=ema.state_dict(), optimizer=opt.state_dict(),
-                           epoch=3, best_fitness=np.float64(0.25), metrics={"mAP50": np.float32(0.5)},
-                           rng={"torch": torch.get_rng_state(), "numpy": np.arange(3)}), model, ema
+    return (
+        save_checkpoint(
+            tmp_path / "last.pt",
+            model=model,
+            ema=ema.state_dict(),
+            optimizer=opt.state_dict(),
+            epoch=3,
+            best_fitness=np.float64(0.25),
+            metrics={"mAP50": np.float32(0.5)},
+            rng={"torch": torch.get_rng_state(), "numpy": np.arange(3)},
+        ),
+        model,
+        ema,
+    )
 
 
 def test_round_trip(ckpt_path):
@@ -107,10 +118,10 @@ def test_state_mismatch_is_weights_error(tmp_path):
 
 def test_qat_structure_is_rebuilt(tmp_path):
     import sparseyolo.quantization as q
+
     m = _small()
     subs = ["model.0", "model.2", "model.20"]
-    config = {"weight_bits": 8, "activation_bits": 8, "per_channel": False,
-              "exclude_module_types": ["LeakyReLU"]}
+    config = {"weight_bits": 8, "activation_bits": 8, "per_channel": False, "exclude_module_types": ["LeakyReLU"]}
     q.prepare_qat(m, submodules=subs, config=q.QATConfig.from_dict(config))
     m.train()
     m(torch.rand(2, 3, 64, 64))  # observers see data, so their ranges are non-trivial

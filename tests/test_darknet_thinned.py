@@ -26,8 +26,9 @@ def thinned_model(name: str):
     torch.manual_seed(0)
     model = build_model(name, nc=3, **BUILDS[name])
     manager = Recipe.load(FILTER_PRUNING).manager()
-    manager.attach(model, torch.optim.SGD(model.parameters(), lr=0.01), steps_per_epoch=1,
-                   example_inputs=torch.zeros(1, 3, 64, 64))
+    manager.attach(
+        model, torch.optim.SGD(model.parameters(), lr=0.01), steps_per_epoch=1, example_inputs=torch.zeros(1, 3, 64, 64)
+    )
     model.record_widths()
     with torch.no_grad():
         for m in model.modules():
@@ -62,7 +63,7 @@ def test_cfg_filters_are_the_thinned_widths(exported):
     assert len(cfg.convs) == len(layout)
     widths = model.yaml["widths"]
     checked = 0
-    for c, item in zip(cfg.convs, layout):
+    for c, item in zip(cfg.convs, layout, strict=False):
         assert (c.filters, c.c_in) == (item.conv.out_channels, item.conv.in_channels), item.name
         recorded = widths.get(f"{item.name}.conv" if item.bn is not None else item.name)
         if recorded is not None:

@@ -26,8 +26,11 @@ def test_list_names_relative_to_yaml_folder(tmp_path):
 
 def test_dict_names_path_root_and_lists(tmp_path):
     root = tmp_path / "ds"
-    p = _write(tmp_path, f"path: {root}\ntrain: [a/train.txt, /abs/images]\nval: images/val\n"
-                         "test: images/test\nnc: 3\nnames: {0: a, 2: c, 1: b}\ndownload: https://x/y.zip\n")
+    p = _write(
+        tmp_path,
+        f"path: {root}\ntrain: [a/train.txt, /abs/images]\nval: images/val\n"
+        "test: images/test\nnc: 3\nnames: {0: a, 2: c, 1: b}\ndownload: https://x/y.zip\n",
+    )
     cfg = load_data_config(p)
     assert cfg["names"] == ["a", "b", "c"]
     assert cfg["train"] == [str(root / "a/train.txt"), "/abs/images"]
@@ -44,20 +47,25 @@ def test_relative_path_root_resolves_against_yaml_folder(tmp_path):
 
 def test_shared_coco128_style(tmp_path, shared_dir):
     root = shared_dir / "data/coco128"
-    p = _write(tmp_path, f"path: {root}\ntrain: images/train2017\nval: images/val2017\nnames: {{0: person, 1: bicycle}}\n")
+    p = _write(
+        tmp_path, f"path: {root}\ntrain: images/train2017\nval: images/val2017\nnames: {{0: person, 1: bicycle}}\n"
+    )
     cfg = load_data_config(p)
     assert Path(cfg["train"]).is_dir() and Path(cfg["val"]).is_dir()
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("train: a\nval: b\n", "'names'"),
-    ("train: a\nval: b\nnc: 3\nnames: [x, y]\n", "'nc'"),
-    ("val: b\nnames: [x]\n", "'train'"),
-    ("train: a\nnames: [x]\n", "'val'"),
-    ("train: a\nval: b\nnames: {0: x, 2: y}\n", "'names'"),
-    ("- just\n- a list\n", "mapping"),
-    ("train: [a\nval: b\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("train: a\nval: b\n", "'names'"),
+        ("train: a\nval: b\nnc: 3\nnames: [x, y]\n", "'nc'"),
+        ("val: b\nnames: [x]\n", "'train'"),
+        ("train: a\nnames: [x]\n", "'val'"),
+        ("train: a\nval: b\nnames: {0: x, 2: y}\n", "'names'"),
+        ("- just\n- a list\n", "mapping"),
+        ("train: [a\nval: b\n", "invalid YAML"),
+    ],
+)
 def test_errors_name_file_and_key(tmp_path, text, needle):
     p = _write(tmp_path, text)
     with pytest.raises(ConfigError) as e:

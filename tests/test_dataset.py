@@ -12,8 +12,18 @@ from sparseyolo.data.dataset import YoloDataset, create_dataloader
 from sparseyolo.data.labels import img2label_paths
 from sparseyolo.utils.errors import DataError
 
-COCO_IDS = ["000000000009", "000000000025", "000000000030", "000000000034", "000000000036",
-            "000000000042", "000000000049", "000000000061", "000000000064", "000000000071"]
+COCO_IDS = [
+    "000000000009",
+    "000000000025",
+    "000000000030",
+    "000000000034",
+    "000000000036",
+    "000000000042",
+    "000000000049",
+    "000000000061",
+    "000000000064",
+    "000000000071",
+]
 
 
 @pytest.fixture
@@ -31,16 +41,16 @@ def broken_ds(tmp_path, coco_src):
         shutil.copy(coco_src / f"images/train2017/{i}.jpg", img_dir)
         shutil.copy(coco_src / f"labels/train2017/{i}.txt", lb_dir)
     good = (lb_dir / f"{COCO_IDS[0]}.txt").read_text().splitlines()
-    (lb_dir / f"{COCO_IDS[1]}.txt").write_text("0 0.5 0.5 0.2\n")                        # 4 columns
-    (lb_dir / f"{COCO_IDS[2]}.txt").write_text("0 1.7 0.5 0.2 0.2\n")                    # coordinate 1.7
-    (lb_dir / f"{COCO_IDS[3]}.txt").write_text("\n".join(good + good[:2]) + "\n")       # 2 duplicates
-    (lb_dir / f"{COCO_IDS[4]}.txt").write_text("cat 0.5 0.5 0.2 0.2\n")                  # non-numeric
-    (lb_dir / f"{COCO_IDS[5]}.txt").write_text("-1 0.5 0.5 0.2 0.2\n")                   # negative class
+    (lb_dir / f"{COCO_IDS[1]}.txt").write_text("0 0.5 0.5 0.2\n")  # 4 columns
+    (lb_dir / f"{COCO_IDS[2]}.txt").write_text("0 1.7 0.5 0.2 0.2\n")  # coordinate 1.7
+    (lb_dir / f"{COCO_IDS[3]}.txt").write_text("\n".join(good + good[:2]) + "\n")  # 2 duplicates
+    (lb_dir / f"{COCO_IDS[4]}.txt").write_text("cat 0.5 0.5 0.2 0.2\n")  # non-numeric
+    (lb_dir / f"{COCO_IDS[5]}.txt").write_text("-1 0.5 0.5 0.2 0.2\n")  # negative class
     (lb_dir / f"{COCO_IDS[6]}.txt").write_text("3 0.5 0.5 0.0 0.2\n1 0.5 0.5 0.3 0.3\n")  # zero-size row
-    (img_dir / f"{COCO_IDS[7]}.jpg").write_bytes(b"this is not a jpeg" * 50)              # corrupt image
+    (img_dir / f"{COCO_IDS[7]}.jpg").write_bytes(b"this is not a jpeg" * 50)  # corrupt image
     data = (coco_src / f"images/train2017/{COCO_IDS[8]}.jpg").read_bytes()
-    (img_dir / f"{COCO_IDS[8]}.jpg").write_bytes(data[: len(data) // 2])                  # truncated image
-    (lb_dir / f"{COCO_IDS[9]}.txt").unlink()                                              # no label: no objects
+    (img_dir / f"{COCO_IDS[8]}.jpg").write_bytes(data[: len(data) // 2])  # truncated image
+    (lb_dir / f"{COCO_IDS[9]}.txt").unlink()  # no label: no objects
     return tmp_path
 
 
@@ -59,6 +69,7 @@ def test_coco128_loads_all_images(coco_src, caplog):
     assert Path(path).name == "000000000009.jpg"
     # RGB order: compare with a direct decode of the unpadded area
     import cv2
+
     ref = cv2.resize(cv2.imread(path), (160, 120), interpolation=cv2.INTER_AREA)[..., ::-1]
     got = img.permute(1, 2, 0).numpy()[20:140]
     assert np.abs(got.astype(int) - ref.astype(int)).mean() < 1.0
@@ -73,14 +84,25 @@ def test_broken_labels_reported_once(broken_ds, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     msg = warnings[0]
-    for needle in ["wrong column count", f"{COCO_IDS[1]}.txt:1", "coordinate outside [0, 1]", "1.7",
-                   "duplicate row (2 rows dropped)", "non-numeric value", f"{COCO_IDS[4]}.txt",
-                   "negative class id", "zero-size box (1 rows dropped)", "corrupt image", f"{COCO_IDS[7]}.jpg",
-                   f"{COCO_IDS[8]}.jpg", "truncated"]:
+    for needle in [
+        "wrong column count",
+        f"{COCO_IDS[1]}.txt:1",
+        "coordinate outside [0, 1]",
+        "1.7",
+        "duplicate row (2 rows dropped)",
+        "non-numeric value",
+        f"{COCO_IDS[4]}.txt",
+        "negative class id",
+        "zero-size box (1 rows dropped)",
+        "corrupt image",
+        f"{COCO_IDS[7]}.jpg",
+        f"{COCO_IDS[8]}.jpg",
+        "truncated",
+    ]:
         assert needle in msg, needle
-    by_name = {Path(f).stem: lb for f, lb in zip(ds.im_files, ds.labels)}
+    by_name = {Path(f).stem: lb for f, lb in zip(ds.im_files, ds.labels, strict=False)}
     good = np.loadtxt(broken_ds / f"labels/train/{COCO_IDS[0]}.txt", ndmin=2)
-    assert len(by_name[COCO_IDS[3]]) == len(good)          # duplicates removed, image kept
+    assert len(by_name[COCO_IDS[3]]) == len(good)  # duplicates removed, image kept
     assert np.allclose(by_name[COCO_IDS[6]], [[1, 0.5, 0.5, 0.3, 0.3]])
     assert len(by_name[COCO_IDS[9]]) == 0
 
@@ -116,8 +138,9 @@ def test_read_only_folder_gets_no_cache(coco_src):
 
 def test_txt_list_with_missing_image_and_label_pairing(broken_ds, caplog):
     lst = broken_ds / "train.txt"
-    lst.write_text(f"./images/train/{COCO_IDS[0]}.jpg\n{broken_ds}/images/train/{COCO_IDS[3]}.jpg\n"
-                   "images/train/gone.jpg\n")
+    lst.write_text(
+        f"./images/train/{COCO_IDS[0]}.jpg\n{broken_ds}/images/train/{COCO_IDS[3]}.jpg\n" "images/train/gone.jpg\n"
+    )
     with caplog.at_level(logging.WARNING, logger="sparseyolo"):
         ds = YoloDataset(lst, img_size=128)
     assert len(ds) == 2 and "missing image" in caplog.text and "gone.jpg" in caplog.text
@@ -143,7 +166,7 @@ def test_rect_batches_are_stride_multiples(coco_src):
     for imgs, labels, paths, shapes in loader:
         assert imgs.shape[2:] == tuple(ds.batch_shapes[seen // 16])
         assert labels[:, 0].max() < len(paths)
-        for (h0, w0), ((rh, rw), (pw, ph)) in shapes:  # the whole image fits, long side 160
+        for (h0, w0), ((rh, rw), _pad) in shapes:  # the whole image fits, long side 160
             assert max(round(h0 * rh), round(w0 * rw)) == 160
         seen += len(paths)
     assert seen == 128
@@ -161,8 +184,7 @@ def test_cache_modes_match_plain_loading(broken_ds):
 
 def test_seeded_shuffle_reproducible_and_distributed(coco_src, monkeypatch):
     def order(seed, **kw):
-        loader, _ = create_dataloader(coco_src / "images/val2017", 64, 8, 32, shuffle=True, seed=seed,
-                                      workers=0, **kw)
+        loader, _ = create_dataloader(coco_src / "images/val2017", 64, 8, 32, shuffle=True, seed=seed, workers=0, **kw)
         return [p for _, _, paths, _ in loader for p in paths]
 
     a, b, c = order(1), order(1), order(2)
@@ -174,8 +196,17 @@ def test_seeded_shuffle_reproducible_and_distributed(coco_src, monkeypatch):
 
 def test_augmented_loader_with_workers_is_seeded(coco_src):
     def first_batch():
-        loader, _ = create_dataloader(coco_src / "images/train2017", 96, 4, 32, augment=True, shuffle=True,
-                                      seed=5, workers=2, hyp={"mosaic": 1.0, "degrees": 5})
+        loader, _ = create_dataloader(
+            coco_src / "images/train2017",
+            96,
+            4,
+            32,
+            augment=True,
+            shuffle=True,
+            seed=5,
+            workers=2,
+            hyp={"mosaic": 1.0, "degrees": 5},
+        )
         return next(iter(loader))
 
     (i1, l1, _, _), (i2, l2, _, _) = first_batch(), first_batch()

@@ -6,9 +6,9 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,8 +21,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     from sparseyolo.engine.ema import de_parallel
     from sparseyolo.engine.setup import TrainConfig
@@ -40,14 +41,26 @@ def test_two_ranks_gloo_identical_weights(shared_dir, tmp_path):
     (tmp_path / "train.txt").write_text("\n".join(str(p) for p in sorted(coco.glob("*.jpg"))[:8]))
     names = [f"c{i}" for i in range(80)]
     data = tmp_path / "data.yaml"
-    data.write_text(yaml.safe_dump({"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "train.txt"),
-                                    "names": names}))
+    data.write_text(
+        yaml.safe_dump({"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "train.txt"), "names": names})
+    )
     model = yaml.safe_load((REPO / "src/sparseyolo/configs/models/yolov3-tiny.yaml").read_text())
     model["width_multiple"] = 0.25
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
-    cfg = dict(cfg=str(tmp_path / "tiny.yaml"), data=str(data), img_size=64, batch_size=4, epochs=2,
-               workers=0, device="cpu", project=str(tmp_path / "runs"), noval=True, noplots=True,
-               tensorboard=False, hyp="finetune")
+    cfg = dict(
+        cfg=str(tmp_path / "tiny.yaml"),
+        data=str(data),
+        img_size=64,
+        batch_size=4,
+        epochs=2,
+        workers=0,
+        device="cpu",
+        project=str(tmp_path / "runs"),
+        noval=True,
+        noplots=True,
+        tensorboard=False,
+        hyp="finetune",
+    )
     mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
     init = None
@@ -109,10 +122,21 @@ def test_two_ranks_prune_and_thin_identically(tmp_path, mask_type):
     (tmp_path / "recipe.yaml").write_text(
         "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n"
         "  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.25, final_sparsity: 0.5, "
-        f"mask_type: {mask_type}, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}}\n")
-    cfg = dict(cfg=str(tmp_path / "tiny.yaml"), data=str(data), img_size=64, batch_size=4, workers=0,
-               device="cpu", project=str(tmp_path / "runs"), noval=True, noplots=True, tensorboard=False,
-               recipe=str(tmp_path / "recipe.yaml"))
+        f"mask_type: {mask_type}, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}}\n"
+    )
+    cfg = dict(
+        cfg=str(tmp_path / "tiny.yaml"),
+        data=str(data),
+        img_size=64,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        project=str(tmp_path / "runs"),
+        noval=True,
+        noplots=True,
+        tensorboard=False,
+        recipe=str(tmp_path / "recipe.yaml"),
+    )
     mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert a["model.0.conv.weight"].shape[0] == (4 if mask_type == "filter" else 8)  # filters: half cut out

@@ -31,8 +31,11 @@ def _conv_filters(path: Path) -> dict[str, int]:
     """Output channels of every conv weight (4-D initializer; int8 for QDQ / QLinear) of an ONNX file,
     by initializer name, Detect output convs (``model.20``) left out."""
     model = onnx.load(str(path))
-    return {init.name: int(init.dims[0]) for init in model.graph.initializer
-            if len(init.dims) == 4 and "model.20" not in init.name}
+    return {
+        init.name: int(init.dims[0])
+        for init in model.graph.initializer
+        if len(init.dims) == 4 and "model.20" not in init.name
+    }
 
 
 def _input_hw(path: Path) -> list[int]:
@@ -77,8 +80,8 @@ def test_fast_demo_end_to_end(fast_demo):
     assert [r[0] for r in rows] == ROWS
     assert rows[0][1] == "-" and rows[1][1] == rows[2][1] == CHANNEL_RECIPE
     for r in rows:
-        assert 0.0 <= float(r[2]) <= 1.0                          # mAP@0.5 of the exported ONNX
-        assert float(r[6].split()[0]) > 0, r                      # img/s measured, not "error"
+        assert 0.0 <= float(r[2]) <= 1.0  # mAP@0.5 of the exported ONNX
+        assert float(r[6].split()[0]) > 0, r  # img/s measured, not "error"
     assert report_md.split("\n\n")[0] in printed
     cfg = demo_config(fast=True)
     assert cfg.bench_img > cfg.img
@@ -198,8 +201,31 @@ def test_recipe_overhead_bench_smoke(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "o.json"
-    assert mod.main(["--cfg", "yolov3-tiny", "--img", "64", "--batch", "1", "--iters", "1", "--repeats", "1",
-                     "--warmup", "0", "--mask-updates", "1", "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        mod.main(
+            [
+                "--cfg",
+                "yolov3-tiny",
+                "--img",
+                "64",
+                "--batch",
+                "1",
+                "--iters",
+                "1",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--mask-updates",
+                "1",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["ratio"] > 0 and res["steps_between_mask_updates"] == pytest.approx(129.5)
     # the amortised figure adds exactly one mask update spread over the steps between updates
@@ -207,5 +233,6 @@ def test_recipe_overhead_bench_smoke(tmp_path):
     ms = res["ms_per_step"]
     assert res["mask_update_ms"] > 0
     assert ms["B_recipe_amortised"] - ms["B_recipe"] == pytest.approx(
-        res["mask_update_ms"] / res["steps_between_mask_updates"], abs=0.011)
+        res["mask_update_ms"] / res["steps_between_mask_updates"], abs=0.011
+    )
     assert res["ratio"] == pytest.approx(ms["B_recipe_amortised"] / ms["A_plain"], rel=0.01, abs=1e-3)

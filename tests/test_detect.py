@@ -53,12 +53,21 @@ def images(tmp_path):
 
 
 def test_detect_boxes_back_in_original_pixels(images, tmp_path, caplog):
-    save_dir, results = run(RedBoxBackend(), images, img_size=128, conf_thres=0.25, save_txt=True,
-                            save_conf=True, save_json=True, project=tmp_path / "runs", name="exp")
+    save_dir, results = run(
+        RedBoxBackend(),
+        images,
+        img_size=128,
+        conf_thres=0.25,
+        save_txt=True,
+        save_conf=True,
+        save_json=True,
+        project=tmp_path / "runs",
+        name="exp",
+    )
     assert save_dir == tmp_path / "runs" / "exp"
     assert [r.path.name for r in results] == ["1.png", "2.png", "3.png"]  # broken.jpg skipped
     assert "broken.jpg" in caplog.text
-    for r, ((h, w), box) in zip(results, CASES):
+    for r, ((h, w), box) in zip(results, CASES, strict=False):
         assert r.shape == (h, w)
         red = r.det[r.det[:, 5] == 0]
         assert len(red) == 1
@@ -81,12 +90,20 @@ def test_detect_boxes_back_in_original_pixels(images, tmp_path, caplog):
 
 
 def test_detect_filters_and_nosave(images, tmp_path):
-    save_dir, results = run(RedBoxBackend(), images / "*.png", img_size=96, classes=[1], nosave=True,
-                            project=tmp_path / "runs", name="exp")
+    save_dir, results = run(
+        RedBoxBackend(), images / "*.png", img_size=96, classes=[1], nosave=True, project=tmp_path / "runs", name="exp"
+    )
     assert all(set(r.det[:, 5].tolist()) == {1.0} for r in results)
     assert not list(save_dir.glob("*.png"))
-    _, results = run(RedBoxBackend(), images / "1.png", img_size=96, conf_thres=0.6, nosave=True,
-                     project=tmp_path / "runs", name="exp")
+    _, results = run(
+        RedBoxBackend(),
+        images / "1.png",
+        img_size=96,
+        conf_thres=0.6,
+        nosave=True,
+        project=tmp_path / "runs",
+        name="exp",
+    )
     assert len(results) == 1 and results[0].det[:, 5].tolist() == [0.0]
 
 
@@ -108,16 +125,45 @@ def test_cli_detect_onnx(images, tmp_path):
     model = DetectionModel("yolov3-tiny", nc=2, width_multiple=0.125, names=["red", "other"]).eval()
     model.export_raw = True
     path = tmp_path / "m.onnx"
-    torch.onnx.export(model, torch.zeros(1, 3, 96, 96), str(path), input_names=["images"],
-                      dynamic_axes={"images": {0: "b", 2: "h", 3: "w"}}, opset_version=13, dynamo=False)
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 3, 96, 96),
+        str(path),
+        input_names=["images"],
+        dynamic_axes={"images": {0: "b", 2: "h", 3: "w"}},
+        opset_version=13,
+        dynamo=False,
+    )
     m = onnx.load(str(path))
-    for k, v in {"names": json.dumps(model.names), "stride": json.dumps(model.stride.tolist()),
-                 "anchors": json.dumps(model.detect.anchors.tolist()), "decode": '"v5"'}.items():
+    for k, v in {
+        "names": json.dumps(model.names),
+        "stride": json.dumps(model.stride.tolist()),
+        "anchors": json.dumps(model.detect.anchors.tolist()),
+        "decode": '"v5"',
+    }.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v
     onnx.save(m, str(path))
-    rc = main(["detect", "--weights", str(path), "--source", str(images), "--img", "96", "--conf", "0.001",
-               "--save-txt", "--project", str(tmp_path / "runs"), "--name", "exp", "--max-det", "5"])
+    rc = main(
+        [
+            "detect",
+            "--weights",
+            str(path),
+            "--source",
+            str(images),
+            "--img",
+            "96",
+            "--conf",
+            "0.001",
+            "--save-txt",
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            "exp",
+            "--max-det",
+            "5",
+        ]
+    )
     assert rc == 0
     out = tmp_path / "runs" / "exp"
     assert sorted(p.name for p in out.glob("*.png")) == ["1.png", "2.png", "3.png"]

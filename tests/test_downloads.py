@@ -24,7 +24,7 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 class _Handler(BaseHTTPRequestHandler):
     """Serves PAYLOAD under several misbehaviours chosen by the path."""
 
-    log: list[tuple[str, str | None]] = []   # (path, Range header) of every request
+    log: list[tuple[str, str | None]] = []  # (path, Range header) of every request
     flaky_calls = 0
 
     def log_message(self, *args):  # keep pytest output clean
@@ -47,8 +47,9 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= len(PAYLOAD):
                 self._send(416, b"", extra={"Content-Range": f"bytes */{len(PAYLOAD)}"})
                 return
-            self._send(206, PAYLOAD[start:],
-                       extra={"Content-Range": f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}"})
+            self._send(
+                206, PAYLOAD[start:], extra={"Content-Range": f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}"}
+            )
         else:
             self._send(200, PAYLOAD)
 
@@ -69,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._ranged()
         elif self.path.startswith("/files/"):
-            data = (self.server.root / self.path[len("/files/"):]).read_bytes()
+            data = (self.server.root / self.path[len("/files/") :]).read_bytes()
             self._send(200, data)
         else:
             self._send(404, b"not found")

@@ -10,8 +10,14 @@ from torch import nn
 
 from sparseyolo.engine.ema import ModelEMA
 from sparseyolo.engine.hyp import load_hyp
-from sparseyolo.engine.optim import (accumulate_steps, apply_lr, build_optimizer, lr_lambda, scaled_weight_decay,
-                                     warmup_iterations)
+from sparseyolo.engine.optim import (
+    accumulate_steps,
+    apply_lr,
+    build_optimizer,
+    lr_lambda,
+    scaled_weight_decay,
+    warmup_iterations,
+)
 
 
 def _net():

@@ -140,7 +140,7 @@ def test_fp32_yolo_parity_metadata_opset(tiny, tmp_path):
     assert info["input_dtype"] == "float32" and info["output_format"] == "raw"
     outs = session(path).run(None, {"images": x.numpy()})
     assert len(outs) == 2
-    for o, r in zip(outs, ref):
+    for o, r in zip(outs, ref, strict=False):
         assert o.shape == r.shape
         assert np.abs(o - r).max() <= 1e-4 * np.abs(r).max()
 
@@ -201,10 +201,13 @@ def test_qdq_parity_with_pytorch_qat(qat_model, tmp_path):
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
     int8 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert len(int8) == 11  # every quantized conv stores int8 weights
-    assert not [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4
-                and t.dims[0] != 24]  # no float conv weights left, except the float head (3 * 8 outputs)
+    assert not [
+        t
+        for t in proto.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 and t.dims[0] != 24
+    ]  # no float conv weights left, except the float head (3 * 8 outputs)
     outs = session(path).run(None, {"images": x.numpy()})
-    for o, r in zip(outs, ref):
+    for o, r in zip(outs, ref, strict=False):
         err = np.abs(o - r)
         # int8 kernels vs float fake-quant: rounding ties can flip single steps; measured ~0.2% max
         assert err.max() <= 0.02 * np.abs(r).max(), err.max()
@@ -212,8 +215,10 @@ def test_qdq_parity_with_pytorch_qat(qat_model, tmp_path):
 
 
 ORT_SATURATES = pytest.mark.xfail(
-    not INT8_EXACT_ON_ORT, strict=True,
-    reason="this CPU has no VNNI: ONNX Runtime's u8s8 kernels saturate int16 pair sums (see conftest)")
+    not INT8_EXACT_ON_ORT,
+    strict=True,
+    reason="this CPU has no VNNI: ONNX Runtime's u8s8 kernels saturate int16 pair sums (see conftest)",
+)
 
 
 @ORT_SATURATES
@@ -243,8 +248,10 @@ def test_qlinear_matches_qdq_and_uint8_input(qat_model, tmp_path):
     qat = qat_model
     qdq = export_onnx(qat, tmp_path / "q.onnx", img_size=64)
     ref = session(qdq).run(None, {"images": x.numpy()})
-    for ops in (("Conv", "Add", "MaxPool", "Resize", "Pad"),
-                ("Conv", "Add", "MaxPool", "Resize", "Pad", "LeakyRelu", "Concat")):
+    for ops in (
+        ("Conv", "Add", "MaxPool", "Resize", "Pad"),
+        ("Conv", "Add", "MaxPool", "Resize", "Pad", "LeakyRelu", "Concat"),
+    ):
         path = export_qlinear(qdq, tmp_path / "q.qlinear.onnx", ops)
         proto = onnx.load(path)
         types = [n.op_type for n in proto.graph.node]
@@ -255,7 +262,7 @@ def test_qlinear_matches_qdq_and_uint8_input(qat_model, tmp_path):
             assert types.count("QLinearLeakyRelu") == 11 and "QLinearConcat" in types
         assert meta(proto)["format"] == "qlinear"
         outs = session(path).run(None, {"images": x.numpy()})
-        for o, r in zip(outs, ref):
+        for o, r in zip(outs, ref, strict=False):
             assert np.abs(o - r).max() <= 1e-3 * np.abs(r).max()
     u8 = export_onnx(qat, tmp_path / "u8.onnx", img_size=64, uint8_input=True)
     proto = onnx.load(u8)
@@ -263,7 +270,7 @@ def test_qlinear_matches_qdq_and_uint8_input(qat_model, tmp_path):
     assert meta(proto)["input_dtype"] == "uint8"
     pixels = (x.numpy() * 255).round().astype(np.uint8)
     outs = session(u8).run(None, {"images": pixels})
-    for o, r in zip(outs, ref):
+    for o, r in zip(outs, ref, strict=False):
         assert np.abs(o - r).max() <= 0.05 * np.abs(r).max()
     qlin_u8, _ = convert_to_qlinear(onnx.load(u8))
     assert qlin_u8.graph.node[0].op_type == "QLinearConv"  # pixels go straight into the first conv
@@ -278,8 +285,17 @@ def test_include_nms_and_dynamic(tiny, tmp_path):
     from sparseyolo.utils.nms import non_max_suppression
 
     x = torch.rand(2, 3, 64, 64)
-    path = export_onnx(tiny, tmp_path / "nms.onnx", img_size=64, batch_size=2, include_nms=True, dynamic=True,
-                       max_det=20, conf_thres=0.001, iou_thres=0.45)
+    path = export_onnx(
+        tiny,
+        tmp_path / "nms.onnx",
+        img_size=64,
+        batch_size=2,
+        include_nms=True,
+        dynamic=True,
+        max_det=20,
+        conf_thres=0.001,
+        iou_thres=0.45,
+    )
     proto = onnx.load(path)
     info = meta(proto)
     assert info["output_format"] == "nms" and info["max_det"] == 20 and info["outputs"] == ["detections"]
@@ -342,14 +358,19 @@ def test_fp32_parity_official_yolov3_tiny(shared_dir, tmp_path):
     info = meta(onnx.load(path))
     assert info["decode"] == "darknet" and info["nc"] == 80 and info["stride"] == [16, 32]
     outs = session(path).run(None, {"images": x.numpy()})
-    for o, r in zip(outs, ref):
+    for o, r in zip(outs, ref, strict=False):
         assert np.abs(o - r).max() <= 1e-4 * np.abs(r).max()
 
 
-@pytest.mark.parametrize("config", [QATConfig(reduce_range=True, per_channel=True),
-                                    pytest.param(QATConfig(tensorrt=True), marks=ORT_SATURATES),
-                                    pytest.param(QATConfig(activation_bits=6, weight_bits=4), marks=pytest.mark.slow)],
-                         ids=["reduce_range", "tensorrt", "a6w4"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        QATConfig(reduce_range=True, per_channel=True),
+        pytest.param(QATConfig(tensorrt=True), marks=ORT_SATURATES),
+        pytest.param(QATConfig(activation_bits=6, weight_bits=4), marks=pytest.mark.slow),
+    ],
+    ids=["reduce_range", "tensorrt", "a6w4"],
+)
 def test_qat_variants_export_and_run(tiny, tmp_path, config):
     model = copy.deepcopy(tiny)
     prepare_qat(model, None, config)  # whole model, head included
@@ -364,9 +385,9 @@ def test_qat_variants_export_and_run(tiny, tmp_path, config):
         ref = [r.numpy() for r in model(x)]
     path = export_onnx(model, tmp_path / "v.onnx", img_size=64)
     outs = session(path).run(None, {"images": x.numpy()})
-    for o, r in zip(outs, ref):
+    for o, r in zip(outs, ref, strict=False):
         assert np.abs(o - r).max() <= 0.03 * np.abs(r).max()
     qlin = export_qlinear(path, tmp_path / "v.qlinear.onnx")
     outs2 = session(qlin).run(None, {"images": x.numpy()})
-    for o, r in zip(outs2, outs):
+    for o, r in zip(outs2, outs, strict=False):
         assert np.abs(o - r).max() <= 0.03 * np.abs(r).max()

@@ -47,7 +47,7 @@ def test_packed_file_runs_bit_identical_and_is_smaller(sparse_onnx):
     assert names == [w for w in convs if weights[w].size >= 1024]  # tiny tensors and dense biases stay
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     ref, got = (session(p).run(None, {"images": x}) for p in (plain, packed))
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=False):
         np.testing.assert_array_equal(a, b)
     assert gzip_size(packed) < 0.9 * gzip_size(plain)
 
@@ -69,8 +69,9 @@ def test_analyze_sees_the_same_sparsity_in_packed_files(sparse_onnx):
 
     plain, packed, _ = sparse_onnx
     ra, rb = analyze_onnx(plain), analyze_onnx(packed)
-    assert [(l.name, l.zeros, l.params, l.flops) for l in ra.layers] == [(l.name, l.zeros, l.params, l.flops)
-                                                                          for l in rb.layers]
+    assert [(l.name, l.zeros, l.params, l.flops) for l in ra.layers] == [
+        (l.name, l.zeros, l.params, l.flops) for l in rb.layers
+    ]
     assert sum(l.zeros for l in rb.layers) > 0.7 * sum(l.params for l in rb.layers)
 
 
@@ -105,7 +106,7 @@ def test_openvino_runs_packed_file_identically(sparse_onnx):
         compiled = core.compile_model(str(path), "CPU")
         result = compiled(x)
         outs.append([result[o] for o in compiled.outputs])
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=False):
         np.testing.assert_array_equal(a, b)
 
 
@@ -130,5 +131,5 @@ def test_cli_pack_sparse(tmp_path, capsys, caplog):
     assert "best.onnx" in table and "best.packed.onnx" in table
     x = np.random.default_rng(2).random((1, 3, 64, 64), dtype=np.float32)
     ref, got = (session(tmp_path / f).run(None, {"images": x}) for f in ("best.onnx", "best.packed.onnx"))
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=False):
         np.testing.assert_array_equal(a, b)

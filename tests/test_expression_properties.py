@@ -35,14 +35,47 @@ from sparseyolo.utils.errors import ConfigError
 # no example database (the tests write nothing outside tmp_path); fixed examples for a stable CI
 PROPS = settings(max_examples=400, deadline=None, database=None, derandomize=True)
 
-BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-          "//": operator.floordiv, "%": operator.mod, "**": operator.pow}
+BINOPS = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+    "**": operator.pow,
+}
 FUNCS = {"abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float}
 # expressions that are not arithmetic: each must be refused, and none may run
-HOSTILE = ["__import__('os')", "open('pwned', 'w')", "exec('x = 1')", "eval('1')", "print(1)",
-           "a.real", "(1).__class__", "[1][0]", "'s'", "b'x'", "f'{a}'", "lambda: 1", "a if a else b",
-           "{1: 2}", "1 < 2", "not a", "a and b", "(q := 1)", "[i for i in (1,)]", "~a", "1 << 2",
-           "None", "True", "max(1, key=abs)", "zz", "globals()", "...", "(1, 2)"]
+HOSTILE = [
+    "__import__('os')",
+    "open('pwned', 'w')",
+    "exec('x = 1')",
+    "eval('1')",
+    "print(1)",
+    "a.real",
+    "(1).__class__",
+    "[1][0]",
+    "'s'",
+    "b'x'",
+    "f'{a}'",
+    "lambda: 1",
+    "a if a else b",
+    "{1: 2}",
+    "1 < 2",
+    "not a",
+    "a and b",
+    "(q := 1)",
+    "[i for i in (1,)]",
+    "~a",
+    "1 << 2",
+    "None",
+    "True",
+    "max(1, key=abs)",
+    "zz",
+    "globals()",
+    "...",
+    "(1, 2)",
+]
 NAMES = ("a", "b", "c")
 
 
@@ -51,7 +84,7 @@ class Beyond(Exception):
 
 
 # --- trees ---------------------------------------------------------------------------------------------
-ints = st.one_of(st.integers(-20, 20), st.integers(-(10 ** 6), 10 ** 6), st.integers(-(2 ** 300), 2 ** 300))
+ints = st.one_of(st.integers(-20, 20), st.integers(-(10**6), 10**6), st.integers(-(2**300), 2**300))
 floats = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300)
 leaves = st.one_of(
     ints.map(lambda v: ("num", v)),
@@ -137,6 +170,7 @@ def run_guarded(text: str, names: dict):
         def record(*args, **kwargs):
             calls.append(name)
             raise AssertionError(f"safe_eval called {name}")
+
         return record
 
     real_import = builtins.__import__
@@ -200,13 +234,13 @@ def test_deep_nesting_is_refused_not_a_recursion_error(n, op):
 
 
 @PROPS
-@given(base=st.integers(-(2 ** 40), 2 ** 40), exponent=st.integers(0, 10 ** 6))
+@given(base=st.integers(-(2**40), 2**40), exponent=st.integers(0, 10**6))
 def test_integer_powers_beyond_the_bound_are_refused_before_computing(base, exponent):
     # 10**6 as an exponent is refused by its size alone; within 1000 the result's size decides, and a
     # refusal must not depend on computing the power (the bound check sees only the operands' sizes)
     result, error = run_guarded(f"({base}) ** {exponent}", {})
     if error is None:
-        assert result == base ** exponent and result.bit_length() <= MAX_INT_BITS
+        assert result == base**exponent and result.bit_length() <= MAX_INT_BITS
     else:
         big = abs(base) > 1 and (abs(base).bit_length() - 1) * exponent + 1 > MAX_INT_BITS
         assert exponent > MAX_EXPONENT or big, (base, exponent, error)

@@ -23,8 +23,10 @@ from sparseyolo.utils.io import (
     increment_path,
 )
 
-linux_only = pytest.mark.skipif(not (os.path.exists("/dev/full") and os.path.isdir("/proc/self/fd")),
-                                reason="needs /dev/full and /proc/self/fd (Linux)")
+linux_only = pytest.mark.skipif(
+    not (os.path.exists("/dev/full") and os.path.isdir("/proc/self/fd")),
+    reason="needs /dev/full and /proc/self/fd (Linux)",
+)
 
 
 def _fd_path(f) -> str:
@@ -61,9 +63,27 @@ def _fill_disk_at(monkeypatch, name: str, nth: int) -> list[str]:
 def test_disk_full_mid_training_keeps_last_checkpoint_and_resumes(shapes, tmp_path, monkeypatch, capsys):
     from sparseyolo.models.checkpoint import load_checkpoint
 
-    args = ["train", "--cfg", shapes["cfg"], "--data", shapes["data"], "--epochs", "3", "--img", "64",
-            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--project", str(tmp_path),
-            "--noplots", "--no-tensorboard"]
+    args = [
+        "train",
+        "--cfg",
+        shapes["cfg"],
+        "--data",
+        shapes["data"],
+        "--epochs",
+        "3",
+        "--img",
+        "64",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path),
+        "--noplots",
+        "--no-tensorboard",
+    ]
     seen = _fill_disk_at(monkeypatch, "last.pt", nth=2)  # the second epoch's last.pt
     assert main(args) == 2
     assert len(seen) == 2
@@ -71,8 +91,10 @@ def test_disk_full_mid_training_keeps_last_checkpoint_and_resumes(shapes, tmp_pa
     last = weights / "last.pt"
     err = capsys.readouterr().err  # progress bars, then the one error line
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (f"sparseyolo train: error: no space left on device while writing {last}; the previous "
-                   f"checkpoint is intact: free some space and resume with --resume {last}")
+    assert err.strip().splitlines()[-1] == (
+        f"sparseyolo train: error: no space left on device while writing {last}; the previous "
+        f"checkpoint is intact: free some space and resume with --resume {last}"
+    )
     ckpt = load_checkpoint(last)
     assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None  # epoch 1's, still resumable
     assert sorted(p.name for p in weights.iterdir()) == ["best.pt", "last.pt"]  # no .tmp left behind
@@ -87,16 +109,36 @@ def test_disk_full_mid_training_keeps_last_checkpoint_and_resumes(shapes, tmp_pa
 
 @linux_only
 def test_disk_full_before_any_checkpoint_says_so(shapes, tmp_path, monkeypatch, capsys):
-    args = ["train", "--cfg", shapes["cfg"], "--data", shapes["data"], "--epochs", "1", "--img", "64",
-            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--project", str(tmp_path),
-            "--noplots", "--no-tensorboard", "--noval"]
+    args = [
+        "train",
+        "--cfg",
+        shapes["cfg"],
+        "--data",
+        shapes["data"],
+        "--epochs",
+        "1",
+        "--img",
+        "64",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path),
+        "--noplots",
+        "--no-tensorboard",
+        "--noval",
+    ]
     _fill_disk_at(monkeypatch, "last.pt", nth=1)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         f"sparseyolo train: error: no space left on device while writing {tmp_path}/exp/weights/last.pt; "
-        f"no last.pt had been saved yet: free some space and start the run again")
+        f"no last.pt had been saved yet: free some space and start the run again"
+    )
     assert not [p for p in (tmp_path / "exp/weights").iterdir() if p.name.startswith(".")]
 
 
@@ -109,13 +151,17 @@ def test_atomic_write_turns_a_full_disk_into_one_error(tmp_path, monkeypatch, wh
     import sparseyolo.utils.io as io_mod
 
     if where == "fsync":
+
         def fsync(fd):
             raise OSError(code, os.strerror(code))
+
         monkeypatch.setattr(io_mod.os, "fsync", fsync)
     else:
+
         def save(obj, f):
             f.write(b"PK\x03\x04 half")
             raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from OSError(code, "full")
+
         monkeypatch.setattr(torch, "save", save)
     with pytest.raises(OSError) as info:
         atomic_torch_save({"v": 2}, target)
@@ -174,8 +220,13 @@ sys.exit(main(argv))
 def _export_killed(weights: Path, kill_at: int, *extra: str) -> None:
     args = ["export", "--weights", str(weights), "--img-size", "64", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", KILLER, str(weights.parent), str(kill_at), *args],
-                         capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", KILLER, str(weights.parent), str(kill_at), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == -9, f"the export was not killed while writing (rc {out.returncode}):\n{out.stderr[-3000:]}"
 
 
@@ -245,7 +296,7 @@ def test_runs_started_at_once_claim_different_folders(tmp_path):
         barrier = threading.Barrier(n_threads)
         got: list[Path] = []
 
-        def claim():
+        def claim(barrier=barrier, got=got, base=base):
             barrier.wait()
             got.append(increment_path(base))
 

@@ -61,7 +61,7 @@ def _one_line_error(rc: int, err: str, cmd: str) -> str:
     assert rc == 2, err
     lines = [line for line in err.splitlines() if line.startswith(f"sparseyolo {cmd}: error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0][len(f"sparseyolo {cmd}: error: "):]
+    return lines[0][len(f"sparseyolo {cmd}: error: ") :]
 
 
 # --- recipe expressions ----------------------------------------------------------------------------------
@@ -70,18 +70,23 @@ MINUSES = "eval(" + "-" * 3000 + "1)"
 
 
 def _recipe(variable: str) -> str:
-    return (f"num_epochs: {variable}\nmodifiers:\n  - !EpochRangeModifier\n    start_epoch: 0\n"
-            f"    end_epoch: eval(num_epochs)\n")
+    return (
+        f"num_epochs: {variable}\nmodifiers:\n  - !EpochRangeModifier\n    start_epoch: 0\n"
+        f"    end_epoch: eval(num_epochs)\n"
+    )
 
 
-@pytest.mark.parametrize("value, why", [
-    (TOWER, r"9 \*\* 99 would have more than 256 bits"),
-    (MINUSES, r"expression is 3001 characters long; recipe expressions are limited to 1000"),
-    ("eval(" + "-" * 500 + "1)", r"nested more than 40 levels deep"),
-    ("eval(" + "9" * 400 + " + 1)", r"is an integer of 1329 bits; recipe numbers are limited to 256 bits"),
-    ("eval(round(5, -(10**9)))", r"rounding to more than 100 digits is not allowed"),
-    ("eval(int(1e300) * 2)", r"is an integer of 997 bits"),
-])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        (TOWER, r"9 \*\* 99 would have more than 256 bits"),
+        (MINUSES, r"expression is 3001 characters long; recipe expressions are limited to 1000"),
+        ("eval(" + "-" * 500 + "1)", r"nested more than 40 levels deep"),
+        ("eval(" + "9" * 400 + " + 1)", r"is an integer of 1329 bits; recipe numbers are limited to 256 bits"),
+        ("eval(round(5, -(10**9)))", r"rounding to more than 100 digits is not allowed"),
+        ("eval(int(1e300) * 2)", r"is an integer of 997 bits"),
+    ],
+)
 def test_recipe_expression_beyond_the_bounds_names_the_variable(value, why):
     with pytest.raises(ConfigError, match=rf"^<recipe>: variable 'num_epochs': .*{why}") as e:
         Recipe.load(_recipe(value))
@@ -109,8 +114,17 @@ def test_recipe_expression_bounds_through_the_cli(cli, tmp_path):
     for value, why in ((TOWER, "9 ** 99 would have more than 256 bits"), (MINUSES, "3001 characters long")):
         recipe.write_text(_recipe(value))
         # the recipe is read before the data: a missing data file is never reached
-        rc, err = cli("train", "--cfg", "yolov3-tiny", "--data", tmp_path / "none.yaml", "--recipe", recipe,
-                      "--project", tmp_path / "runs")
+        rc, err = cli(
+            "train",
+            "--cfg",
+            "yolov3-tiny",
+            "--data",
+            tmp_path / "none.yaml",
+            "--recipe",
+            recipe,
+            "--project",
+            tmp_path / "runs",
+        )
         msg = _one_line_error(rc, err, "train")
         assert msg.startswith(f"{recipe}: variable 'num_epochs': ") and why in msg, msg
 
@@ -143,16 +157,26 @@ def no_data_filter(monkeypatch):
 
 CHAINS = {
     # a -> . ; a/b -> .. (text: a/.. = the destination; really its parent) ; b/x lands beside it
-    "member below a link": ([_link("a", "."), _link("a/b", ".."), _file("b/x")],
-                            r"refusing member 'a/b': its path passes through the link 'a'"),
-    "link through a link": ([_link("a", "."), _link("b", "a/.."), _file("c/y")],
-                            r"refusing link 'b' -> 'a/\.\.': its target passes through the link 'a'"),
-    "hardlink through a link": ([_link("a", "."), _link("h", "a/../x", hard=True)],
-                                r"refusing link 'h' -> 'a/\.\./x': its target passes through the link 'a'"),
-    "file of a link's name": ([_link("f", "."), _file("f")],
-                              r"refusing member 'f': the archive holds a link of the same name"),
-    "link named like a folder, other case": ([_link("D", "."), _file("d/x")],
-                                             r"refusing member 'd/x': its path passes through the link 'D'"),
+    "member below a link": (
+        [_link("a", "."), _link("a/b", ".."), _file("b/x")],
+        r"refusing member 'a/b': its path passes through the link 'a'",
+    ),
+    "link through a link": (
+        [_link("a", "."), _link("b", "a/.."), _file("c/y")],
+        r"refusing link 'b' -> 'a/\.\.': its target passes through the link 'a'",
+    ),
+    "hardlink through a link": (
+        [_link("a", "."), _link("h", "a/../x", hard=True)],
+        r"refusing link 'h' -> 'a/\.\./x': its target passes through the link 'a'",
+    ),
+    "file of a link's name": (
+        [_link("f", "."), _file("f")],
+        r"refusing member 'f': the archive holds a link of the same name",
+    ),
+    "link named like a folder, other case": (
+        [_link("D", "."), _file("d/x")],
+        r"refusing member 'd/x': its path passes through the link 'D'",
+    ),
 }
 
 
@@ -177,8 +201,15 @@ def test_a_link_left_by_an_earlier_archive_cannot_be_extended(tmp_path, no_data_
 
 
 def test_plain_links_inside_still_extract(tmp_path, no_data_filter):
-    archive = _tar(tmp_path / "ok.tar", [_file("d/a.txt", b"alpha"), _link("d/link", "a.txt"),
-                                         _link("e/up", "../d/a.txt"), _link("hard", "d/a.txt", hard=True)])
+    archive = _tar(
+        tmp_path / "ok.tar",
+        [
+            _file("d/a.txt", b"alpha"),
+            _link("d/link", "a.txt"),
+            _link("e/up", "../d/a.txt"),
+            _link("hard", "d/a.txt", hard=True),
+        ],
+    )
     out = safe_extract(archive, tmp_path / "out", progress=False)
     assert [(out / p).read_bytes() for p in ("d/link", "e/up", "hard")] == [b"alpha"] * 3
 
@@ -187,7 +218,7 @@ def test_zip_links_are_refused(tmp_path):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         link = zipfile.ZipInfo("a")
-        link.external_attr = (0o120777 << 16)  # a symlink entry whose "data" is its target
+        link.external_attr = 0o120777 << 16  # a symlink entry whose "data" is its target
         zf.writestr(link, ".")
         zf.writestr("a/x", "owned")
     with pytest.raises(DownloadError, match=r"refusing symlink member 'a'"):
@@ -203,27 +234,42 @@ def _small(nc: int = 2):
 def test_recipe_fuse_must_be_a_known_mode(cli, tmp_path):
     recipe = tmp_path / "q.yaml"
     recipe.write_text("modifiers:\n  - !QuantizationModifier\n    start_epoch: 0\n    model_fuse_fn_name: train\n")
-    msg = ("q.yaml:4: !QuantizationModifier: model_fuse_fn_name must be one of 'conv_bn_relus', 'no_fuse', "
-           "got 'train' (naming a model method is not supported)")
+    msg = (
+        "q.yaml:4: !QuantizationModifier: model_fuse_fn_name must be one of 'conv_bn_relus', 'no_fuse', "
+        "got 'train' (naming a model method is not supported)"
+    )
     with pytest.raises(ConfigError, match=re.escape(msg)):
         Recipe.load(recipe)
-    rc, err = cli("train", "--cfg", "yolov3-tiny", "--data", tmp_path / "none.yaml", "--recipe", recipe,
-                  "--project", tmp_path / "runs")
+    rc, err = cli(
+        "train",
+        "--cfg",
+        "yolov3-tiny",
+        "--data",
+        tmp_path / "none.yaml",
+        "--recipe",
+        recipe,
+        "--project",
+        tmp_path / "runs",
+    )
     assert _one_line_error(rc, err, "train") == f"{tmp_path}/{msg}"
     for mode in ("conv_bn_relus", "no_fuse"):
-        recipe.write_text(f"modifiers:\n  - !QuantizationModifier\n    start_epoch: 0\n"
-                          f"    model_fuse_fn_name: {mode}\n")
+        recipe.write_text(
+            f"modifiers:\n  - !QuantizationModifier\n    start_epoch: 0\n" f"    model_fuse_fn_name: {mode}\n"
+        )
         Recipe.load(recipe)
 
 
 def test_checkpoint_fuse_name_is_refused_and_never_called(cli, tmp_path, monkeypatch):
     called = []
     model = _small()
-    path = save_checkpoint(tmp_path / "evil.pt", model=model,
-                           recipe_state={"qat": {"submodules": None, "config": {"fuse": "fuse"}}})
+    path = save_checkpoint(
+        tmp_path / "evil.pt", model=model, recipe_state={"qat": {"submodules": None, "config": {"fuse": "fuse"}}}
+    )
     monkeypatch.setattr(type(model), "fuse", lambda self: called.append("fuse") or self)
-    msg = ("checkpoint recipe_state['qat']: fuse must be one of 'conv_bn_relus', 'no_fuse', got 'fuse' "
-           "(naming a model method is not supported)")
+    msg = (
+        "checkpoint recipe_state['qat']: fuse must be one of 'conv_bn_relus', 'no_fuse', got 'fuse' "
+        "(naming a model method is not supported)"
+    )
     with pytest.raises(ConfigError, match=re.escape(msg)):
         model_from_checkpoint(load_checkpoint(path))
     with pytest.raises(ConfigError, match=r"^QATConfig: fuse must be one of 'conv_bn_relus', 'no_fuse', got 'train'"):
@@ -250,10 +296,16 @@ def test_shape_mismatch_is_one_line_naming_the_tensor(cli, tmp_path):
     for field in ("model", "ema"):
         sd = model.state_dict()
         sd["model.2.conv.weight"] = torch.zeros(16, 8, 3, 3)
-        path = save_checkpoint(tmp_path / f"bad_{field}.pt", model_yaml=model.yaml, names=model.names,
-                               **{"model": model.state_dict(), field: sd})
-        want = (f"checkpoint ({field}): model.2.conv.weight has shape [16, 8, 3, 3] in the file, "
-                "[8, 8, 3, 3] in the model")
+        path = save_checkpoint(
+            tmp_path / f"bad_{field}.pt",
+            model_yaml=model.yaml,
+            names=model.names,
+            **{"model": model.state_dict(), field: sd},
+        )
+        want = (
+            f"checkpoint ({field}): model.2.conv.weight has shape [16, 8, 3, 3] in the file, "
+            "[8, 8, 3, 3] in the model"
+        )
         with pytest.raises(WeightsError, match=re.escape(want)):
             model_from_checkpoint(load_checkpoint(path))
         rc, err = cli("export", "--weights", path, "--img", "64")
@@ -285,8 +337,7 @@ def test_transfer_state_skips_what_does_not_fit():
 
 # --- downloads without a pinned checksum -------------------------------------------------------------------
 def _unverified(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and "not verified" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "not verified" in r.getMessage()]
 
 
 def test_download_without_sha256_warns(http_dir, tmp_path, caplog):
@@ -299,16 +350,26 @@ def test_download_without_sha256_warns(http_dir, tmp_path, caplog):
     assert _unverified(caplog) == [f"{base}f.bin: no sha256 is pinned for this file, so the download is not verified"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sparseyolo"):
-        download(base + "f.bin", tmp_path / "b" / "f.bin", sha256=hashlib.sha256(b"payload").hexdigest(),
-                 progress=False)
+        download(
+            base + "f.bin", tmp_path / "b" / "f.bin", sha256=hashlib.sha256(b"payload").hexdigest(), progress=False
+        )
     assert _unverified(caplog) == []
 
 
 def test_zoo_entry_without_sha256_warns(http_dir, tmp_path, caplog, monkeypatch):
     served, base = http_dir
     (served / "w.weights").write_bytes(b"\0" * 64)
-    zoo = {"models": {"zoo:test/unpinned": {"url": base + "w.weights", "sha256": None, "format": "darknet",
-                                            "cfg": "yolov3-tiny", "note": "test entry"}}}
+    zoo = {
+        "models": {
+            "zoo:test/unpinned": {
+                "url": base + "w.weights",
+                "sha256": None,
+                "format": "darknet",
+                "cfg": "yolov3-tiny",
+                "note": "test entry",
+            }
+        }
+    }
     (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(zoo))
     monkeypatch.setenv("SPARSEYOLO_ZOO_FILE", str(tmp_path / "zoo.yaml"))
     monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path / "cache"))
@@ -339,8 +400,9 @@ def test_get_voc_archives_without_sha256_warn(http_dir, tmp_path, caplog):
         fetch_and_extract(base, tmp_path / "VOC", archives=names, progress=False)
     assert (tmp_path / "VOC/VOCdevkit/two.tar.txt").read_bytes() == b"x"
     assert not any(n in VOC_SHA256 for n in names)
-    assert _unverified(caplog) == [f"{base}{n}: no sha256 is pinned for this file, so the download is not verified"
-                                   for n in names]
+    assert _unverified(caplog) == [
+        f"{base}{n}: no sha256 is pinned for this file, so the download is not verified" for n in names
+    ]
 
 
 # --- missing parts fail loudly -----------------------------------------------------------------------------
@@ -367,12 +429,18 @@ def test_no_soft_paths_left_in_the_files_of_this_issue():
         assert not re.search(r"not implemented|in this build|not built", text), rel
 
 
-@pytest.mark.parametrize("text", [
-    "big: &b 1" + "0" * 400 + "\nmodifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: *b}\n",
-    "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .inf}\n",
-], ids=["alias-to-huge-int", "infinity"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "big: &b 1" + "0" * 400 + "\nmodifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: *b}\n",
+        "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .inf}\n",
+    ],
+    ids=["alias-to-huge-int", "infinity"],
+)
 def test_modifier_numbers_too_large_or_infinite(text):
     from sparseyolo.recipe import Recipe
 
-    with pytest.raises(ConfigError, match=r"<recipe>:\d: !EpochRangeModifier: end_epoch (is too large|must be a finite)"):
+    with pytest.raises(
+        ConfigError, match=r"<recipe>:\d: !EpochRangeModifier: end_epoch (is too large|must be a finite)"
+    ):
         Recipe.load(text)

@@ -12,13 +12,17 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "sparseyolo"
 # when listed in SAME_RANK_OK). Core first, then the YOLO domain, then the edges.
 RANK = {
     "utils": 0,
-    "sparsity": 1, "quantization": 1,
+    "sparsity": 1,
+    "quantization": 1,
     "recipe": 2,
-    "models": 3, "data": 3,
+    "models": 3,
+    "data": 3,
     "evaluation": 4,
     "engine": 5,
-    "runtime": 6, "export": 6,
-    "analysis": 7, "benchmark": 7,
+    "runtime": 6,
+    "export": 6,
+    "analysis": 7,
+    "benchmark": 7,
     "demo": 8,
     "cli": 9,
 }
@@ -63,9 +67,7 @@ def test_layer_imports_only_downwards(layer):
         for target in _imports(path):
             if target == layer:
                 continue
-            if RANK[target] > RANK[layer] or (
-                RANK[target] == RANK[layer] and (layer, target) not in SAME_RANK_OK
-            ):
+            if RANK[target] > RANK[layer] or (RANK[target] == RANK[layer] and (layer, target) not in SAME_RANK_OK):
                 bad.append(f"{path.relative_to(PKG)} imports sparseyolo.{target}")
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
@@ -84,6 +86,5 @@ def test_sparsity_needs_only_utils():
 def test_string_imports_are_caught(tmp_path):
     """The check sees ``importlib`` targets, so a lazy upward import cannot slip through."""
     f = tmp_path / "m.py"
-    f.write_text('import importlib\nimportlib.import_module("sparseyolo.cli.main")\n'
-                 'x = f"sparseyolo.engine.{1}"\n')
+    f.write_text('import importlib\nimportlib.import_module("sparseyolo.cli.main")\n' 'x = f"sparseyolo.engine.{1}"\n')
     assert _imports(f) == {"cli", "engine"}

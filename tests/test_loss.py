@@ -38,7 +38,7 @@ def _assign(decode: str, anchor_t: float, iou_t: float = 0.2):
     targets = torch.tensor([[0, 1, 0.3, 0.6, 0.2, 0.2]])
     tcls, tbox, indices, anch = loss.build_targets(preds, targets)
     b, a, gj, gi = indices[0]
-    cells = sorted(zip(a.tolist(), gi.tolist(), gj.tolist()))
+    cells = sorted(zip(a.tolist(), gi.tolist(), gj.tolist(), strict=False))
     return cells, tbox[0], anch[0], tcls[0]
 
 
@@ -104,7 +104,7 @@ def test_loss_decreases_on_real_image(shared_dir, decode):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.75 * losses[0], losses
-    assert all(b < a * 1.05 for a, b in zip(losses, losses[1:]))  # steady, not noisy
+    assert all(b < a * 1.05 for a, b in zip(losses, losses[1:], strict=False))  # steady, not noisy
 
 
 def test_focal_and_label_smoothing_change_loss():

@@ -16,16 +16,27 @@ def _cnn():
     from torch import nn
 
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: __import__("torch").optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
-    lambda ps: __import__("torch").optim.Adam(ps, lr=0.01, weight_decay=1e-3),
-    lambda ps: __import__("torch").optim.AdamW(ps, lr=0.01, weight_decay=0.05, amsgrad=True),
-    lambda ps: __import__("torch").optim.RMSprop(ps, lr=0.01, momentum=0.9, weight_decay=1e-3),
-], ids=["sgd", "adam", "adamw-amsgrad", "rmsprop"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: __import__("torch").optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+        lambda ps: __import__("torch").optim.Adam(ps, lr=0.01, weight_decay=1e-3),
+        lambda ps: __import__("torch").optim.AdamW(ps, lr=0.01, weight_decay=0.05, amsgrad=True),
+        lambda ps: __import__("torch").optim.RMSprop(ps, lr=0.01, momentum=0.9, weight_decay=1e-3),
+    ],
+    ids=["sgd", "adam", "adamw-amsgrad", "rmsprop"],
+)
 def test_pruned_weights_stay_exactly_zero_between_epoch_boundaries(make_opt):
     """Without per-step re-zeroing, gradient hooks + zeroed optimizer state keep every pruned
     weight at 0 after every single step (checked before the manager could touch the weights)."""

@@ -1,10 +1,8 @@
 """The recipe manager driving small non-YOLO CNNs: lr/wd, masks under SGD, resume, QAT wiring."""
 
-import ast
 import copy
 import io
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +19,14 @@ def small_cnn(seed=0, bn=False):
     layers = [nn.Conv2d(4, 8, 3, padding=1)]
     if bn:
         layers.append(nn.BatchNorm2d(8))
-    layers += [nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)]
+    layers += [
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -63,10 +68,13 @@ modifiers:
 @pytest.mark.parametrize("func", ["linear", "cosine"])
 def test_learning_rate_function_modifier(func):
     init, final, start, end = 0.1, 0.01, 1.0, 3.0
-    trace, manager = lr_trace(f"""
+    trace, manager = lr_trace(
+        f"""
 modifiers:
   - !LearningRateFunctionModifier {{lr_func: {func}, init_lr: {init}, final_lr: {final}, start_epoch: {start}, end_epoch: {end}}}
-""", epochs=4)
+""",
+        epochs=4,
+    )
     for epoch, lr in trace.items():
         x = min(max((epoch - start) / (end - start), 0), 1)
         if epoch < start:
@@ -80,10 +88,13 @@ modifiers:
 
 
 def test_cyclic_linear():
-    trace, _ = lr_trace("""
+    trace, _ = lr_trace(
+        """
 modifiers:
   - !LearningRateFunctionModifier {lr_func: cyclic_linear, init_lr: 0.1, final_lr: 0.01, start_epoch: 0, end_epoch: 2, cycle_epochs: 1}
-""", epochs=2)
+""",
+        epochs=2,
+    )
     for epoch, lr in trace.items():
         if epoch >= 2:
             continue
@@ -99,12 +110,16 @@ modifiers:
         ("StepLR", "{step_size: 0.5, gamma: 0.5}", lambda n, e: 0.08 * 0.5 ** (n // (SPE // 2))),
         ("MultiStepLR", "{milestones: [1.5, 2.25], gamma: 0.1}", lambda n, e: 0.08 * 0.1 ** ((n >= 2) + (n >= 5))),
         ("ExponentialLR", "{gamma: 0.9}", lambda n, e: 0.08 * 0.9 ** (n // SPE)),
-        ("CosineAnnealingWarmRestarts", "{lr_min: 0.001, cycle_epochs: 1.0}",
-         lambda n, e: 0.001 + (0.08 - 0.001) * (1 + math.cos(math.pi * ((e - 1) % 1.0))) / 2),
+        (
+            "CosineAnnealingWarmRestarts",
+            "{lr_min: 0.001, cycle_epochs: 1.0}",
+            lambda n, e: 0.001 + (0.08 - 0.001) * (1 + math.cos(math.pi * ((e - 1) % 1.0))) / 2,
+        ),
     ],
 )
 def test_learning_rate_modifier_classes(lr_class, kwargs, expected):
-    trace, manager = lr_trace(f"""
+    trace, manager = lr_trace(
+        f"""
 modifiers:
   - !LearningRateModifier
     lr_class: {lr_class}
@@ -113,7 +128,9 @@ modifiers:
     start_epoch: 1.0
     end_epoch: 3.0
     update_frequency: -1.0
-""", epochs=4)
+""",
+        epochs=4,
+    )
     last = None
     for epoch, lr in sorted(trace.items()):
         if epoch < 1.0:
@@ -131,9 +148,13 @@ def test_sparseml_test_recipe_lr_schedule(shared_dir):
     """The lr/wd part of the published test recipe: 0.0032, StepLR x0.985 per epoch from 2 to 4, reset at 4."""
     recipe = Recipe.load(shared_dir / "recipes/sparseml/yolov3-spp.test.md")
     # keep only the lr / wd modifiers (the others name YOLO layers)
-    kept = [m for m in recipe.modifiers if m.tag in ("SetLearningRateModifier", "LearningRateModifier",
-                                                    "SetWeightDecayModifier", "EpochRangeModifier")]
+    kept = [
+        m
+        for m in recipe.modifiers
+        if m.tag in ("SetLearningRateModifier", "LearningRateModifier", "SetWeightDecayModifier", "EpochRangeModifier")
+    ]
     from sparseyolo.recipe.recipe import dump_recipe
+
     trace, _ = lr_trace(dump_recipe({}, kept), epochs=5)
     for epoch, lr in trace.items():
         if epoch < 2 or epoch >= 4:
@@ -178,10 +199,14 @@ def train_steps(model, opt, manager, data):
         manager.step()
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True),
-    lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.05),
-], ids=["sgd-nesterov", "adamw"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True),
+        lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.05),
+    ],
+    ids=["sgd-nesterov", "adamw"],
+)
 def test_momentum_and_weight_decay_cannot_revive_pruned_weights(make_opt):
     model = small_cnn()
     opt = make_opt(model.parameters())
@@ -195,7 +220,9 @@ def test_momentum_and_weight_decay_cannot_revive_pruned_weights(make_opt):
         for name, mask in manager.pruning_modifiers[0].masker.masks.items():
             grad = dict(model.named_parameters())[name].grad
             assert float(grad[~mask].abs().sum()) == 0.0
-        opt.step(); opt.zero_grad(); manager.step()
+        opt.step()
+        opt.zero_grad()
+        manager.step()
         zeros = {n: (p == 0) for n, p in model.named_parameters() if n.endswith("weight")}
         if pruned_sets:
             for n, z in zeros.items():
@@ -242,9 +269,9 @@ def test_resume_reproduces_an_uninterrupted_run():
     assert masks_a.keys() == masks_c.keys()
     for name in masks_a:
         assert torch.equal(masks_a[name], masks_c[name]), name
-    for (n, pa), (_, pc) in zip(model_a.named_parameters(), model_c.named_parameters()):
+    for (n, pa), (_, pc) in zip(model_a.named_parameters(), model_c.named_parameters(), strict=False):
         assert torch.allclose(pa, pc, atol=1e-6), n
-    assert opt_a.param_groups[0]["lr"] == opt_c.param_groups[0]["lr"] == 0.05 * 0.5 ** 3
+    assert opt_a.param_groups[0]["lr"] == opt_c.param_groups[0]["lr"] == 0.05 * 0.5**3
 
 
 def test_resume_without_optimizer_state_restores_lr():
@@ -258,10 +285,11 @@ def test_resume_without_optimizer_state_restores_lr():
     opt2 = torch.optim.SGD(model.parameters(), lr=0.5)
     man2 = Recipe.load(PRUNE).manager()
     man2.attach(model, opt2, steps_per_epoch=SPE, state_dict=state)
-    assert opt2.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** 2)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**2)
     with pytest.raises(ConfigError, match="different recipe"):
         Recipe.load("modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n").manager().attach(
-            model, opt2, steps_per_epoch=SPE, state_dict=state)
+            model, opt2, steps_per_epoch=SPE, state_dict=state
+        )
 
 
 def test_apply_masks_to_an_ema_copy_and_leave_enabled_false():
@@ -288,7 +316,9 @@ def test_constant_pruning_holds_existing_zeros():
     with torch.no_grad():
         model[2].weight[:, :4] = 0
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    manager = Recipe.load("modifiers:\n  - !ConstantPruningModifier {params: __ALL_PRUNABLE__, start_epoch: 0}\n").manager()
+    manager = Recipe.load(
+        "modifiers:\n  - !ConstantPruningModifier {params: __ALL_PRUNABLE__, start_epoch: 0}\n"
+    ).manager()
     manager.attach(model, opt, steps_per_epoch=SPE)
     train_steps(model, opt, manager, batches(SPE))
     assert bool((model[2].weight[:, :4] == 0).all())
@@ -349,7 +379,10 @@ def test_quantization_modifier_starts_qat():
     assert state["qat"]["submodules"] == ["0", "1", "3"] and state["qat"]["config"]["weight_bits"] == 8
     assert all(any(p is q_ for q_ in model.parameters()) for p in params_before)
     for _ in range(SPE):
-        model(torch.randn(2, 4, 6, 6)).sum().backward(); opt.step(); opt.zero_grad(); manager.step()
+        model(torch.randn(2, 4, 6, 6)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        manager.step()
     assert manager.state_dict()["modifiers"][1]["observers_disabled"]
 
 
@@ -357,7 +390,9 @@ def test_readme_example_runs():
     # --- the README snippet (kept in sync with the lead's README) ---
     from sparseyolo.recipe import Recipe
 
-    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     recipe = Recipe.load("""
     modifiers:
@@ -367,11 +402,12 @@ def test_readme_example_runs():
     """)
     manager = recipe.manager()
     manager.attach(model, optimizer, steps_per_epoch=10)
-    for epoch in range(manager.max_epochs):
+    for _epoch in range(manager.max_epochs):
         for _ in range(10):
             x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
             nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step(); optimizer.zero_grad()
+            optimizer.step()
+            optimizer.zero_grad()
             manager.step()
     manager.finalize()
     report = manager.sparsity_report()
@@ -379,12 +415,15 @@ def test_readme_example_runs():
     assert [round(r["sparsity"], 2) for r in report] == [0.8, 0.8, 0.8]
 
 
-
 def test_qat_resume_rebuilds_structure_and_continues():
     from sparseyolo.recipe import restore_qat_structure
 
-    text = QAT.replace("modifiers:\n", "modifiers:\n  - !GMPruningModifier {params: ['3.weight'], init_sparsity: 0.1, "
-                       "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}\n", 1)
+    text = QAT.replace(
+        "modifiers:\n",
+        "modifiers:\n  - !GMPruningModifier {params: ['3.weight'], init_sparsity: 0.1, "
+        "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}\n",
+        1,
+    )
     data = batches(2 * SPE)
 
     def fresh():
@@ -397,7 +436,7 @@ def test_qat_resume_rebuilds_structure_and_continues():
 
     model_b, opt_b, man_b = fresh()
     man_b.attach(model_b, opt_b, steps_per_epoch=SPE)
-    train_steps(model_b, opt_b, man_b, data[:SPE + 2])
+    train_steps(model_b, opt_b, man_b, data[: SPE + 2])
     assert man_b.qat_active
     buf = io.BytesIO()
     torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict(), "recipe": man_b.state_dict()}, buf)
@@ -410,7 +449,7 @@ def test_qat_resume_rebuilds_structure_and_continues():
     opt_c.load_state_dict(ckpt["opt"])
     man_c.attach(model_c, opt_c, steps_per_epoch=SPE, state_dict=ckpt["recipe"])
     assert man_c.qat_active and man_c.phase == "qat"
-    train_steps(model_c, opt_c, man_c, data[SPE + 2:])
-    for (n, pa), (_, pc) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
+    train_steps(model_c, opt_c, man_c, data[SPE + 2 :])
+    for (n, pa), (_, pc) in zip(model_a.state_dict().items(), model_c.state_dict().items(), strict=False):
         assert torch.allclose(pa.float(), pc.float(), atol=1e-5), n
     assert not restore_qat_structure(small_cnn(), {"modifiers": []})

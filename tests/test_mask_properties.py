@@ -20,13 +20,12 @@ from sparseyolo.sparsity import (
 )
 from sparseyolo.sparsity.channel_pruner import _select, kept_channels
 from sparseyolo.sparsity.masks import MaskType, check_shape, from_groups, to_groups
+from sparseyolo.utils.errors import ConfigError
 
 # no example database: the tests write nothing outside tmp_path
 FAST = settings(max_examples=60, deadline=None, database=None)
 SLOW = settings(max_examples=20, deadline=None, database=None)
 TRAIN = settings(max_examples=8, deadline=None, database=None)
-
-
 
 
 MASK_TYPES = ["unstructured", [1, 1], [1, 4], [2, 2], [4, 1], [1, 2], "block4", "2:4", "1:4", "3:4", "1:2", "4:4"]
@@ -111,7 +110,7 @@ def test_parse_nm_and_blocks(n, m):
         mt = parse_mask_type(f" {n} : {m} ")
         assert (mt.kind, mt.n, mt.m, mt.block) == ("nm", n, m, (1, m))
     else:
-        with pytest.raises(Exception):
+        with pytest.raises(ConfigError):
             parse_mask_type(f"{n}:{m}")
     mt = parse_mask_type([n, m])
     assert mt.kind == ("unstructured" if (n, m) == (1, 1) else "block")
@@ -133,9 +132,12 @@ def test_groups_round_trip_and_membership(data):
     # members of a group: bo consecutive outputs x bi consecutive inputs at one kernel position
     idx = torch.stack(torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, len(shape))
     members = idx[g.reshape(-1).long()].reshape(g.shape[0], bo * bi, len(shape))
+
     def same(col, size):
-        return torch.equal(members[:, :, col].div(size, rounding_mode="floor"),
-                           members[:, :1, col].div(size, rounding_mode="floor").expand(-1, bo * bi))
+        return torch.equal(
+            members[:, :, col].div(size, rounding_mode="floor"),
+            members[:, :1, col].div(size, rounding_mode="floor").expand(-1, bo * bi),
+        )
 
     assert same(0, bo) and same(1, bi)
     assert torch.equal(members[:, :, 2:], members[:, :1, 2:].expand(-1, bo * bi, -1))
@@ -152,7 +154,7 @@ def test_per_layer_counts_pattern_and_ranking(data):
     ws = data.draw(layers(mt))
     ts = data.draw(st.lists(targets, min_size=len(ws), max_size=len(ws)))
     masks = magnitude_masks(ws, dense(ws), ts, mt)
-    for w, m, t in zip(ws, masks, ts):
+    for w, m, t in zip(ws, masks, ts, strict=False):
         assert m.shape == w.shape and m.dtype == torch.bool
         check_pattern(m, mt)
         assert pruned_units(m, mt) == expected_pruned(w, mt, t)
@@ -178,7 +180,7 @@ def test_scalar_target_equals_broadcast_list(data):
     t = data.draw(targets)
     a = magnitude_masks(ws, dense(ws), t, mt)
     b = magnitude_masks(ws, dense(ws), [t] * len(ws), mt)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=False))
 
 
 @FAST
@@ -235,11 +237,11 @@ def test_masks_only_grow_through_increasing_schedule(data):
         assert t >= prev_t - 1e-12
         prev_t = t
         new = magnitude_masks(ws, masks, t, mt, global_sparsity=global_sparsity)
-        for old, m in zip(masks, new):
+        for old, m in zip(masks, new, strict=False):
             assert not bool((m & ~old).any()), "a pruned weight was revived"
             check_pattern(m, mt)
         if not global_sparsity:
-            for w, old, m in zip(ws, masks, new):
+            for w, old, m in zip(ws, masks, new, strict=False):
                 assert pruned_units(m, mt) == expected_pruned(w, mt, t, pruned_units(old, mt))
         masks = new
         # training moves every weight, pruned ones included (as if the masker were off)
@@ -257,15 +259,22 @@ def test_lower_target_leaves_mask_unchanged(data):
     masks = magnitude_masks(ws, dense(ws), hi, mt)
     ws2 = [torch.randn_like(w) for w in ws]  # new weights may rank differently
     again = magnitude_masks(ws2, masks, lo, mt)
-    assert all(torch.equal(a, b) for a, b in zip(masks, again))
+    assert all(torch.equal(a, b) for a, b in zip(masks, again, strict=False))
 
 
 # -- schedule --------------------------------------------------------------------------------------
 
 
 @FAST
-@given(st.sampled_from(["linear", "cubic", "inverse_cubic"]), st.floats(0, 1), st.floats(0, 1),
-       st.floats(-5, 50), st.floats(0, 50), st.floats(-10, 60), st.floats(-10, 60))
+@given(
+    st.sampled_from(["linear", "cubic", "inverse_cubic"]),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.floats(-5, 50),
+    st.floats(0, 50),
+    st.floats(-10, 60),
+    st.floats(-10, 60),
+)
 def test_interpolate_bounds_endpoints_monotone(inter, y0, y1, start, length, e1, e2):
     end = start + length
     lo, hi = min(y0, y1), max(y0, y1)
@@ -317,13 +326,13 @@ def test_masker_holds_pruned_weights_at_zero_through_training(data):
         ws = [p.detach() for _, p in named]
         old = [masker.masks[n] for n, _ in named]
         new = magnitude_masks(ws, old, t, mt)
-        masker.set_masks({n: m for (n, _), m in zip(named, new)}, opt)
-        for (n, p), m in zip(named, new):
+        masker.set_masks({n: m for (n, _), m in zip(named, new, strict=False)}, opt)
+        for (n, p), m in zip(named, new, strict=False):
             assert not bool(p[~m].ne(0).any())
             assert masker.sparsity(n) == pytest.approx(1 - float(m.sum()) / m.numel())
         for _ in range(2):
             step()  # no masker.apply(): gradient hook + zeroed state must keep them at 0
-            for (n, p), m in zip(named, new):
+            for (n, p), m in zip(named, new, strict=False):
                 assert not bool(p[~m].ne(0).any()), f"{opt_name} moved a pruned weight of {n}"
 
 

@@ -6,27 +6,33 @@ import numpy as np
 import pytest
 import torch
 
-from sparseyolo.evaluation.coco import (COCO80_TO_91, category_ids, detections_to_coco,
-                                        ground_truth_to_coco, image_id_from_path)
-from sparseyolo.evaluation.metrics import (ConfusionMatrix, ap_per_class, coco_ap, fitness,
-                                           match_predictions)
+from sparseyolo.evaluation.coco import (
+    COCO80_TO_91,
+    category_ids,
+    detections_to_coco,
+    ground_truth_to_coco,
+    image_id_from_path,
+)
+from sparseyolo.evaluation.metrics import ConfusionMatrix, ap_per_class, coco_ap, fitness, match_predictions
 
 
 def test_match_predictions_greedy_by_score():
     labels = torch.tensor([[0, 0, 0, 10, 10], [1, 20, 20, 30, 30.0]])
-    det = torch.tensor([
-        [0, 0, 10, 10, 0.5, 0],     # exact, but lower score than the next one
-        [0, 0, 10, 8.2, 0.9, 0],    # IoU 0.82, takes the gt first where it can
-        [20, 20, 30, 30, 0.8, 0],   # right box, wrong class
-        [20, 20, 30, 26, 0.7, 1],   # IoU 0.6 with gt 1
-    ])
+    det = torch.tensor(
+        [
+            [0, 0, 10, 10, 0.5, 0],  # exact, but lower score than the next one
+            [0, 0, 10, 8.2, 0.9, 0],  # IoU 0.82, takes the gt first where it can
+            [20, 20, 30, 30, 0.8, 0],  # right box, wrong class
+            [20, 20, 30, 26, 0.7, 1],  # IoU 0.6 with gt 1
+        ]
+    )
     tp = match_predictions(det, labels)
     assert tp.shape == (4, 10)
     # thresholds are independent: the exact box gets gt 0 where the 0.82 box is too loose
     assert tp[1].tolist() == [True] * 7 + [False] * 3
     assert tp[0].tolist() == [False] * 7 + [True] * 3
     assert not tp[2].any()
-    assert tp[3].tolist() == [True, True, True] + [False] * 7   # 0.6 >= 0.5, 0.55, 0.6
+    assert tp[3].tolist() == [True, True, True] + [False] * 7  # 0.6 >= 0.5, 0.55, 0.6
     assert match_predictions(det[:0], labels).shape == (0, 10)
     assert not match_predictions(det, labels[:0]).any()
 
@@ -55,8 +61,9 @@ def test_ap_per_class_perfect_and_missing_class():
 def test_confusion_matrix():
     cm = ConfusionMatrix(nc=3, conf=0.25, iou_thres=0.45)
     labels = torch.tensor([[0, 0, 0, 10, 10], [1, 20, 20, 30, 30], [2, 50, 50, 60, 60.0]])
-    det = torch.tensor([[0, 0, 10, 10, 0.9, 0], [20, 20, 30, 30, 0.9, 2],
-                        [80, 80, 90, 90, 0.9, 1], [50, 50, 60, 60, 0.1, 2]])  # last below conf
+    det = torch.tensor(
+        [[0, 0, 10, 10, 0.9, 0], [20, 20, 30, 30, 0.9, 2], [80, 80, 90, 90, 0.9, 1], [50, 50, 60, 60, 0.1, 2]]
+    )  # last below conf
     cm.process_batch(det, labels)
     m = cm.matrix
     assert m[0, 0] == 1 and m[2, 1] == 1 and m[1, 3] == 1 and m[3, 2] == 1
@@ -143,14 +150,15 @@ def test_agrees_with_faster_coco_eval(shared_dir, seed):
     cat_ids = category_ids(80)
 
     tps, confs, pcls, tcls, records = [], [], [], [], []
-    for (path, _, _, gt), d in zip(items, dets):
+    for (path, _, _, gt), d in zip(items, dets, strict=False):
         # COCO keeps the top 100 detections per image and class; ours never exceed that here
         assert max(np.bincount(d[:, 5].astype(int), minlength=1)) <= 100
         tps.append(match_predictions(torch.from_numpy(d), torch.from_numpy(gt)))
-        confs.append(d[:, 4]); pcls.append(d[:, 5]); tcls.append(gt[:, 0])
+        confs.append(d[:, 4])
+        pcls.append(d[:, 5])
+        tcls.append(gt[:, 0])
         records += detections_to_coco(path, d, cat_ids)
-    res = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls),
-                       np.concatenate(tcls))
+    res = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), np.concatenate(tcls))
     _, _, map50, map5095 = res.mean_results()
 
     ref50, ref5095 = _faster_coco_eval(ground_truth_to_coco(items, names, cat_ids), records)

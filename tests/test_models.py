@@ -58,8 +58,14 @@ def test_recipe_params_match_yolov3_spp(models, shared_dir):
 
 def test_reference_names_examples(models):
     names = dict(models["yolov3-spp"].named_parameters())
-    for n in ("model.28.m.0.weight", "model.28.m.0.bias", "model.6.3.cv2.conv.weight",
-              "model.12.cv1.conv.weight", "model.12.cv2.conv.weight", "model.6.3.cv2.bn.weight"):
+    for n in (
+        "model.28.m.0.weight",
+        "model.28.m.0.bias",
+        "model.6.3.cv2.conv.weight",
+        "model.12.cv1.conv.weight",
+        "model.12.cv2.conv.weight",
+        "model.6.3.cv2.bn.weight",
+    ):
         assert n in names
     m = models["yolov3"].model
     assert m[6][3].cv2.conv.weight.shape == (256, 128, 3, 3)

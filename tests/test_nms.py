@@ -36,8 +36,7 @@ def random_pred(bs=2, n=300, nc=4, seed=0, size=320.0):
     return torch.cat((xy, wh, obj, cls), 2)
 
 
-def reference_from_pred(p, conf_thres, iou_thres, agnostic=False, max_det=300, classes=None,
-                        multi_label=False):
+def reference_from_pred(p, conf_thres, iou_thres, agnostic=False, max_det=300, classes=None, multi_label=False):
     rows = []
     for q in p.tolist():
         cx, cy, w, h, obj = q[:5]
@@ -58,7 +57,7 @@ def test_matches_reference(agnostic, iou_thres):
     pred = random_pred(seed=int(iou_thres * 100) + agnostic)
     out = non_max_suppression(pred, conf_thres=0.1, iou_thres=iou_thres, agnostic=agnostic)
     assert len(out) == 2
-    for p, o in zip(pred, out):
+    for p, o in zip(pred, out, strict=False):
         ref = torch.tensor(reference_from_pred(p, 0.1, iou_thres, agnostic))
         assert o.shape == ref.shape and o.shape[0] > 10
         torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-3)
@@ -67,10 +66,8 @@ def test_matches_reference(agnostic, iou_thres):
 
 def test_multi_label_classes_and_max_det():
     pred = random_pred(bs=1, n=200, nc=5, seed=3)
-    out = non_max_suppression(pred, conf_thres=0.2, iou_thres=0.5, multi_label=True, classes=[1, 3],
-                              max_det=25)[0]
-    ref = torch.tensor(reference_from_pred(pred[0], 0.2, 0.5, classes=[1, 3], multi_label=True,
-                                           max_det=25))
+    out = non_max_suppression(pred, conf_thres=0.2, iou_thres=0.5, multi_label=True, classes=[1, 3], max_det=25)[0]
+    ref = torch.tensor(reference_from_pred(pred[0], 0.2, 0.5, classes=[1, 3], multi_label=True, max_det=25))
     assert out.shape == (25, 6)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-3)
     assert set(out[:, 5].tolist()) <= {1.0, 3.0}

@@ -5,13 +5,19 @@ import numpy as np
 import torch
 
 from sparseyolo.evaluation.metrics import ConfusionMatrix, ap_per_class
-from sparseyolo.evaluation.plots import (annotate_detections, class_color, output_to_target,
-                                         plot_images, plot_labels, plot_results)
+from sparseyolo.evaluation.plots import (
+    annotate_detections,
+    class_color,
+    output_to_target,
+    plot_images,
+    plot_labels,
+    plot_results,
+)
 
 
 def _near(img, y, x, color, tol=60):
     """Some pixel within 1 px of (y, x) has roughly ``color`` (JPEG + anti-aliasing blur edges)."""
-    patch = img[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).astype(int)
+    patch = img[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).astype(int)
     return np.abs(patch - np.array(color)).max(1).min() < tol
 
 
@@ -25,8 +31,15 @@ def test_metric_curves_and_confusion_matrix(tmp_path):
     rng = np.random.default_rng(0)
     n = 200
     tp = rng.random((n, 10)) < np.linspace(0.8, 0.2, 10)
-    res = ap_per_class(tp, rng.random(n), rng.integers(0, 3, n), rng.integers(0, 3, 150),
-                       plot=True, save_dir=tmp_path, names=["a", "b", "c"])
+    res = ap_per_class(
+        tp,
+        rng.random(n),
+        rng.integers(0, 3, n),
+        rng.integers(0, 3, 150),
+        plot=True,
+        save_dir=tmp_path,
+        names=["a", "b", "c"],
+    )
     for f in ("PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"):
         assert _read(tmp_path / f).shape[0] > 300
     cm = ConfusionMatrix(3)
@@ -56,8 +69,9 @@ def test_plot_images_draws_labels_and_predictions(tmp_path):
     images = torch.zeros(4, 3, 64, 96, dtype=torch.uint8)
     # image 1: one label box of class 2 covering x 24..72, y 16..48 (normalised xywh)
     targets = torch.tensor([[1, 2, 0.5, 0.5, 0.5, 0.5]])
-    out = plot_images(images, targets, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], tmp_path / "train_batch0.jpg",
-                      names=["x", "y", "z"])
+    out = plot_images(
+        images, targets, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], tmp_path / "train_batch0.jpg", names=["x", "y", "z"]
+    )
     m = _read(out)
     assert m.shape == (128, 192, 3)  # 2 x 2 tiles
     tile = m[:64, 96:]

@@ -51,11 +51,16 @@ class Net(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body = nn.ModuleDict({
-            "c0": Block(3, 8), "pool": nn.MaxPool2d(2, 2), "c1": Block(8, 16, 3, 2),
-            "r": nn.Sequential(Residual(16), Residual(16)), "up": nn.Upsample(scale_factor=2, mode="nearest"),
-            "c2": Block(24, 8, 1),
-        })
+        self.body = nn.ModuleDict(
+            {
+                "c0": Block(3, 8),
+                "pool": nn.MaxPool2d(2, 2),
+                "c1": Block(8, 16, 3, 2),
+                "r": nn.Sequential(Residual(16), Residual(16)),
+                "up": nn.Upsample(scale_factor=2, mode="nearest"),
+                "c2": Block(24, 8, 1),
+            }
+        )
         self.head = nn.Conv2d(8, 6, 1)
 
     def forward(self, x):
@@ -324,8 +329,11 @@ def test_no_fuse_plain_convs_linear_and_custom_outputs():
     torch.manual_seed(0)
     model = Mixed()
     conv_param = model.features.conv.weight
-    prepare_qat(model, None, QATConfig(fuse="no_fuse", exclude_batchnorm=False,
-                                       custom_quantizable_module_types=["AdaptiveAvgPool2d"]))
+    prepare_qat(
+        model,
+        None,
+        QATConfig(fuse="no_fuse", exclude_batchnorm=False, custom_quantizable_module_types=["AdaptiveAvgPool2d"]),
+    )
     assert isinstance(model.features.conv, QATConv2d) and model.features.conv.weight is conv_param
     assert isinstance(model.features.bn.out_quant, ActivationQuantizer)  # BN output quantized
     assert isinstance(model.plain, QATConv2d) and isinstance(model.fc, QATLinear)

@@ -57,7 +57,13 @@ def test_unknown_override_lists_variables(shared_dir):
 
 
 def test_parse_recipe_args_forms():
-    assert parse_recipe_args("a=3,b=0.5,c=[1, 4],d=2:4,e=true") == {"a": 3, "b": 0.5, "c": [1, 4], "d": "2:4", "e": True}
+    assert parse_recipe_args("a=3,b=0.5,c=[1, 4],d=2:4,e=true") == {
+        "a": 3,
+        "b": 0.5,
+        "c": [1, 4],
+        "d": "2:4",
+        "e": True,
+    }
     assert parse_recipe_args('{"num_epochs": 10}') == {"num_epochs": 10}
     assert parse_recipe_args(None) == {} and parse_recipe_args("") == {}
     with pytest.raises(ConfigError, match="key=value"):
@@ -66,13 +72,16 @@ def test_parse_recipe_args_forms():
 
 def test_unknown_tag_names_line_and_close_match():
     text = "a: 1\nmodifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n  - !GMPrunningModifier\n    params: [w]\n"
-    with pytest.raises(ConfigError, match=r"<recipe>:4: unknown modifier tag !GMPrunningModifier; did you mean !GMPruningModifier"):
+    with pytest.raises(
+        ConfigError, match=r"<recipe>:4: unknown modifier tag !GMPrunningModifier; did you mean !GMPruningModifier"
+    ):
         Recipe.load(text)
 
 
 def test_unknown_key_names_line_and_valid_keys(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         modifiers:
           - !GMPruningModifier
             params: [w]
@@ -81,7 +90,8 @@ def test_unknown_key_names_line_and_valid_keys(tmp_path):
             start_epoch: 0
             end_epoch: 2
             update_frequncy: 0.5
-        """))
+        """)
+    )
     with pytest.raises(ConfigError) as info:
         Recipe.load(path)
     msg = str(info.value)
@@ -156,8 +166,10 @@ def test_staged_recipe_runs_stages_one_after_another():
     recipe = Recipe.load(text, args="ft_epochs=4")
     spans = [(m.tag, m.start_epoch, m.end_epoch) for m in recipe.modifiers]
     assert spans == [
-        ("GMPruningModifier", 0, 2), ("SetLearningRateModifier", 0, -1),
-        ("EpochRangeModifier", 2, 6), ("SetLearningRateModifier", 3, -1),
+        ("GMPruningModifier", 0, 2),
+        ("SetLearningRateModifier", 0, -1),
+        ("EpochRangeModifier", 2, 6),
+        ("SetLearningRateModifier", 3, -1),
     ]
     assert recipe.modifiers[3].learning_rate == pytest.approx(0.001)
     assert recipe.max_epochs == 6
@@ -204,7 +216,9 @@ def test_invalid_values_are_reported():
     with pytest.raises(ConfigError, match="missing required key"):
         Recipe.load("modifiers:\n  - !SetLearningRateModifier {start_epoch: 0}\n")
     with pytest.raises(ConfigError, match="update_frequency must be -1"):
-        Recipe.load("modifiers:\n  - !LearningRateModifier {lr_class: StepLR, lr_kwargs: {step_size: 1, gamma: 0.9}, init_lr: 0.1, start_epoch: 0, update_frequency: 1}\n")
+        Recipe.load(
+            "modifiers:\n  - !LearningRateModifier {lr_class: StepLR, lr_kwargs: {step_size: 1, gamma: 0.9}, init_lr: 0.1, start_epoch: 0, update_frequency: 1}\n"
+        )
 
 
 def test_zoo_stubs_and_builtin_names(tmp_path, monkeypatch, shared_dir):
@@ -213,14 +227,17 @@ def test_zoo_stubs_and_builtin_names(tmp_path, monkeypatch, shared_dir):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "tiny-prune.yaml").write_text(
-        "n: 2\nmodifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: eval(n)}\n")
+        "n: 2\nmodifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: eval(n)}\n"
+    )
     zoo = tmp_path / "zoo.yaml"
-    zoo.write_text(textwrap.dedent(f"""\
+    zoo.write_text(
+        textwrap.dedent(f"""\
         weights: {{a: b}}
         recipes:
           yolov3-spp/pruned: {shared_dir / 'recipes/sparseml/yolov3-spp.pruned.md'}
           tiny: {{path: recipes/tiny-prune.yaml}}
-        """))
+        """)
+    )
     monkeypatch.setattr(loader, "CONFIG_DIR", tmp_path)
     monkeypatch.setattr(loader, "RECIPE_DIR", recipes)
     monkeypatch.setattr(loader, "ZOO_FILE", zoo)
@@ -252,7 +269,9 @@ def test_zoo_stub_with_url_downloads_through_loopback(tmp_path, monkeypatch):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/remote.yaml"
         zoo = tmp_path / "zoo.yaml"
-        zoo.write_text(f"recipes:\n  remote/test: {{url: '{url}', sha256: {hashlib.sha256(body.encode()).hexdigest()}}}\n")
+        zoo.write_text(
+            f"recipes:\n  remote/test: {{url: '{url}', sha256: {hashlib.sha256(body.encode()).hexdigest()}}}\n"
+        )
         monkeypatch.setenv("SPARSEYOLO_ZOO_FILE", str(zoo))
         monkeypatch.setenv("SPARSEYOLO_CACHE", str(tmp_path / "cache"))
         assert Recipe.load("zoo:remote/test", args="n=4").max_epochs == 4

@@ -10,20 +10,40 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_benchmark import export_onnx, tiny_cnn
 
 from sparseyolo.analysis.report import build_report, read_results_csv, read_run
 from sparseyolo.analysis.report_output import pick_baseline, report_table
 from sparseyolo.cli.main import main
 from sparseyolo.utils.errors import SparseYoloError
-from test_benchmark import export_onnx, tiny_cnn
 
-KEYS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-        "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
-        "x/lr0", "x/lr1", "x/lr2"]
+KEYS = [
+    "epoch",
+    "train/box_loss",
+    "train/obj_loss",
+    "train/cls_loss",
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP_0.5",
+    "metrics/mAP_0.5:0.95",
+    "val/box_loss",
+    "val/obj_loss",
+    "val/cls_loss",
+    "x/lr0",
+    "x/lr1",
+    "x/lr2",
+]
 
 
-def make_run(root: Path, name: str, maps: list[tuple[float, float]], sparsity: float, recipe: str | None,
-             epochs: int, wall_s: float) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    maps: list[tuple[float, float]],
+    sparsity: float,
+    recipe: str | None,
+    epochs: int,
+    wall_s: float,
+) -> Path:
     d = root / name
     (d / "weights").mkdir(parents=True)
     opt = d / "opt.yaml"
@@ -44,8 +64,15 @@ def make_run(root: Path, name: str, maps: list[tuple[float, float]], sparsity: f
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     dense = make_run(root, "exp", [(0.30, 0.15), (0.52, 0.31), (0.50, 0.30)], 0.0, None, 3, 3 * 3600 + 600)
-    pruned = make_run(root, "exp2", [(0.40, 0.20), (float("nan"), float("nan")), (0.49, 0.29)], 0.85,
-                      "recipes/yolov3-spp.pruned.md", 5, 125)
+    pruned = make_run(
+        root,
+        "exp2",
+        [(0.40, 0.20), (float("nan"), float("nan")), (0.49, 0.29)],
+        0.85,
+        "recipes/yolov3-spp.pruned.md",
+        5,
+        125,
+    )
     return dense, pruned
 
 
@@ -78,8 +105,30 @@ def test_build_report_and_table(runs):
 
 def test_cli_report_files(runs, tmp_path, capsys):
     md, js, png = tmp_path / "results.md", tmp_path / "r.json", tmp_path / "r.png"
-    rc = main(["report", str(runs[0]), str(runs[1]), "--img", "32", "--time", "0.1", "--warmup", "0", "--threads", "1",
-               "--baseline", "exp2", "--out", str(md), "--json", str(js), "--plot", str(png), "--quiet"])
+    rc = main(
+        [
+            "report",
+            str(runs[0]),
+            str(runs[1]),
+            "--img",
+            "32",
+            "--time",
+            "0.1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--baseline",
+            "exp2",
+            "--out",
+            str(md),
+            "--json",
+            str(js),
+            "--plot",
+            str(png),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert "Baseline: exp2" in md.read_text()
     doc = json.loads(js.read_text())
@@ -111,8 +160,12 @@ def test_read_run_takes_map_from_best_pt(tmp_path):
     from sparseyolo.models.checkpoint import save_checkpoint
 
     d = make_run(tmp_path, "pruned", [(0.60, 0.40), (0.55, 0.33)], 0.5, "r.md", 2, 60)
-    save_checkpoint(d / "weights" / "best.pt", model=build_model("yolov3-tiny", nc=3), epoch=1,
-                    metrics={"mAP50": 0.55, "mAP50-95": 0.33})
+    save_checkpoint(
+        d / "weights" / "best.pt",
+        model=build_model("yolov3-tiny", nc=3),
+        epoch=1,
+        metrics={"mAP50": 0.55, "mAP50-95": 0.33},
+    )
     r = read_run(d)
     assert (r.map50, r.map50_95, r.map_source) == (0.55, 0.33, "best.pt")
     (d / "weights" / "best.pt").write_bytes(b"cut short")  # unreadable: fall back to results.csv

@@ -32,8 +32,23 @@ def shapes(shapes_data) -> dict:
 
 
 def _common(shapes: dict, project: Path, **kw) -> dict:
-    return {**dict(cfg=shapes["cfg"], data=shapes["data"], project=str(project), img_size=64, batch_size=2, nbs=4,
-                   workers=2, seed=0, device="cpu", noval=True, noplots=True, tensorboard=False), **kw}
+    return {
+        **dict(
+            cfg=shapes["cfg"],
+            data=shapes["data"],
+            project=str(project),
+            img_size=64,
+            batch_size=2,
+            nbs=4,
+            workers=2,
+            seed=0,
+            device="cpu",
+            noval=True,
+            noplots=True,
+            tensorboard=False,
+        ),
+        **kw,
+    }
 
 
 def _load(path: Path) -> dict:
@@ -49,7 +64,7 @@ def _same(a, b) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=False))
     return a == b
 
 
@@ -101,24 +116,45 @@ def test_resume_refuses_changed_data_or_img(shapes, cut_run, tmp_path, capsys, m
     other.write_text(Path(shapes["data"]).read_text())
     before = cut_run.read_bytes()
     hw = ["--workers", "0", "--device", "cpu"]
-    for flags, saved, new in ((["--img", "128"], "--img 64", "--img 128"),
-                              (["--img", "640"], "--img 64", "--img 640"),  # given, though it is the default
-                              (["--data", str(other)], f"--data {shapes['data']}", f"--data {other}")):
+    for flags, saved, new in (
+        (["--img", "128"], "--img 64", "--img 128"),
+        (["--img", "640"], "--img 64", "--img 640"),  # given, though it is the default
+        (["--data", str(other)], f"--data {shapes['data']}", f"--data {other}"),
+    ):
         assert main(["train", "--resume", str(cut_run), *flags, *hw]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sparseyolo train: error: --resume "), err
         assert f"started with {saved}, this command gives {new}; a resumed run keeps its settings" in err[0]
         assert "Traceback" not in err[0]
-    with pytest.raises(ConfigError, match=r"started with --epochs 2 and --img 64, this command gives --epochs 5 "
-                                          r"and --img 96; .* Resume without --epochs and --img, or"):
+    with pytest.raises(
+        ConfigError,
+        match=r"started with --epochs 2 and --img 64, this command gives --epochs 5 "
+        r"and --img 96; .* Resume without --epochs and --img, or",
+    ):
         train(resume=str(cut_run), img_size=96, epochs=5, workers=0, device="cpu")
     assert cut_run.read_bytes() == before  # nothing ran
     # the same settings, given again (the data YAML by another path, --img before rounding), and
     # hardware / output flags: accepted, and the run finishes with its own settings
     rel = Path(shapes["data"]).relative_to(shapes["root"])
     monkeypatch.chdir(shapes["root"])
-    assert main(["train", "--resume", str(cut_run), "--data", str(rel), "--img", "60", "--batch-size", "2",
-                 "--noplots", *hw]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(cut_run),
+                "--data",
+                str(rel),
+                "--img",
+                "60",
+                "--batch-size",
+                "2",
+                "--noplots",
+                *hw,
+            ]
+        )
+        == 0
+    )
     done = _load(cut_run)
     assert done["epoch"] == 1 and done["train_args"]["img_size"] == 64 and done["train_args"]["workers"] == 0
 
@@ -152,7 +188,7 @@ def test_image_truncated_mid_run_is_skipped_and_named(shapes, tmp_path, caplog):
     save_dir = t.train()
     logged = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(logged) == 2, logged  # epochs 2 and 3, not epoch 1
-    for epoch, line in zip((2, 3), logged):
+    for epoch, line in zip((2, 3), logged, strict=False):
         names = line.split(": ", 2)[2]
         assert line.startswith(f"epoch {epoch}: skipped 2 unreadable images: ")
         assert sorted(names.split(", ")) == [str(images[3]), str(images[5])]
@@ -168,18 +204,37 @@ def test_resume_with_a_mismatched_ema_or_optimizer_is_one_line(shapes, tmp_path)
     from sparseyolo.utils.errors import WeightsError
     from sparseyolo.utils.io import atomic_torch_save
 
-    run = train(cfg=shapes["cfg"], data=shapes["data"], epochs=2, project=str(tmp_path), img_size=64, batch_size=4,
-                workers=0, device="cpu", noval=True, noplots=True, tensorboard=False, name="a", save_period=1)
+    run = train(
+        cfg=shapes["cfg"],
+        data=shapes["data"],
+        epochs=2,
+        project=str(tmp_path),
+        img_size=64,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        noval=True,
+        noplots=True,
+        tensorboard=False,
+        name="a",
+        save_period=1,
+    )
     ckpt = load_checkpoint(run / "weights/epoch1.pt")  # after the first epoch: resumable
     bad = dict(ckpt, ema={**ckpt["ema"], "model.0.conv.weight": torch.zeros(3, 3, 3, 3)})
     atomic_torch_save(bad, run / "weights/bad_ema.pt")
-    with pytest.raises(WeightsError, match=r"bad_ema.pt \(ema\): model.0.conv.weight has shape \[3, 3, 3, 3\] in the "
-                                           r"file, \[8, 3, 3, 3\] in the model"):
+    with pytest.raises(
+        WeightsError,
+        match=r"bad_ema.pt \(ema\): model.0.conv.weight has shape \[3, 3, 3, 3\] in the "
+        r"file, \[8, 3, 3, 3\] in the model",
+    ):
         train(resume=str(run / "weights/bad_ema.pt"), device="cpu")
     state = ckpt["optimizer"]
     first = next(iter(state["state"]))
-    state["state"][first] = {k: (torch.zeros(2) if torch.is_tensor(v) and v.dim() else v)
-                             for k, v in state["state"][first].items()}
+    state["state"][first] = {
+        k: (torch.zeros(2) if torch.is_tensor(v) and v.dim() else v) for k, v in state["state"][first].items()
+    }
     atomic_torch_save(dict(ckpt, optimizer=state), run / "weights/bad_opt.pt")
-    with pytest.raises(WeightsError, match=r"bad_opt.pt \(optimizer\): momentum_buffer of .* has shape \[2\] in the file"):
+    with pytest.raises(
+        WeightsError, match=r"bad_opt.pt \(optimizer\): momentum_buffer of .* has shape \[2\] in the file"
+    ):
         train(resume=str(run / "weights/bad_opt.pt"), device="cpu")

@@ -14,9 +14,13 @@ from sparseyolo.utils.errors import ConfigError
 def small_cnn(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 8),
     )
 
 
@@ -47,7 +51,8 @@ modifiers:
     checked = 0
     for step in range(1, 4 * spe + 1):
         model(torch.randn(2, 4, 6, 6)).sum().backward()
-        opt.step(); opt.zero_grad()
+        opt.step()
+        opt.zero_grad()
         manager.step()
         epoch = step / spe
         x = min(max((epoch - start) / (end - start), 0.0), 1.0)
@@ -130,7 +135,9 @@ modifiers:
         manager.attach(model, opt, steps_per_epoch=2)
         for _ in range(3):
             model(torch.randn(2, 4, 6, 6)).sum().backward()
-            opt.step(); opt.zero_grad(); manager.step()
+            opt.step()
+            opt.zero_grad()
+            manager.step()
         groups = _groups_of_four(model[2].weight != 0)
         if check == "blocks":
             assert bool((groups.all(dim=1) | ~groups.any(dim=1)).all())
@@ -214,13 +221,19 @@ def test_legacy_global_sparsity_key_matches_global_modifier():
         "!GlobalMagnitudePruningModifier {params: __ALL_PRUNABLE__, ",
     ):
         model = small_cnn(seed=4)
-        recipe = Recipe.load(f"modifiers:\n  - {text}init_sparsity: 0.6, final_sparsity: 0.6, start_epoch: 0, "
-                             "end_epoch: 1, update_frequency: 1}\n")
+        recipe = Recipe.load(
+            f"modifiers:\n  - {text}init_sparsity: 0.6, final_sparsity: 0.6, start_epoch: 0, "
+            "end_epoch: 1, update_frequency: 1}\n"
+        )
         recipe.manager().attach(model, None, steps_per_epoch=1)
         results.append([(p == 0).clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
-    per_layer = [float(z.float().mean()) for z, p in zip(results[0], small_cnn().parameters()) if p.dim() > 1]
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=False))
+    per_layer = [
+        float(z.float().mean()) for z, p in zip(results[0], small_cnn().parameters(), strict=False) if p.dim() > 1
+    ]
     assert max(per_layer) - min(per_layer) > 0.01  # one threshold, so layers differ
     with pytest.raises(ConfigError, match="score_type 'movement'"):
-        Recipe.load("modifiers:\n  - !GMPruningModifier {params: [w], score_type: movement, init_sparsity: 0.1, "
-                    "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: 1}\n")
+        Recipe.load(
+            "modifiers:\n  - !GMPruningModifier {params: [w], score_type: movement, init_sparsity: 0.1, "
+            "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: 1}\n"
+        )

@@ -83,7 +83,7 @@ def test_thinning_is_exact(name):
     x = torch.rand(2, 3, 64, 64)
     masked, thinned, _, _ = _mask_then_thin(model, x, _recipe(0.5, ", round_to: 4"))
     with torch.no_grad():
-        for a, b in zip(_outputs(masked, x), _outputs(thinned, x)):
+        for a, b in zip(_outputs(masked, x), _outputs(thinned, x), strict=False):
             assert a.shape == b.shape
             assert (a - b).abs().max().item() < 1e-4
     assert sum(p.numel() for p in thinned.parameters()) < 0.45 * dense
@@ -149,12 +149,17 @@ def test_channel_mask_type_prunes_input_channels():
     torch.manual_seed(0)
     model = ResCatNet()
     _randomize_norms(model)
-    masked, thinned, _, _ = _mask_then_thin(model, None, Recipe.load("""
+    masked, thinned, _, _ = _mask_then_thin(
+        model,
+        None,
+        Recipe.load("""
 modifiers:
   - !StructuredPruningModifier {params: [c.0.weight], init_sparsity: 0.25, final_sparsity: 0.25, mask_type: channel,
                                 start_epoch: 0, end_epoch: 0, update_frequency: 1}
   - !LayerThinningModifier {start_epoch: 1}
-"""), size=16)
+"""),
+        size=16,
+    )
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert (masked(x) - thinned(x)).abs().max() < 1e-4
@@ -172,11 +177,15 @@ def test_bad_structured_recipes():
     with pytest.raises(ConfigError, match=r"model\.20\.m\.0\.weight.*cannot be removed.*view"):
         _mask_then_thin(model, None, _recipe(0.5, params="[model.20.m.0.weight]"))
     with pytest.raises(ConfigError, match=r"final_sparsity must be in \[0, 1\), got 1.0"):
-        Recipe.load("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, "
-                    "final_sparsity: 1.0, mask_type: filter, start_epoch: 0, end_epoch: 1, update_frequency: 1}")
+        Recipe.load(
+            "modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, "
+            "final_sparsity: 1.0, mask_type: filter, start_epoch: 0, end_epoch: 1, update_frequency: 1}"
+        )
     with pytest.raises(ConfigError, match="round_to applies to mask_type filter or channel"):
-        Recipe.load("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, "
-                    "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: 1, round_to: 8}")
+        Recipe.load(
+            "modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.1, "
+            "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: 1, round_to: 8}"
+        )
     with pytest.raises(ConfigError, match="importance must be one of l1, l2, bn_gamma"):
         _recipe(0.5, ", importance: taylor")
 
@@ -194,8 +203,9 @@ class Flat(nn.Module):
 
 
 def test_filter_mask_on_a_group_that_cannot_be_thinned():
-    with pytest.raises(ConfigError, match=r"conv\.weight.*channel group \d+ \(8 channels, produced by conv\).*"
-                                          r"flatten\(\)"):
+    with pytest.raises(
+        ConfigError, match=r"conv\.weight.*channel group \d+ \(8 channels, produced by conv\).*" r"flatten\(\)"
+    ):
         _mask_then_thin(Flat(), None, _recipe(0.5, params="[conv.weight]"), size=4)
     # __ALL_PRUNABLE__ skips it instead; only the (fixed) linear output remains, so nothing is pruned
     model = Flat()
@@ -230,8 +240,18 @@ def shapes(shapes_data) -> dict:
 
 
 def _common(shapes: dict, project) -> dict:
-    return dict(cfg=shapes["cfg"], data=shapes["data"], recipe=shapes["recipe"], project=str(project),
-                img_size=64, batch_size=4, workers=0, device="cpu", noplots=True, tensorboard=False)
+    return dict(
+        cfg=shapes["cfg"],
+        data=shapes["data"],
+        recipe=shapes["recipe"],
+        project=str(project),
+        img_size=64,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        noplots=True,
+        tensorboard=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -281,8 +301,9 @@ def test_cli_works_from_a_thinned_checkpoint(shapes, thinned_run, tmp_path):
     best = thinned_run / "weights/best.pt"
 
     def cli(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "sparseyolo", *args], capture_output=True, text=True,
-                             timeout=300, cwd=tmp_path)
+        out = subprocess.run(
+            [sys.executable, "-m", "sparseyolo", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout + out.stderr
 
@@ -293,16 +314,51 @@ def test_cli_works_from_a_thinned_checkpoint(shapes, thinned_run, tmp_path):
     assert convs and any(n.op_type == "QuantizeLinear" for n in onnx.load(onnx_file).graph.node)
     assert "mAP50" in cli("val", "--weights", str(onnx_file), "--data", shapes["data"], "--img", "96")
     images = str(Path(shapes["data"]).parent / "images" / "val")
-    cli("detect", "--weights", str(best), "--source", images, "--img", "64", "--device", "cpu",
-        "--project", str(tmp_path), "--name", "det")
+    cli(
+        "detect",
+        "--weights",
+        str(best),
+        "--source",
+        images,
+        "--img",
+        "64",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path),
+        "--name",
+        "det",
+    )
     assert list((tmp_path / "det").glob("*.jpg"))
     # a further recipe on the thinned model: unstructured pruning of its (smaller) layers
     (tmp_path / "more.yaml").write_text(
         "modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.5, final_sparsity: 0.5, "
-        "start_epoch: 0, end_epoch: 1, update_frequency: 1}\n")
-    cli("train", "--weights", str(best), "--data", shapes["data"], "--img", "64", "--batch-size", "4",
-        "--workers", "0", "--device", "cpu", "--recipe", str(tmp_path / "more.yaml"), "--project", str(tmp_path),
-        "--name", "more", "--noval", "--noplots", "--no-tensorboard")
+        "start_epoch: 0, end_epoch: 1, update_frequency: 1}\n"
+    )
+    cli(
+        "train",
+        "--weights",
+        str(best),
+        "--data",
+        shapes["data"],
+        "--img",
+        "64",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--recipe",
+        str(tmp_path / "more.yaml"),
+        "--project",
+        str(tmp_path),
+        "--name",
+        "more",
+        "--noval",
+        "--noplots",
+        "--no-tensorboard",
+    )
     from sparseyolo.models.checkpoint import load_checkpoint
 
     more = load_checkpoint(tmp_path / "more/weights/last.pt")
@@ -316,8 +372,9 @@ def test_batchnorm_l1_drives_gammas_down():
         torch.manual_seed(0)
         model = ResCatNet()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        manager = Recipe.load("modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n" + recipe_extra
-                              ).manager()
+        manager = Recipe.load(
+            "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n" + recipe_extra
+        ).manager()
         manager.attach(model, opt, steps_per_epoch=5)
         for _ in range(10):
             x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
@@ -343,8 +400,23 @@ def test_cli_darknet_export_writes_thinned_filter_counts(tmp_path):
     _mask_then_thin(model, None, _recipe(0.5, ", round_to: 8"))
     model.record_widths()
     save_checkpoint(tmp_path / "yolov3-tiny.pt", model=model, names=model.names, epoch=0)
-    out = subprocess.run([sys.executable, "-m", "sparseyolo", "export", "--weights", str(tmp_path / "yolov3-tiny.pt"),
-                          "--format", "darknet", "--img", "416"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sparseyolo",
+            "export",
+            "--weights",
+            str(tmp_path / "yolov3-tiny.pt"),
+            "--format",
+            "darknet",
+            "--img",
+            "416",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "decodes boxes as 'v5'" in out.stderr  # Darknet would place this model's boxes its own way
     cfg = tmp_path / "yolov3-tiny.cfg"
@@ -355,4 +427,4 @@ def test_cli_darknet_export_writes_thinned_filter_counts(tmp_path):
     back.eval().export_raw = True
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        assert max((a - b).abs().max().item() for a, b in zip(model(x), back(x))) < 1e-4
+        assert max((a - b).abs().max().item() for a, b in zip(model(x), back(x), strict=False)) < 1e-4

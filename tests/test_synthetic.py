@@ -15,8 +15,12 @@ def test_shapes_dataset_boxes_match_drawn_pixels(tmp_path):
         rows = np.loadtxt(lab, ndmin=2)
         assert rows.shape[1] == 5 and len(rows) >= 1
         assert ((rows[:, 0] >= 0) & (rows[:, 0] < 3)).all()
-        xyxy = np.c_[rows[:, 1] - rows[:, 3] / 2, rows[:, 2] - rows[:, 4] / 2,
-                     rows[:, 1] + rows[:, 3] / 2, rows[:, 2] + rows[:, 4] / 2]
+        xyxy = np.c_[
+            rows[:, 1] - rows[:, 3] / 2,
+            rows[:, 2] - rows[:, 4] / 2,
+            rows[:, 1] + rows[:, 3] / 2,
+            rows[:, 2] + rows[:, 4] / 2,
+        ]
         assert (xyxy >= 0).all() and (xyxy <= 1).all()
         img = Image.open(str(lab).replace("labels", "images").replace(".txt", ".jpg"))
         assert img.size == (128, 128)

@@ -47,12 +47,34 @@ def _load(path: Path) -> dict:
 
 
 def test_full_run_writes_every_output(tiny, tmp_path):
-    save_dir = train(cfg=tiny["cfg"], data=tiny["data"], epochs=2, project=str(tmp_path), img_size=70,
-                     batch_size=4, workers=0, device="cpu", tensorboard=True)
+    save_dir = train(
+        cfg=tiny["cfg"],
+        data=tiny["data"],
+        epochs=2,
+        project=str(tmp_path),
+        img_size=70,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        tensorboard=True,
+    )
     assert save_dir == tmp_path / "exp"
-    for name in ("weights/last.pt", "weights/best.pt", "results.csv", "opt.yaml", "hyp.yaml", "results.png",
-                 "labels.jpg", "train_batch0.jpg", "val_batch0_pred.jpg", "PR_curve.png", "F1_curve.png",
-                 "P_curve.png", "R_curve.png", "confusion_matrix.png"):
+    for name in (
+        "weights/last.pt",
+        "weights/best.pt",
+        "results.csv",
+        "opt.yaml",
+        "hyp.yaml",
+        "results.png",
+        "labels.jpg",
+        "train_batch0.jpg",
+        "val_batch0_pred.jpg",
+        "PR_curve.png",
+        "F1_curve.png",
+        "P_curve.png",
+        "R_curve.png",
+        "confusion_matrix.png",
+    ):
         assert (save_dir / name).is_file(), name
     assert list(save_dir.glob("events.out.tfevents.*"))
     rows = list(csv.reader(open(save_dir / "results.csv")))
@@ -63,8 +85,10 @@ def test_full_run_writes_every_output(tiny, tmp_path):
     assert last["optimizer"] is None and last["epoch"] == 1 and last["ema"] is not None
     assert last["hyp"]["lr0"] == 0.01 and last["train_args"]["epochs"] == 2
     # a second run increments the folder name
-    assert train(cfg=tiny["cfg"], data=tiny["data"], epochs=1, project=str(tmp_path), noval=True,
-                 nosave=True, **FAST) == tmp_path / "exp2"
+    assert (
+        train(cfg=tiny["cfg"], data=tiny["data"], epochs=1, project=str(tmp_path), noval=True, nosave=True, **FAST)
+        == tmp_path / "exp2"
+    )
 
 
 def test_resume_is_exact(tiny, tmp_path):
@@ -125,13 +149,39 @@ def test_cli_transfer_freeze_and_unknown_hyp(tiny, tmp_path):
     """Fine-tune an 80-class checkpoint on a 3-class dataset through the CLI."""
     from sparseyolo.data.synthetic import make_shapes_dataset
 
-    src = train(cfg=tiny["cfg"], data=tiny["data"], epochs=1, project=str(tmp_path), name="src", noval=True,
-                **FAST)
+    src = train(cfg=tiny["cfg"], data=tiny["data"], epochs=1, project=str(tmp_path), name="src", noval=True, **FAST)
     shapes = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4, img_size=64)
-    cmd = [sys.executable, "-m", "sparseyolo", "train", "--weights", str(src / "weights/last.pt"),
-           "--data", str(shapes), "--img", "64", "--batch-size", "4", "--epochs", "1", "--workers", "0",
-           "--device", "cpu", "--project", str(tmp_path), "--name", "ft", "--freeze", "3", "--noval",
-           "--noplots", "--no-tensorboard", "--hyp", "finetune"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sparseyolo",
+        "train",
+        "--weights",
+        str(src / "weights/last.pt"),
+        "--data",
+        str(shapes),
+        "--img",
+        "64",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path),
+        "--name",
+        "ft",
+        "--freeze",
+        "3",
+        "--noval",
+        "--noplots",
+        "--no-tensorboard",
+        "--hyp",
+        "finetune",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
@@ -152,8 +202,14 @@ def test_finetune_darknet_weights(shared_dir, tmp_path, caplog):
 
     shapes = make_shapes_dataset(tmp_path / "shapes", n_train=4, n_val=2, img_size=64)
     caplog.set_level("INFO")
-    run = train(weights=str(shared_dir / "weights/yolov3-tiny.weights"), data=str(shapes), epochs=1,
-                project=str(tmp_path), noval=True, **FAST)
+    run = train(
+        weights=str(shared_dir / "weights/yolov3-tiny.weights"),
+        data=str(shapes),
+        epochs=1,
+        project=str(tmp_path),
+        noval=True,
+        **FAST,
+    )
     assert "Transferred" in caplog.text
     assert "rescaled 11 pretrained conv weights" in caplog.text  # the default for Darknet .weights
     ck = _load(run / "weights/last.pt")
@@ -166,9 +222,30 @@ def test_finetune_darknet_weights(shared_dir, tmp_path, caplog):
 @pytest.mark.slow
 def test_sigkill_then_resume(tiny, tmp_path):
     """Kill -9 a CLI run mid-training, resume it, and check it finishes with intact files."""
-    cmd = [sys.executable, "-m", "sparseyolo", "train", "--cfg", tiny["cfg"], "--data", tiny["data"], "--img", "96",
-           "--batch-size", "2", "--epochs", "6", "--workers", "0", "--device", "cpu", "--project", str(tmp_path),
-           "--noplots", "--no-tensorboard"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sparseyolo",
+        "train",
+        "--cfg",
+        tiny["cfg"],
+        "--data",
+        tiny["data"],
+        "--img",
+        "96",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "6",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path),
+        "--noplots",
+        "--no-tensorboard",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = tmp_path / "exp/weights/last.pt"
@@ -181,8 +258,25 @@ def test_sigkill_then_resume(tiny, tmp_path):
     proc.wait()
     done_before = _load(last)["epoch"]
     assert done_before < 5, "the run finished before it could be killed"
-    out = subprocess.run([sys.executable, "-m", "sparseyolo", "train", "--resume", "--project", str(tmp_path),
-                          "--workers", "0", "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sparseyolo",
+            "train",
+            "--resume",
+            "--project",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for f in ("last.pt", "best.pt"):
         ck = _load(tmp_path / "exp/weights" / f)

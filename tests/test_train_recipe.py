@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import stop_after_epoch
+from test_train import FAST, _load, tiny  # noqa: F401,F811  (tiny: shared fixture)
 
 from sparseyolo.engine.setup import TrainConfig
 from sparseyolo.engine.trainer import Trainer, train
-
-from conftest import stop_after_epoch
-from test_train import FAST, _load, tiny  # noqa: F401,F811  (tiny: shared fixture)
 
 PRUNED = "yolov3-tiny.pruned"
 PRUNED_QAT = "yolov3-tiny.pruned_quantized"
 
 
 def test_pruning_recipe_masks_ema_and_restarts_best(tiny, tmp_path):
-    t = Trainer(TrainConfig(cfg=tiny["cfg"], data=tiny["data"], recipe=PRUNED, epochs=99, project=str(tmp_path),
-                            recipe_args={"num_epochs": 3, "pruning_end_epoch": 2}, hyp="finetune",
-                            **{**FAST, "batch_size": 2}))
+    t = Trainer(
+        TrainConfig(
+            cfg=tiny["cfg"],
+            data=tiny["data"],
+            recipe=PRUNED,
+            epochs=99,
+            project=str(tmp_path),
+            recipe_args={"num_epochs": 3, "pruning_end_epoch": 2},
+            hyp="finetune",
+            **{**FAST, "batch_size": 2},
+        )
+    )
     assert t.max_epochs == 3  # the recipe decides
     t.train()
     assert t.manager.pruning_done
@@ -39,8 +47,16 @@ def test_pruning_recipe_masks_ema_and_restarts_best(tiny, tmp_path):
 @pytest.mark.slow
 def test_qat_recipe_turns_off_ema_and_resumes(tiny, tmp_path):
     args = {"num_epochs": 3, "pruning_end_epoch": 1, "quantization_start_epoch": 2}
-    common = dict(cfg=tiny["cfg"], data=tiny["data"], recipe=PRUNED_QAT, recipe_args=args, hyp="pruned_quantized",
-                  project=str(tmp_path), noval=True, **{**FAST, "batch_size": 2})
+    common = dict(
+        cfg=tiny["cfg"],
+        data=tiny["data"],
+        recipe=PRUNED_QAT,
+        recipe_args=args,
+        hyp="pruned_quantized",
+        project=str(tmp_path),
+        noval=True,
+        **{**FAST, "batch_size": 2},
+    )
     ref = train(name="ref", **common)
     t = Trainer(TrainConfig(name="cut", **common))
     t.register_hooks([stop_after_epoch(1)])
@@ -66,8 +82,17 @@ def test_qat_start_epoch_is_validated_as_float_and_never_chosen(tiny, tmp_path, 
     from sparseyolo.quantization import ActivationQuantizer
 
     args = {"num_epochs": 3, "pruning_end_epoch": 1, "quantization_start_epoch": 2}
-    t = Trainer(TrainConfig(cfg=tiny["cfg"], data=tiny["data"], recipe=PRUNED_QAT, recipe_args=args,
-                            hyp="pruned_quantized", project=str(tmp_path), **{**FAST, "batch_size": 2}))
+    t = Trainer(
+        TrainConfig(
+            cfg=tiny["cfg"],
+            data=tiny["data"],
+            recipe=PRUNED_QAT,
+            recipe_args=args,
+            hyp="pruned_quantized",
+            project=str(tmp_path),
+            **{**FAST, "batch_size": 2},
+        )
+    )
     seen = {}
 
     class _Probe(HookBase):

@@ -45,7 +45,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         def __reduce__(self):
             raise RuntimeError("boom")
 
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="boom"):
         atomic_torch_save({"v": Boom()}, target)
     assert torch.load(target, weights_only=True) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
@@ -89,7 +89,11 @@ def test_scale_boxes_inverts_letterbox():
 
 
 def test_cli_help_and_module_entry():
-    out = subprocess.run([sys.executable, "-m", "sparseyolo", "--help"], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [sys.executable, "-m", "sparseyolo", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert out.returncode == 0
     assert "sparseyolo" in out.stdout

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from sparseyolo.runtime.backends import Backend, OnnxBackend, TorchBackend, load_backend
 from sparseyolo.evaluation.validation import validate
+from sparseyolo.runtime.backends import Backend, OnnxBackend, TorchBackend, load_backend
 
 NAMES = ["a", "b", "c"]
 SIZES = [(120, 200), (160, 90), (100, 100), (240, 130), (64, 300)]  # (h, w), varied aspect ratios
@@ -34,8 +34,7 @@ def tiny_data(tmp_path_factory):
                 rows.append(f"{rng.integers(0, 3)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
             (root / "labels" / split / f"{i + 1:06d}.txt").write_text("\n".join(rows) + "\n")
     data = root / "tiny.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
-                                    "names": NAMES}))
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": NAMES}))
     return data
 
 
@@ -83,8 +82,17 @@ class OracleBackend(Backend):
 def test_oracle_gives_perfect_map(tiny_data, tmp_path, rect):
     oracle = OracleBackend()
     loader = _loader(tiny_data, rect=rect)
-    metrics, maps = validate(oracle, oracle.feed(loader), names=NAMES, save_dir=tmp_path, plots=True,
-                             save_json=True, save_txt=True, save_conf=True, verbose=True)
+    metrics, maps = validate(
+        oracle,
+        oracle.feed(loader),
+        names=NAMES,
+        save_dir=tmp_path,
+        plots=True,
+        save_json=True,
+        save_txt=True,
+        save_conf=True,
+        verbose=True,
+    )
     assert metrics["mAP50"] == pytest.approx(1.0)
     assert metrics["mAP50-95"] > 0.99  # label rounding through letterbox and back
     assert metrics["precision"] == pytest.approx(1.0) and metrics["recall"] == pytest.approx(1.0)
@@ -102,8 +110,7 @@ def test_oracle_gives_perfect_map(tiny_data, tmp_path, rect):
     saved = np.loadtxt(tmp_path / "labels" / "000005.txt", ndmin=2)
     assert saved.shape[1] == 6
     np.testing.assert_allclose(np.sort(saved[:, 1]), np.sort(lbl[:, 1]), atol=0.01)
-    for f in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "val_batch0_pred.jpg",
-              "val_batch0_labels.jpg"):
+    for f in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "val_batch0_pred.jpg", "val_batch0_labels.jpg"):
         assert (tmp_path / f).stat().st_size > 1000, f
 
 
@@ -144,8 +151,16 @@ def _export(module, path, x, meta, n_out, dynamic=True):
 
     names = [f"out{i}" for i in range(n_out)]
     axes = {"images": {0: "batch", 2: "h", 3: "w"}} if dynamic else None
-    torch.onnx.export(module, x, str(path), input_names=["images"], output_names=names, opset_version=13,
-                      dynamic_axes=axes, dynamo=False)
+    torch.onnx.export(
+        module,
+        x,
+        str(path),
+        input_names=["images"],
+        output_names=names,
+        opset_version=13,
+        dynamic_axes=axes,
+        dynamo=False,
+    )
     m = onnx.load(str(path))
     for k, v in meta.items():
         p = m.metadata_props.add()
@@ -156,8 +171,13 @@ def _export(module, path, x, meta, n_out, dynamic=True):
 
 def _meta(model):
     d = model.detect
-    return {"names": json.dumps(model.names), "stride": json.dumps(d.stride.tolist()),
-            "anchors": json.dumps(d.anchors.tolist()), "decode": json.dumps(d.decode), "imgsz": "[128, 128]"}
+    return {
+        "names": json.dumps(model.names),
+        "stride": json.dumps(d.stride.tolist()),
+        "anchors": json.dumps(d.anchors.tolist()),
+        "decode": json.dumps(d.decode),
+        "imgsz": "[128, 128]",
+    }
 
 
 @pytest.mark.parametrize("layout", ["5d", "4d", "4d-uint8", "decoded"])
@@ -171,6 +191,7 @@ def test_onnx_backend_matches_torch(tiny_model, tmp_path, layout):
         path = _export(model, tmp_path / "m.onnx", x, _meta(model), 2)
         model.export_raw = False
     elif layout == "decoded":
+
         class Decoded(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
@@ -178,6 +199,7 @@ def test_onnx_backend_matches_torch(tiny_model, tmp_path, layout):
 
             def forward(self, x):
                 return self.m(x)[0]
+
         path = _export(Decoded(model), tmp_path / "m.onnx", x, {"names": json.dumps(NAMES)}, 1)
     else:
         uint8 = layout.endswith("uint8")
@@ -231,9 +253,31 @@ def test_cli_val_onnx(tiny_model, tiny_data, tmp_path, capsys):
     tiny_model.export_raw = True
     path = _export(tiny_model, tmp_path / "m.onnx", torch.zeros(1, 3, 128, 128), _meta(tiny_model), 2)
     tiny_model.export_raw = False
-    rc = main(["val", "--weights", str(path), "--data", str(tiny_data), "--img", "128", "--batch-size", "2",
-               "--conf-thres", "0.01", "--iou", "0.5", "--project", str(tmp_path / "runs"), "--name", "exp",
-               "--save-json", "--no-rect", "--workers", "0"])
+    rc = main(
+        [
+            "val",
+            "--weights",
+            str(path),
+            "--data",
+            str(tiny_data),
+            "--img",
+            "128",
+            "--batch-size",
+            "2",
+            "--conf-thres",
+            "0.01",
+            "--iou",
+            "0.5",
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            "exp",
+            "--save-json",
+            "--no-rect",
+            "--workers",
+            "0",
+        ]
+    )
     assert rc == 0
     out_dir = tmp_path / "runs" / "exp"
     assert (out_dir / "predictions.json").exists() and (out_dir / "PR_curve.png").exists()
@@ -253,10 +297,22 @@ def test_yolov3_tiny_darknet_weights_coco128_map(shared_dir, tmp_path):
     images = shared_dir / "data" / "coco128" / "images" / "val2017"
     data = tmp_path / "coco128.yaml"
     data.write_text(yaml.safe_dump({"train": str(images), "val": str(images), "names": names}))
-    metrics, maps, save_dir = run(shared_dir / "weights" / "yolov3-tiny.weights", data, img_size=416,
-                                  batch_size=32, conf_thres=0.001, iou_thres=0.45, max_det=300,
-                                  cfg="yolov3-tiny", rect=False, workers=0, plots=False, save_json=True,
-                                  project=tmp_path / "runs", name="exp")
+    metrics, maps, save_dir = run(
+        shared_dir / "weights" / "yolov3-tiny.weights",
+        data,
+        img_size=416,
+        batch_size=32,
+        conf_thres=0.001,
+        iou_thres=0.45,
+        max_det=300,
+        cfg="yolov3-tiny",
+        rect=False,
+        workers=0,
+        plots=False,
+        save_json=True,
+        project=tmp_path / "runs",
+        name="exp",
+    )
     print({k: round(metrics[k], 4) for k in ("mAP50", "mAP50-95", "coco/mAP50", "coco/mAP50-95")})
     assert abs(metrics["mAP50"] - 0.292) < 0.015
     assert abs(metrics["mAP50-95"] - 0.168) < 0.012
@@ -289,8 +345,8 @@ def test_yolov3_tiny_onnx_matches_pytorch_map(shared_dir, tmp_path):
 
 def test_backends_on_sparseyolo_exports(tiny_model, tmp_path):
     """`sparseyolo export` output: raw heads decode like PyTorch; an NMS-included graph is only filtered."""
-    from sparseyolo.runtime.backends import postprocess
     from sparseyolo.export import export_onnx
+    from sparseyolo.runtime.backends import postprocess
 
     imgs = torch.randint(0, 255, (2, 3, 128, 128), dtype=torch.uint8)
     torch_be = TorchBackend(tiny_model)
@@ -298,12 +354,21 @@ def test_backends_on_sparseyolo_exports(tiny_model, tmp_path):
     raw = load_backend(export_onnx(tiny_model, tmp_path / "raw.onnx", img_size=(128, 128), dynamic=True))
     assert not raw.end2end and raw.names == NAMES
     torch.testing.assert_close(raw(imgs), ref, rtol=1e-3, atol=1e-4)
-    e2e = load_backend(export_onnx(tiny_model, tmp_path / "nms.onnx", img_size=(128, 128), include_nms=True,
-                                   max_det=50, conf_thres=0.001, iou_thres=0.45))
+    e2e = load_backend(
+        export_onnx(
+            tiny_model,
+            tmp_path / "nms.onnx",
+            img_size=(128, 128),
+            include_nms=True,
+            max_det=50,
+            conf_thres=0.001,
+            iou_thres=0.45,
+        )
+    )
     assert e2e.end2end and e2e.fixed_shape == (128, 128)
     got = postprocess(e2e, e2e(imgs), 0.001, 0.45, max_det=20)
     want = postprocess(torch_be, ref, 0.001, 0.45, max_det=20)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         assert g.shape == w.shape == (20, 6)
         torch.testing.assert_close(g[0], w[0], rtol=1e-3, atol=1e-3)
         assert torch.all(g[:-1, 4] >= g[1:, 4])

@@ -32,8 +32,15 @@ def expected_rows(xml: Path, names: list[str], keep_difficult: bool) -> np.ndarr
             continue
         x1, y1 = max(b["xmin"] - 1, 0), max(b["ymin"] - 1, 0)
         x2, y2 = min(b["xmax"], W), min(b["ymax"], H)
-        rows.append([names.index(obj.find("name").text.strip()), (x1 + x2) / 2 / W, (y1 + y2) / 2 / H,
-                     (x2 - x1) / W, (y2 - y1) / H])
+        rows.append(
+            [
+                names.index(obj.find("name").text.strip()),
+                (x1 + x2) / 2 / W,
+                (y1 + y2) / 2 / H,
+                (x2 - x1) / W,
+                (y2 - y1) / H,
+            ]
+        )
     return np.array(rows).reshape(-1, 5)
 
 
@@ -140,9 +147,11 @@ def test_get_voc_downloads_extracts_and_converts(shared_dir, http_dir, tmp_path,
     served, url = http_dir
     url += "mirror/"
     (served / "mirror").mkdir()
-    sets = {"VOCtrainval_06-Nov-2007.tar": ("2007", "trainval", stems[:2]),
-            "VOCtest_06-Nov-2007.tar": ("2007", "test", stems[2:5]),
-            "VOCtrainval_11-May-2012.tar": ("2012", "trainval", stems[5:8])}
+    sets = {
+        "VOCtrainval_06-Nov-2007.tar": ("2007", "trainval", stems[:2]),
+        "VOCtest_06-Nov-2007.tar": ("2007", "test", stems[2:5]),
+        "VOCtrainval_11-May-2012.tar": ("2012", "trainval", stems[5:8]),
+    }
     for name, (year, split, ss) in sets.items():
         with tarfile.open(served / "mirror" / name, "w") as tar:
             _add_voc(tar, src, year, split, ss)

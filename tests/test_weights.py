@@ -84,9 +84,20 @@ def test_zoo_stub_downloads_darknet_weights(served, tmp_path):
     save_darknet_weights(src, root / "small.weights")
     sha = hashlib.sha256((root / "small.weights").read_bytes()).hexdigest()
     stub = "zoo:cv/detection/yolo_v3-tiny/darknet/test/toy/base-none"
-    _write_zoo(zoo, {stub: {"url": f"{base}/small.weights", "sha256": sha, "format": "darknet",
-                            "cfg": _small_cfg(tmp_path), "nc": 3, "names": "toy"}},
-               {"toy": ["a", "b", "c"]})
+    _write_zoo(
+        zoo,
+        {
+            stub: {
+                "url": f"{base}/small.weights",
+                "sha256": sha,
+                "format": "darknet",
+                "cfg": _small_cfg(tmp_path),
+                "nc": 3,
+                "names": "toy",
+            }
+        },
+        {"toy": ["a", "b", "c"]},
+    )
     model, ckpt = load_model(stub + "?recipe_type=original")
     assert ckpt is None and model.nc == 3 and model.names == ["a", "b", "c"] and model.decode == "darknet"
     for k, v in src.state_dict().items():
@@ -103,8 +114,16 @@ def test_zoo_stub_downloads_darknet_weights(served, tmp_path):
 
 def test_unknown_stub_lists_close_ones(served):
     _, base, zoo = served
-    _write_zoo(zoo, {"zoo:cv/detection/yolo_v3-spp/pytorch/ultralytics/coco/base-none":
-                     {"url": f"{base}/x.pt", "format": "sparseyolo", "sha256": None}})
+    _write_zoo(
+        zoo,
+        {
+            "zoo:cv/detection/yolo_v3-spp/pytorch/ultralytics/coco/base-none": {
+                "url": f"{base}/x.pt",
+                "format": "sparseyolo",
+                "sha256": None,
+            }
+        },
+    )
     with pytest.raises(WeightsError, match=r"close stubs: zoo:cv/detection/yolo_v3-spp/pytorch/ultralytics"):
         resolve_weights("zoo:cv/detection/yolo_v3-spp/pytorch/ultralytics/coco/base-nonee")
 
@@ -112,8 +131,17 @@ def test_unknown_stub_lists_close_ones(served):
 def test_registry_checksum_is_enforced(served):
     root, base, zoo = served
     (root / "w.weights").write_bytes(b"\0" * 64)
-    _write_zoo(zoo, {"zoo:a/b/c/darknet/d/e/f": {"url": f"{base}/w.weights", "sha256": "1" * 64,
-                                                  "format": "darknet", "cfg": "yolov3-tiny"}})
+    _write_zoo(
+        zoo,
+        {
+            "zoo:a/b/c/darknet/d/e/f": {
+                "url": f"{base}/w.weights",
+                "sha256": "1" * 64,
+                "format": "darknet",
+                "cfg": "yolov3-tiny",
+            }
+        },
+    )
     with pytest.raises(DownloadError, match="checksum mismatch"):
         resolve_weights("zoo:a/b/c/darknet/d/e/f")
 
@@ -186,14 +214,16 @@ def test_rescale_pretrained_keeps_the_function_and_resets_the_norm(shared_dir):
     convs = [m.conv for m in model.modules() if isinstance(getattr(m, "bn", None), nn.BatchNorm2d)]
     before = [float(c.weight.detach().pow(2).mean().sqrt()) for c in convs]
     assert rescale_to_init_norm(model) == len(convs) == 11  # the two Detect convs have no BN
-    for c, b in zip(convs, before):
+    for c, b in zip(convs, before, strict=False):
         rms = float(c.weight.detach().pow(2).mean().sqrt())
-        assert rms == pytest.approx(1 / math.sqrt(3 * c.weight[0].numel()), rel=1e-5) and rms < b  # Darknet's are larger
+        assert (
+            rms == pytest.approx(1 / math.sqrt(3 * c.weight[0].numel()), rel=1e-5) and rms < b
+        )  # Darknet's are larger
     with torch.no_grad():
         got = model.eval()(x)[0]  # running statistics scaled to match, BN weight absorbs the eps: exact
         assert (got - ref_eval).abs().max() <= 1e-4 * ref_eval.abs().max()
         model.train()  # batch statistics: BN divides the scale back out (eps aside: 0.3% measured)
-        for got, ref in zip(model(x), ref_train):
+        for got, ref in zip(model(x), ref_train, strict=False):
             assert (got - ref).abs().max() <= 0.01 * ref.abs().max()
     with pytest.raises(ConfigError, match="rescale-pretrained"):
         build_train_model(TrainConfig(cfg="yolov3-tiny", rescale_pretrained=True), nc=3, names=["a", "b", "c"])

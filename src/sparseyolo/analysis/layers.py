@@ -33,12 +33,12 @@ class LayerStats:
     name: str
     op: str
     shape: list[int]
-    params: int          # weight + bias elements
-    zeros: int           # zero weight elements
+    params: int  # weight + bias elements
+    zeros: int  # zero weight elements
     out_shape: list[int] | None = None
     flops: float | None = None
     quantized: bool = False
-    original_shape: list[int] | None = None   # thinned model: the full-width build's weight shape
+    original_shape: list[int] | None = None  # thinned model: the full-width build's weight shape
     original_flops: float | None = None
 
     @property
@@ -74,7 +74,7 @@ class ModelAnalysis:
     img: tuple[int, int]
     layers: list[LayerStats] = field(default_factory=list)
     total_params: int = 0  # every parameter of the model, not only conv / linear
-    original_params: int | None = None    # thinned model: parameters and FLOPs of the full-width build
+    original_params: int | None = None  # thinned model: parameters and FLOPs of the full-width build
     original_flops: float | None = None
 
     def totals(self) -> dict[str, float | int | None]:
@@ -83,11 +83,18 @@ class ModelAnalysis:
         known = [l for l in self.layers if l.flops is not None]
         flops = sum(l.flops for l in known) if known else None
         sparse = sum(l.sparse_flops for l in known) if known else None
-        return {"layers": len(self.layers), "params": self.total_params or sum(l.params for l in self.layers),
-                "layer_params": sum(l.params for l in self.layers), "weights": weights, "zeros": zeros,
-                "sparsity": zeros / weights if weights else 0.0, "flops": flops, "sparse_flops": sparse,
-                "flops_reduction": (flops / sparse) if flops and sparse else None,
-                "quantized_layers": sum(l.quantized for l in self.layers)}
+        return {
+            "layers": len(self.layers),
+            "params": self.total_params or sum(l.params for l in self.layers),
+            "layer_params": sum(l.params for l in self.layers),
+            "weights": weights,
+            "zeros": zeros,
+            "sparsity": zeros / weights if weights else 0.0,
+            "flops": flops,
+            "sparse_flops": sparse,
+            "flops_reduction": (flops / sparse) if flops and sparse else None,
+            "quantized_layers": sum(l.quantized for l in self.layers),
+        }
 
     def thinning(self) -> dict[str, float | int | None] | None:
         """Before / after figures of a thinned model; None for a model that was not thinned."""
@@ -96,15 +103,24 @@ class ModelAnalysis:
         t = self.totals()
         flops, params = t["flops"], t["params"]
         channels = [layer.channels for layer in self.layers if layer.channels is not None]
-        return {"flops_before": self.original_flops, "flops_after": flops,
-                "flops_ratio": self.original_flops / flops if self.original_flops and flops else None,
-                "params_before": self.original_params, "params_after": params,
-                "channels_kept": sum(k for k, _ in channels), "channels_original": sum(o for _, o in channels),
-                "layers_thinned": sum(layer.shape != layer.original_shape for layer in self.layers if layer.original_shape)}
+        return {
+            "flops_before": self.original_flops,
+            "flops_after": flops,
+            "flops_ratio": self.original_flops / flops if self.original_flops and flops else None,
+            "params_before": self.original_params,
+            "params_after": params,
+            "channels_kept": sum(k for k, _ in channels),
+            "channels_original": sum(o for _, o in channels),
+            "layers_thinned": sum(layer.shape != layer.original_shape for layer in self.layers if layer.original_shape),
+        }
 
     def to_dict(self) -> dict:
-        d = {"source": self.source, "img": list(self.img), "totals": self.totals(),
-             "layers": [layer.to_dict() for layer in self.layers]}
+        d = {
+            "source": self.source,
+            "img": list(self.img),
+            "totals": self.totals(),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
         thinning = self.thinning()
         if thinning is not None:
             d["thinning"] = thinning
@@ -115,7 +131,9 @@ class ModelAnalysis:
 def _is_weight_layer(m) -> bool:
     import torch.nn as nn
 
-    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(getattr(m, "weight", None), nn.Parameter)
+    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(
+        getattr(m, "weight", None), nn.Parameter
+    )
 
 
 def _is_quantized(name: str, module, modules: dict) -> bool:
@@ -123,8 +141,11 @@ def _is_quantized(name: str, module, modules: dict) -> bool:
     if getattr(module, "weight_fake_quant", None) is not None:
         return True
     parent = modules.get(name.rpartition(".")[0]) if "." in name else None
-    return parent is not None and getattr(parent, "weight_fake_quant", None) is not None \
+    return (
+        parent is not None
+        and getattr(parent, "weight_fake_quant", None) is not None
         and getattr(parent, "conv", None) is module
+    )
 
 
 def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "model") -> ModelAnalysis:
@@ -162,12 +183,18 @@ def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "mode
         w = m.weight.detach()
         bias = getattr(m, "bias", None)
         out = out_shapes.get(name)
-        result.layers.append(LayerStats(
-            name=f"{name}.weight", op=type(m).__name__, shape=list(w.shape),
-            params=w.numel() + (bias.numel() if bias is not None else 0),
-            zeros=0 if w.is_meta else int((w == 0).sum()),  # a meta model (layout only) has no values
-            out_shape=out, flops=_flops(list(w.shape), out, conv=w.dim() > 2),
-            quantized=_is_quantized(name, m, modules)))
+        result.layers.append(
+            LayerStats(
+                name=f"{name}.weight",
+                op=type(m).__name__,
+                shape=list(w.shape),
+                params=w.numel() + (bias.numel() if bias is not None else 0),
+                zeros=0 if w.is_meta else int((w == 0).sum()),  # a meta model (layout only) has no values
+                out_shape=out,
+                flops=_flops(list(w.shape), out, conv=w.dim() > 2),
+                quantized=_is_quantized(name, m, modules),
+            )
+        )
     original = full_width_model(model)
     if original is not None:
         add_original(result, analyze_module(original, img, source=f"{source} (full width)"))
@@ -203,6 +230,7 @@ def _shape_hook(store: dict, name: str, overwrite: bool = True):
     def hook(module, inputs, output):
         if hasattr(output, "shape") and (overwrite or name not in store):
             store[name] = list(output.shape)
+
     return hook
 
 
@@ -217,9 +245,16 @@ def _flops(weight_shape: list[int], out_shape: list[int] | None, conv: bool) -> 
 
 # ---------------------------------------------------------------------------------------------- ONNX
 # op -> (weight input index, bias input index or None, is quantized op)
-_ONNX_LAYERS = {"Conv": (1, 2, False), "ConvTranspose": (1, 2, False), "Gemm": (1, 2, False), "MatMul": (1, None, False),
-                "QLinearConv": (3, 8, True), "ConvInteger": (1, None, True), "MatMulInteger": (1, None, True),
-                "QLinearMatMul": (3, None, True)}
+_ONNX_LAYERS = {
+    "Conv": (1, 2, False),
+    "ConvTranspose": (1, 2, False),
+    "Gemm": (1, 2, False),
+    "MatMul": (1, None, False),
+    "QLinearConv": (3, 8, True),
+    "ConvInteger": (1, None, True),
+    "MatMulInteger": (1, None, True),
+    "QLinearMatMul": (3, None, True),
+}
 # ops that pass a weight through unchanged in value pattern (zeros stay zeros)
 _PASS_THROUGH = {"Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
 
@@ -243,7 +278,9 @@ def analyze_onnx(path: str | Path, img: tuple[int, int] | None = None) -> ModelA
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             inits[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
     first_shape = next(iter(shapes.values()))
-    result = ModelAnalysis(str(info.path), (int(first_shape[-2]), int(first_shape[-1])) if len(first_shape) == 4 else (0, 0))
+    result = ModelAnalysis(
+        str(info.path), (int(first_shape[-2]), int(first_shape[-1])) if len(first_shape) == 4 else (0, 0)
+    )
     pending, used = [], set()
     for node in model.graph.node:
         spec = _ONNX_LAYERS.get(node.op_type)
@@ -266,8 +303,19 @@ def analyze_onnx(path: str | Path, img: tuple[int, int] | None = None) -> ModelA
             used.add(b[3] if b is not None else "")
         used.add(w_name)
         zeros = int(np.count_nonzero(_is_zero(w, zero_point)))
-        pending.append((node, LayerStats(name=_display_name(w_name), op=node.op_type, shape=list(w.shape), params=int(w.size) + bias,
-                                         zeros=zeros, quantized=bool(q_op or dq))))
+        pending.append(
+            (
+                node,
+                LayerStats(
+                    name=_display_name(w_name),
+                    op=node.op_type,
+                    shape=list(w.shape),
+                    params=int(w.size) + bias,
+                    zeros=zeros,
+                    quantized=bool(q_op or dq),
+                ),
+            )
+        )
     out_shapes = _onnx_output_shapes(model, shapes, [n.output[0] for n, _ in pending], info.path)
     for node, layer in pending:
         out = out_shapes.get(node.output[0])
@@ -338,7 +386,7 @@ def _onnx_output_shapes(model, input_shapes: dict, names: list[str], path: Path)
     for vi in fixed.graph.input:
         if vi.name in input_shapes:
             dims = vi.type.tensor_type.shape.dim
-            for d, size in zip(dims, input_shapes[vi.name]):
+            for d, size in zip(dims, input_shapes[vi.name], strict=False):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
     shapes: dict[str, list[int]] = {}
@@ -372,12 +420,17 @@ def _ort_shapes(model, input_shapes: dict, names: list[str], path: Path) -> dict
         rng = np.random.default_rng(0)
         feed = {k: random_array(v, _ort_dtype(dtypes[k]), rng) for k, v in input_shapes.items()}
         outs = sess.run(names, feed)
-        return {n: list(o.shape) for n, o in zip(names, outs)}
+        return {n: list(o.shape) for n, o in zip(names, outs, strict=False)}
     except Exception as e:
         LOGGER.warning(f"{path}: could not determine {len(names)} layer output shapes ({e}); their FLOPs are unknown")
         return {}
 
 
 def _ort_dtype(ort_type: str) -> str:
-    return {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
-            "tensor(float16)": "float16", "tensor(int64)": "int64"}.get(ort_type, "float32")
+    return {
+        "tensor(float)": "float32",
+        "tensor(uint8)": "uint8",
+        "tensor(int8)": "int8",
+        "tensor(float16)": "float16",
+        "tensor(int64)": "int64",
+    }.get(ort_type, "float32")

@@ -27,18 +27,41 @@ def analysis_table(a: ModelAnalysis) -> str:
     """Per-layer Markdown table with a totals row; a thinned model gets two more columns: output
     channels kept/original and the layer's FLOPs before thinning."""
     header = ["#", "layer", "op", "weight shape", "params", "sparsity", "FLOPs", "FLOPs sparse", "quant"]
-    rows = [[i, l.name, l.op, "x".join(map(str, l.shape)), human(l.params), f"{l.sparsity:.1%}", human(l.flops),
-             human(l.sparse_flops), "yes" if l.quantized else "no"] for i, l in enumerate(a.layers)]
+    rows = [
+        [
+            i,
+            l.name,
+            l.op,
+            "x".join(map(str, l.shape)),
+            human(l.params),
+            f"{l.sparsity:.1%}",
+            human(l.flops),
+            human(l.sparse_flops),
+            "yes" if l.quantized else "no",
+        ]
+        for i, l in enumerate(a.layers)
+    ]
     t = a.totals()
-    rows.append(["", f"total ({t['layers']} layers; model params {human(t['params'])})", "", "", human(t["layer_params"]),
-                 f"{t['sparsity']:.1%}", human(t["flops"]), human(t["sparse_flops"]), f"{t['quantized_layers']}/{t['layers']}"])
+    rows.append(
+        [
+            "",
+            f"total ({t['layers']} layers; model params {human(t['params'])})",
+            "",
+            "",
+            human(t["layer_params"]),
+            f"{t['sparsity']:.1%}",
+            human(t["flops"]),
+            human(t["sparse_flops"]),
+            f"{t['quantized_layers']}/{t['layers']}",
+        ]
+    )
     align = "rllrrrrrr"
     th = a.thinning()
     if th is not None:
         header = _with_thinning(header, ("channels", "FLOPs unthinned"))
         cells = [(_channels(layer.channels), human(layer.original_flops)) for layer in a.layers]
         cells.append((_channels((th["channels_kept"], th["channels_original"])), human(th["flops_before"])))
-        rows = [_with_thinning(row, extra) for row, extra in zip(rows, cells)]
+        rows = [_with_thinning(row, extra) for row, extra in zip(rows, cells, strict=False)]
         align = "".join(_with_thinning(list(align), ("r", "r")))
     return markdown_table(header, rows, align=align)
 
@@ -57,9 +80,11 @@ def summary_line(a: ModelAnalysis) -> str:
     """One line of totals; a thinned model gets a second line (:func:`thinning_line`)."""
     t = a.totals()
     red = f", {t['flops_reduction']:.2f}x fewer FLOPs if all zeros were skipped" if t["flops_reduction"] else ""
-    line = (f"{Path(a.source).name} at {a.img[0]}x{a.img[1]}: {human(t['params'])} parameters, "
-            f"{t['sparsity']:.1%} of conv/linear weights are zero, {human(t['flops'])}FLOPs dense -> "
-            f"{human(t['sparse_flops'])}FLOPs sparse{red}; {t['quantized_layers']}/{t['layers']} layers quantized")
+    line = (
+        f"{Path(a.source).name} at {a.img[0]}x{a.img[1]}: {human(t['params'])} parameters, "
+        f"{t['sparsity']:.1%} of conv/linear weights are zero, {human(t['flops'])}FLOPs dense -> "
+        f"{human(t['sparse_flops'])}FLOPs sparse{red}; {t['quantized_layers']}/{t['layers']} layers quantized"
+    )
     thinned = thinning_line(a)
     return line if thinned is None else f"{line}\n{thinned}"
 
@@ -71,10 +96,12 @@ def thinning_line(a: ModelAnalysis) -> str | None:
     if th is None:
         return None
     ratio = f" ({th['flops_ratio']:.2f}x fewer)" if th["flops_ratio"] else ""
-    return (f"thinned: {_gflops(th['flops_before'])} -> {_gflops(th['flops_after'])} GFLOPs at {a.img[0]}x{a.img[1]}"
-            f"{ratio}, {th['params_before']:,} -> {th['params_after']:,} parameters, "
-            f"{th['channels_kept']:,}/{th['channels_original']:,} output channels kept "
-            f"({th['layers_thinned']}/{len(a.layers)} layers thinned)")
+    return (
+        f"thinned: {_gflops(th['flops_before'])} -> {_gflops(th['flops_after'])} GFLOPs at {a.img[0]}x{a.img[1]}"
+        f"{ratio}, {th['params_before']:,} -> {th['params_after']:,} parameters, "
+        f"{th['channels_kept']:,}/{th['channels_original']:,} output channels kept "
+        f"({th['layers_thinned']}/{len(a.layers)} layers thinned)"
+    )
 
 
 def _gflops(flops: float | None) -> str:
@@ -121,24 +148,31 @@ def plot_sparsity(a: ModelAnalysis, path: str | Path) -> Path:
     ax.set_xticklabels([_short(l.name) for l in a.layers][::step], rotation=90, fontsize=6)
     from matplotlib.patches import Patch
 
-    handles = [line] + [Patch(color=c, label=lab) for c, lab, on in (
-        ("tab:blue", "float", not all(l.quantized for l in a.layers)),
-        ("tab:orange", "quantized", any(l.quantized for l in a.layers))) if on]
+    handles = [line] + [
+        Patch(color=c, label=lab)
+        for c, lab, on in (
+            ("tab:blue", "float", not all(l.quantized for l in a.layers)),
+            ("tab:orange", "quantized", any(l.quantized for l in a.layers)),
+        )
+        if on
+    ]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_title(f"{Path(a.source).name}: per-layer sparsity")
     return save_figure(fig, path)
 
 
 def _short(name: str) -> str:
-    return name[:-len(".weight")] if name.endswith(".weight") else name[-28:]
+    return name[: -len(".weight")] if name.endswith(".weight") else name[-28:]
 
 
 def save_analysis(a: ModelAnalysis, save_dir: str | Path, plot: bool = True) -> dict[str, Path]:
     """Write analysis.json, layers.csv, layers.md and (``plot``) sparsity.png into ``save_dir``."""
     d = Path(save_dir)
-    files = {"json": atomic_write_text(d / "analysis.json", json.dumps(a.to_dict(), indent=2)),
-             "csv": atomic_write_text(d / "layers.csv", layers_csv(a)),
-             "markdown": atomic_write_text(d / "layers.md", analysis_table(a) + "\n\n" + summary_line(a) + "\n")}
+    files = {
+        "json": atomic_write_text(d / "analysis.json", json.dumps(a.to_dict(), indent=2)),
+        "csv": atomic_write_text(d / "layers.csv", layers_csv(a)),
+        "markdown": atomic_write_text(d / "layers.md", analysis_table(a) + "\n\n" + summary_line(a) + "\n"),
+    }
     if plot:
         files["plot"] = plot_sparsity(a, d / "sparsity.png")
     return files

@@ -26,8 +26,8 @@ class RunInfo:
     weights: Path | None = None
     onnx: Path | None = None
     recipe: str | None = None
-    epochs: int | None = None          # planned (opt.yaml)
-    epochs_done: int | None = None     # rows in results.csv
+    epochs: int | None = None  # planned (opt.yaml)
+    epochs_done: int | None = None  # rows in results.csv
     wall_time_s: float | None = None
     map50: float | None = None
     map50_95: float | None = None
@@ -92,8 +92,10 @@ def read_run(run_dir: str | Path) -> RunInfo:
             opt = yaml.safe_load(opt_path.read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            raise SparseYoloError(f"{where(opt_path, None if mark is None else mark.line + 1)}: invalid YAML: "
-                                  f"{getattr(e, 'problem', None) or e}") from None
+            raise SparseYoloError(
+                f"{where(opt_path, None if mark is None else mark.line + 1)}: invalid YAML: "
+                f"{getattr(e, 'problem', None) or e}"
+            ) from None
     run.recipe = str(opt["recipe"]) if opt.get("recipe") else None
     run.epochs = int(opt["epochs"]) if opt.get("epochs") is not None else None
     res = d / "results.csv"
@@ -171,15 +173,24 @@ def revalidate(run: RunInfo, data: str, img: int) -> None:
     from sparseyolo.runtime.val import run as val_run
 
     with tempfile.TemporaryDirectory(prefix="sparseyolo-report-") as tmp:  # leave the run folder untouched
-        metrics, _, _ = val_run(run.onnx, data, img_size=img, batch_size=1, project=tmp, name="val",
-                                exist_ok=True, plots=False)
+        metrics, _, _ = val_run(
+            run.onnx, data, img_size=img, batch_size=1, project=tmp, name="val", exist_ok=True, plots=False
+        )
     run.map50, run.map50_95, run.map_source = float(metrics["mAP50"]), float(metrics["mAP50-95"]), "onnx"
 
 
-def build_report(run_dirs: list[str | Path], engines: list[str], img: int | None = None,
-                 batch_size: int | None = None, threads: int | None = None, time_s: float = 10.0,
-                 warmup_s: float = 2.0, export: bool = True, data: str | None = None,
-                 progress: bool = True) -> list[RunInfo]:
+def build_report(
+    run_dirs: list[str | Path],
+    engines: list[str],
+    img: int | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    time_s: float = 10.0,
+    warmup_s: float = 2.0,
+    export: bool = True,
+    data: str | None = None,
+    progress: bool = True,
+) -> list[RunInfo]:
     """Read every run, export missing ONNX files, optionally re-validate, benchmark all interleaved."""
     if not run_dirs:
         raise SparseYoloError("no run folder given")
@@ -195,8 +206,16 @@ def build_report(run_dirs: list[str | Path], engines: list[str], img: int | None
         if data:
             revalidate(run, data, img or 512)
     img_hw = (img, img) if img else None
-    results = benchmark([r.onnx for r in runs], engines, batch_size=batch_size, img=img_hw, threads=threads,
-                        time_s=time_s, warmup_s=warmup_s, progress=progress)
+    results = benchmark(
+        [r.onnx for r in runs],
+        engines,
+        batch_size=batch_size,
+        img=img_hw,
+        threads=threads,
+        time_s=time_s,
+        warmup_s=warmup_s,
+        progress=progress,
+    )
     by_model = {}
     for res in results:
         by_model.setdefault(res.model, {})[res.engine] = res

@@ -50,8 +50,14 @@ def report_table(runs: list[RunInfo], engines: list[str], base: RunInfo) -> str:
     for r in runs:
         d_map = "" if r.map50 is None or base.map50 is None else f"{100 * (r.map50 - base.map50):+.1f} pt"
         size_x = "" if not r.size_gzip or not base.size_gzip else f"{base.size_gzip / r.size_gzip:.2f}x smaller"
-        row = [r.name, Path(r.recipe).name if r.recipe else "-", "?" if r.map50 is None else f"{r.map50:.3f}", d_map,
-               _mb(r.size_gzip), size_x]
+        row = [
+            r.name,
+            Path(r.recipe).name if r.recipe else "-",
+            "?" if r.map50 is None else f"{r.map50:.3f}",
+            d_map,
+            _mb(r.size_gzip),
+            size_x,
+        ]
         for e in engines:
             res = r.bench.get(e)
             if res is None or res.status != "ok":
@@ -59,17 +65,23 @@ def report_table(runs: list[RunInfo], engines: list[str], base: RunInfo) -> str:
             else:
                 x = speedup(r, base, e)
                 row.append(f"{res.images_per_s:.1f}" + (f" ({x:.2f}x)" if x is not None else ""))
-        epochs = "?" if r.epochs_done is None else (
-            f"{r.epochs_done}" if r.epochs in (None, r.epochs_done) else f"{r.epochs_done}/{r.epochs}")
+        epochs = (
+            "?"
+            if r.epochs_done is None
+            else (f"{r.epochs_done}" if r.epochs in (None, r.epochs_done) else f"{r.epochs_done}/{r.epochs}")
+        )
         rows.append(row + [epochs, _duration(r.wall_time_s)])
     return markdown_table(header, rows, align="ll" + "r" * (len(header) - 2))
 
 
 def report_notes(runs: list[RunInfo], engines: list[str], base: RunInfo) -> str:
-    lines = [f"Baseline: {base.name}. Speed-ups are images/s ratios to the baseline on the same engine; "
-             "all models and engines were benchmarked interleaved in one process.",
-             "mAP from " + ", ".join(sorted({r.map_source or "n/a" for r in runs}))
-             + "; size = gzip -9 of the ONNX file; wall time from opt.yaml to the last results.csv write."]
+    lines = [
+        f"Baseline: {base.name}. Speed-ups are images/s ratios to the baseline on the same engine; "
+        "all models and engines were benchmarked interleaved in one process.",
+        "mAP from "
+        + ", ".join(sorted({r.map_source or "n/a" for r in runs}))
+        + "; size = gzip -9 of the ONNX file; wall time from opt.yaml to the last results.csv write.",
+    ]
     missing = {res.engine: res.message for r in runs for res in r.bench.values() if res.status != "ok"}
     lines += [f"{e}: {m}" for e, m in missing.items()]
     sample = next((res for r in runs for res in r.bench.values() if res.status == "ok"), None)
@@ -79,12 +91,29 @@ def report_notes(runs: list[RunInfo], engines: list[str], base: RunInfo) -> str:
 
 
 def report_json(runs: list[RunInfo], engines: list[str], base: RunInfo) -> dict:
-    return {"baseline": base.name, "engines": engines, "runs": [{
-        "name": r.name, "dir": str(r.dir), "onnx": str(r.onnx), "recipe": r.recipe, "mAP50": r.map50,
-        "mAP50-95": r.map50_95, "map_source": r.map_source, "size_raw": r.size_raw, "size_gzip": r.size_gzip,
-        "epochs": r.epochs, "epochs_done": r.epochs_done, "wall_time_s": r.wall_time_s,
-        "bench": {e: res.to_dict() for e, res in r.bench.items()},
-        "speedup": {e: speedup(r, base, e) for e in engines}} for r in runs]}
+    return {
+        "baseline": base.name,
+        "engines": engines,
+        "runs": [
+            {
+                "name": r.name,
+                "dir": str(r.dir),
+                "onnx": str(r.onnx),
+                "recipe": r.recipe,
+                "mAP50": r.map50,
+                "mAP50-95": r.map50_95,
+                "map_source": r.map_source,
+                "size_raw": r.size_raw,
+                "size_gzip": r.size_gzip,
+                "epochs": r.epochs,
+                "epochs_done": r.epochs_done,
+                "wall_time_s": r.wall_time_s,
+                "bench": {e: res.to_dict() for e, res in r.bench.items()},
+                "speedup": {e: speedup(r, base, e) for e in engines},
+            }
+            for r in runs
+        ],
+    }
 
 
 def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: str | Path) -> Path:

@@ -28,12 +28,28 @@ def results_table(results: list[BenchResult]) -> str:
     rows = []
     for r in results:
         if r.status != "ok":
-            row = [names[r.model], r.engine, r.batch_size, "not installed" if r.status == "unavailable" else "error",
-                   "", "", "", ""]
+            row = [
+                names[r.model],
+                r.engine,
+                r.batch_size,
+                "not installed" if r.status == "unavailable" else "error",
+                "",
+                "",
+                "",
+                "",
+            ]
         else:
             lat = r.latency_ms
-            row = [names[r.model], r.engine, r.batch_size, f"{r.images_per_s:.1f}", f"{lat['p50']:.2f}",
-                   f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", _ratio(r.ratio)]
+            row = [
+                names[r.model],
+                r.engine,
+                r.batch_size,
+                f"{r.images_per_s:.1f}",
+                f"{lat['p50']:.2f}",
+                f"{lat['p90']:.2f}",
+                f"{lat['p99']:.2f}",
+                _ratio(r.ratio),
+            ]
         if multi_engine:
             row.append(_ratio(r.ratio_same_engine) if r.status == "ok" else "")
         rows.append(row)

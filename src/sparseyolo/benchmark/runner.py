@@ -32,7 +32,7 @@ class BenchResult:
     seconds: float = 0.0
     images_per_s: float | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)  # mean, p50, p90, p99, min
-    ratio: float | None = None              # images/s vs. the first model on the first engine
+    ratio: float | None = None  # images/s vs. the first model on the first engine
     ratio_same_engine: float | None = None  # images/s vs. the first model on this engine
 
     def to_dict(self) -> dict:
@@ -43,8 +43,7 @@ def latency_stats(latencies_s: list[float]) -> dict[str, float]:
     """Mean / min / percentiles of per-inference latencies, in milliseconds."""
     ms = np.asarray(latencies_s, dtype=np.float64) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"mean": float(ms.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "min": float(ms.min())}
+    return {"mean": float(ms.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99), "min": float(ms.min())}
 
 
 def _slice_seconds(time_s: float, n_runners: int) -> float:
@@ -52,9 +51,17 @@ def _slice_seconds(time_s: float, n_runners: int) -> float:
     return min(1.0, max(0.02, time_s / 10.0))
 
 
-def benchmark(models: list[str | Path], engines: list[str], batch_size: int | None = None,
-              img: tuple[int, int] | None = None, threads: int | None = None, time_s: float = 10.0,
-              warmup_s: float = 2.0, seed: int = 0, progress: bool = True) -> list[BenchResult]:
+def benchmark(
+    models: list[str | Path],
+    engines: list[str],
+    batch_size: int | None = None,
+    img: tuple[int, int] | None = None,
+    threads: int | None = None,
+    time_s: float = 10.0,
+    warmup_s: float = 2.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[BenchResult]:
     """Benchmark every model on every engine, interleaved; returns one result per (model, engine).
 
     ``batch_size`` / ``img`` of None mean "flag not given" (defaults 1 / 512, and a model's static
@@ -71,7 +78,7 @@ def benchmark(models: list[str | Path], engines: list[str], batch_size: int | No
         for eng_name in engines:
             engine = get_engine(eng_name)
             ok, version = engine.available()
-            for info, shp in zip(infos, shapes):
+            for info, shp in zip(infos, shapes, strict=False):
                 res = _new_result(info, shp, eng_name, threads)
                 results.append(res)
                 if not ok:
@@ -92,15 +99,27 @@ def benchmark(models: list[str | Path], engines: list[str], batch_size: int | No
 
 def _new_result(info: ModelInfo, shp: dict, engine: str, threads: int | None) -> BenchResult:
     first = next(iter(shp.values()))
-    return BenchResult(model=str(info.path), engine=engine, batch_size=int(first[0]) if first else 1,
-                       input_shapes={k: list(v) for k, v in shp.items()},
-                       input_dtypes={i.name: i.dtype for i in info.inputs}, threads=threads)
+    return BenchResult(
+        model=str(info.path),
+        engine=engine,
+        batch_size=int(first[0]) if first else 1,
+        input_shapes={k: list(v) for k, v in shp.items()},
+        input_dtypes={i.name: i.dtype for i in info.inputs},
+        threads=threads,
+    )
 
 
 def _load(engine: Engine, info: ModelInfo, shp: dict, threads, seed, res: BenchResult) -> Runner | None:
     try:
-        return engine.load(info.path, res.batch_size, threads, shp, res.input_dtypes,
-                           static=all(i.static for i in info.inputs), seed=seed)
+        return engine.load(
+            info.path,
+            res.batch_size,
+            threads,
+            shp,
+            res.input_dtypes,
+            static=all(i.static for i in info.inputs),
+            seed=seed,
+        )
     except EngineUnavailable as e:
         res.status, res.message = "unavailable", str(e)
     except SparseYoloError as e:
@@ -109,8 +128,7 @@ def _load(engine: Engine, info: ModelInfo, shp: dict, threads, seed, res: BenchR
     return None
 
 
-def _run_interleaved(runners: list[tuple[BenchResult, Runner]], time_s: float, warmup_s: float,
-                     progress: bool) -> None:
+def _run_interleaved(runners: list[tuple[BenchResult, Runner]], time_s: float, warmup_s: float, progress: bool) -> None:
     from tqdm import tqdm
 
     for res, runner in runners:  # warm-up: first-run allocations, JIT, thread pools, caches
@@ -122,8 +140,14 @@ def _run_interleaved(runners: list[tuple[BenchResult, Runner]], time_s: float, w
     latencies: dict[int, list[float]] = {id(res): [] for res, _ in active}
     slice_s = _slice_seconds(time_s, len(active))
     total = time_s * len(active)
-    bar = tqdm(total=round(total, 2), desc="benchmark", unit="s", disable=not progress, leave=False,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f}s [{elapsed}<{remaining}]")
+    bar = tqdm(
+        total=round(total, 2),
+        desc="benchmark",
+        unit="s",
+        disable=not progress,
+        leave=False,
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f}s [{elapsed}<{remaining}]",
+    )
     start = time.perf_counter()
     try:
         while active:

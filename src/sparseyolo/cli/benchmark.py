@@ -24,11 +24,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = _HelpFormatter
     parser.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX model files")
-    parser.add_argument("--engine", "--engines", action="append", dest="engine", metavar="NAME",
-                        help="onnxruntime | openvino | deepsparse; repeat or comma-separate (default: onnxruntime)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 1 or the model's static batch)")
-    parser.add_argument("--img", "--img-size", nargs="+", type=int, default=None, dest="img", metavar="PX",
-                        help="input size: one value (square) or H W (default 512 or the model's static size)")
+    parser.add_argument(
+        "--engine",
+        "--engines",
+        action="append",
+        dest="engine",
+        metavar="NAME",
+        help="onnxruntime | openvino | deepsparse; repeat or comma-separate (default: onnxruntime)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="batch size (default 1 or the model's static batch)"
+    )
+    parser.add_argument(
+        "--img",
+        "--img-size",
+        nargs="+",
+        type=int,
+        default=None,
+        dest="img",
+        metavar="PX",
+        help="input size: one value (square) or H W (default 512 or the model's static size)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: engine's choice)")
     parser.add_argument("--time", type=float, default=10.0, help="measured seconds per model and engine")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per model and engine")
@@ -60,27 +76,46 @@ def check_positive(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.runtime.engines import parse_engines
-    from sparseyolo.benchmark.runner import benchmark
     from sparseyolo.benchmark.output import results_json, results_notes, results_table
+    from sparseyolo.benchmark.runner import benchmark
+    from sparseyolo.runtime.engines import parse_engines
     from sparseyolo.utils.io import atomic_write_text
 
     check_positive(args)
     engines = parse_engines(args.engine)
     img = parse_img(args.img)
-    results = benchmark(args.models, engines, batch_size=args.batch_size, img=img, threads=args.threads,
-                        time_s=args.time, warmup_s=args.warmup, seed=args.seed, progress=not args.quiet)
+    results = benchmark(
+        args.models,
+        engines,
+        batch_size=args.batch_size,
+        img=img,
+        threads=args.threads,
+        time_s=args.time,
+        warmup_s=args.warmup,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     print(results_table(results))
     notes = results_notes(results)
     if notes:
         print("\n" + notes)
     versions = {r.engine: r.engine_version for r in results if r.engine_version}
     if versions:
-        print("\n" + ", ".join(f"{k} {v}" for k, v in versions.items())
-              + f"; threads={args.threads or 'default'}, {args.time:g}s per model and engine, interleaved")
+        print(
+            "\n"
+            + ", ".join(f"{k} {v}" for k, v in versions.items())
+            + f"; threads={args.threads or 'default'}, {args.time:g}s per model and engine, interleaved"
+        )
     if args.json:
-        settings = {"engines": engines, "batch_size": args.batch_size, "img": list(img) if img else None,
-                    "threads": args.threads, "time_s": args.time, "warmup_s": args.warmup, "seed": args.seed}
+        settings = {
+            "engines": engines,
+            "batch_size": args.batch_size,
+            "img": list(img) if img else None,
+            "threads": args.threads,
+            "time_s": args.time,
+            "warmup_s": args.warmup,
+            "seed": args.seed,
+        }
         atomic_write_text(args.json, results_json(results, settings))
         print(f"results written to {args.json}")
     return 0 if any(r.status == "ok" for r in results) else 1

@@ -8,14 +8,18 @@ HELP = "detect objects in an image, a folder or a glob with a .pt / Darknet .wei
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint .pt, Darknet .weights (+ --cfg), .onnx, URL or zoo: stub")
+    parser.add_argument(
+        "--weights", required=True, help="checkpoint .pt, Darknet .weights (+ --cfg), .onnx, URL or zoo: stub"
+    )
     parser.add_argument("--cfg", default=None, help="model config for Darknet .weights (e.g. yolov3-tiny)")
     parser.add_argument("--source", required=True, help="image file, folder or glob pattern (quote it)")
     parser.add_argument("--data", default=None, help="optional dataset YAML to take class names from")
-    parser.add_argument("--img", "--img-size", "--imgsz", dest="img_size", type=int, default=416,
-                        help="inference size (pixels)")
-    parser.add_argument("--conf", "--conf-thres", dest="conf_thres", type=float, default=0.25,
-                        help="confidence threshold")
+    parser.add_argument(
+        "--img", "--img-size", "--imgsz", dest="img_size", type=int, default=416, help="inference size (pixels)"
+    )
+    parser.add_argument(
+        "--conf", "--conf-thres", dest="conf_thres", type=float, default=0.25, help="confidence threshold"
+    )
     parser.add_argument("--iou", "--iou-thres", dest="iou_thres", type=float, default=0.45, help="NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
@@ -35,10 +39,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sparseyolo.runtime.predict import run as detect_run
 
-    detect_run(args.weights, args.source, img_size=args.img_size, conf_thres=args.conf_thres,
-               iou_thres=args.iou_thres, max_det=args.max_det, classes=args.classes,
-               agnostic_nms=args.agnostic_nms, save_txt=args.save_txt, save_conf=args.save_conf,
-               save_json=args.save_json, nosave=args.nosave, line_thickness=args.line_thickness,
-               project=args.project, name=args.name, exist_ok=args.exist_ok, device=args.device,
-               cfg=args.cfg, half=args.half, data=args.data)
+    detect_run(
+        args.weights,
+        args.source,
+        img_size=args.img_size,
+        conf_thres=args.conf_thres,
+        iou_thres=args.iou_thres,
+        max_det=args.max_det,
+        classes=args.classes,
+        agnostic_nms=args.agnostic_nms,
+        save_txt=args.save_txt,
+        save_conf=args.save_conf,
+        save_json=args.save_json,
+        nosave=args.nosave,
+        line_thickness=args.line_thickness,
+        project=args.project,
+        name=args.name,
+        exist_ok=args.exist_ok,
+        device=args.device,
+        cfg=args.cfg,
+        half=args.half,
+        data=args.data,
+    )
     return 0

@@ -10,29 +10,53 @@ HELP = "export a checkpoint to ONNX (FP32; QDQ and QLinearConv int8 for quantize
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="checkpoint (.pt) or Darknet .weights (with --cfg)")
     parser.add_argument("--cfg", default=None, help="model config for Darknet .weights (name or YAML)")
-    parser.add_argument("--img-size", "--img", "--imgsz", nargs="+", type=int, default=[512, 512],
-                        dest="img_size", help="image size h w (one value: square); rounded up to the max stride")
+    parser.add_argument(
+        "--img-size",
+        "--img",
+        "--imgsz",
+        nargs="+",
+        type=int,
+        default=[512, 512],
+        dest="img_size",
+        help="image size h w (one value: square); rounded up to the max stride",
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the exported graph")
     parser.add_argument("--dynamic", action="store_true", help="dynamic batch and image size axes")
     parser.add_argument("--simplify", action="store_true", help="simplify the graph with onnxsim (if installed)")
-    parser.add_argument("--include-nms", action="store_true",
-                        help="decode boxes and run NMS in the graph: one (batch, max-det, 6) output "
-                             "(ONNX Runtime / OpenVINO; DeepSparse 1.8 cannot compile such graphs)")
+    parser.add_argument(
+        "--include-nms",
+        action="store_true",
+        help="decode boxes and run NMS in the graph: one (batch, max-det, 6) output "
+        "(ONNX Runtime / OpenVINO; DeepSparse 1.8 cannot compile such graphs)",
+    )
     parser.add_argument("--max-det", type=int, default=300, help="--include-nms: boxes kept per image")
     parser.add_argument("--conf-thres", type=float, default=0.25, help="--include-nms: score threshold")
     parser.add_argument("--iou-thres", type=float, default=0.45, help="--include-nms: NMS IoU threshold")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset (13..17; 13 loads everywhere)")
     parser.add_argument("--device", default="cpu", help="device to trace on: cpu or cuda[:N]")
-    parser.add_argument("--uint8-input", action="store_true",
-                        help="quantized models: take uint8 pixels (0-255) and drop the input QuantizeLinear")
-    parser.add_argument("--qlinear-ops", default="Conv,Add,LeakyRelu,Concat,MaxPool,Resize,Pad",
-                        help="quantized models: ops converted to the integer domain in the .qlinear.onnx file "
-                             "(Add, LeakyRelu, Concat become com.microsoft QLinear* contrib ops)")
-    parser.add_argument("--pack-sparse", action="store_true",
-                        help="also write W.packed.onnx: sparse FP32 weights stored as their non-zero values plus "
-                             "a 1-bit mask, rebuilt when the file loads (same outputs, smaller to ship)")
-    parser.add_argument("--format", default="onnx", choices=["onnx", "darknet"],
-                        help="onnx, or darknet: W.cfg + W.weights with the model's actual (thinned) filter counts")
+    parser.add_argument(
+        "--uint8-input",
+        action="store_true",
+        help="quantized models: take uint8 pixels (0-255) and drop the input QuantizeLinear",
+    )
+    parser.add_argument(
+        "--qlinear-ops",
+        default="Conv,Add,LeakyRelu,Concat,MaxPool,Resize,Pad",
+        help="quantized models: ops converted to the integer domain in the .qlinear.onnx file "
+        "(Add, LeakyRelu, Concat become com.microsoft QLinear* contrib ops)",
+    )
+    parser.add_argument(
+        "--pack-sparse",
+        action="store_true",
+        help="also write W.packed.onnx: sparse FP32 weights stored as their non-zero values plus "
+        "a 1-bit mask, rebuilt when the file loads (same outputs, smaller to ship)",
+    )
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "darknet"],
+        help="onnx, or darknet: W.cfg + W.weights with the model's actual (thinned) filter counts",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,10 +79,21 @@ def run(args: argparse.Namespace) -> int:
         return _darknet(model, weights, img_size, is_qat_model(model), LOGGER)
     out = weights.with_suffix(".onnx")
     qat = is_qat_model(model)
-    export_onnx(model, out, img_size=img_size, batch_size=args.batch_size, dynamic=args.dynamic,
-                simplify=args.simplify, include_nms=args.include_nms, opset=args.opset, device=device,
-                uint8_input=args.uint8_input, max_det=args.max_det, conf_thres=args.conf_thres,
-                iou_thres=args.iou_thres)
+    export_onnx(
+        model,
+        out,
+        img_size=img_size,
+        batch_size=args.batch_size,
+        dynamic=args.dynamic,
+        simplify=args.simplify,
+        include_nms=args.include_nms,
+        opset=args.opset,
+        device=device,
+        uint8_input=args.uint8_input,
+        max_det=args.max_det,
+        conf_thres=args.conf_thres,
+        iou_thres=args.iou_thres,
+    )
     files = [out]
     if qat:
         ops = [o.strip() for o in args.qlinear_ops.split(",") if o.strip()]
@@ -80,9 +115,11 @@ def _darknet(model, weights, img_size, qat: bool, logger) -> int:
     if qat:
         raise SparseYoloError(f"{weights}: a quantization-aware model has no Darknet form; export it to ONNX")
     if model.decode != "darknet":
-        logger.warning(f"export: {weights.name} decodes boxes as {model.decode!r}; Darknet's [yolo] layer decodes them "
-                       "its own way, so Darknet itself will place this model's boxes differently (the weights and "
-                       "raw outputs are exact; sparseyolo reads the pair back with --cfg)")
+        logger.warning(
+            f"export: {weights.name} decodes boxes as {model.decode!r}; Darknet's [yolo] layer decodes them "
+            "its own way, so Darknet itself will place this model's boxes differently (the weights and "
+            "raw outputs are exact; sparseyolo reads the pair back with --cfg)"
+        )
     out = weights.with_suffix(".weights") if weights.suffix != ".weights" else weights.with_suffix(".export.weights")
     cfg, written = save_darknet(model, out, img_size=max(img_size))
     logger.info(f"export: wrote {cfg} and {written}")
@@ -94,8 +131,10 @@ def _pack(src, dst, logger) -> list:
 
     packed = pack_sparse_file(src, dst)
     if not packed:
-        logger.warning(f"--pack-sparse: {src} has no float weight with at least {MIN_SPARSITY:.0%} zeros; "
-                       f"{dst.name} not written (quantized files already store 1 byte per weight)")
+        logger.warning(
+            f"--pack-sparse: {src} has no float weight with at least {MIN_SPARSITY:.0%} zeros; "
+            f"{dst.name} not written (quantized files already store 1 byte per weight)"
+        )
         return []
     logger.info(f"--pack-sparse: packed {len(packed)} sparse weights into {dst}")
     return [dst]

@@ -50,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         # every command is part of the package: a missing module is a broken installation, and must
         # fail here rather than leave the command out of --help as if it did not exist
         module = importlib.import_module(f"sparseyolo.cli.{module_name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
-                           formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=_HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -9,10 +9,22 @@ HELP = "results table (mAP, gzip size, img/s per engine, epochs, wall time) for 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run folders (runs/train/expN)")
-    parser.add_argument("--engines", "--engine", action="append", dest="engines", metavar="NAME",
-                        help="onnxruntime | openvino | deepsparse; repeat or comma-separate (default: onnxruntime)")
-    parser.add_argument("--img", "--img-size", type=int, default=None, dest="img",
-                        help="benchmark / export size (default: the ONNX file's own static size, 512 for exports)")
+    parser.add_argument(
+        "--engines",
+        "--engine",
+        action="append",
+        dest="engines",
+        metavar="NAME",
+        help="onnxruntime | openvino | deepsparse; repeat or comma-separate (default: onnxruntime)",
+    )
+    parser.add_argument(
+        "--img",
+        "--img-size",
+        type=int,
+        default=None,
+        dest="img",
+        help="benchmark / export size (default: the ONNX file's own static size, 512 for exports)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="benchmark batch size (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine")
     parser.add_argument("--time", type=float, default=10.0, help="measured seconds per run and engine")
@@ -31,18 +43,27 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
     from types import SimpleNamespace
 
-    from sparseyolo.runtime.engines import parse_engines
     from sparseyolo.analysis.report import build_report
     from sparseyolo.analysis.report_output import pick_baseline, plot_report, report_json, report_notes, report_table
     from sparseyolo.cli.benchmark import check_positive
+    from sparseyolo.runtime.engines import parse_engines
     from sparseyolo.utils.io import atomic_write_text
 
     check_positive(args)
     engines = parse_engines(args.engines)
     pick_baseline([SimpleNamespace(name=Path(d).name, dir=Path(d)) for d in args.runs], args.baseline)  # fail early
-    runs = build_report(args.runs, engines, img=args.img, batch_size=args.batch_size, threads=args.threads,
-                        time_s=args.time, warmup_s=args.warmup, export=not args.no_export, data=args.data,
-                        progress=not args.quiet)
+    runs = build_report(
+        args.runs,
+        engines,
+        img=args.img,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        time_s=args.time,
+        warmup_s=args.warmup,
+        export=not args.no_export,
+        data=args.data,
+        progress=not args.quiet,
+    )
     base = pick_baseline(runs, args.baseline)
     text = report_table(runs, engines, base) + "\n\n" + report_notes(runs, engines, base) + "\n"
     print(text)

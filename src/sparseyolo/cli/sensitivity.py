@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sparseyolo.analysis.sensitivity import (
     plot_sensitivity,
@@ -21,8 +21,9 @@ from sparseyolo.utils.io import atomic_write_text
 from sparseyolo.utils.logging import LOGGER
 
 
-def detection_scorer(data: str | Path, img: int, n_images: int, batch_size: int = 16,
-                     metric: str = "mAP50") -> Callable[[object], float]:
+def detection_scorer(
+    data: str | Path, img: int, n_images: int, batch_size: int = 16, metric: str = "mAP50"
+) -> Callable[[object], float]:
     """``score(model) -> metric`` on the first ``n_images`` of the data YAML's val split (evaluation.validation)."""
     import torch
 
@@ -33,14 +34,24 @@ def detection_scorer(data: str | Path, img: int, n_images: int, batch_size: int 
     cfg = load_data_config(data)
     if not cfg.get("val"):
         raise SparseYoloError(f"{data}: no 'val' split to score the sensitivity on")
-    _, dataset = create_dataloader(cfg["val"], img, batch_size, stride=32, augment=False, rect=False,
-                                   workers=0, shuffle=False, prefix="sensitivity: ")
+    _, dataset = create_dataloader(
+        cfg["val"],
+        img,
+        batch_size,
+        stride=32,
+        augment=False,
+        rect=False,
+        workers=0,
+        shuffle=False,
+        prefix="sensitivity: ",
+    )
     n = min(int(n_images), len(dataset))
     if n <= 0:
         raise SparseYoloError(f"{data}: the val split has no images")
     subset = torch.utils.data.Subset(dataset, list(range(n)))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0,
-                                         collate_fn=type(dataset).collate_fn)
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=type(dataset).collate_fn
+    )
     names = cfg["names"]
 
     def score(model) -> float:
@@ -62,13 +73,19 @@ def run_sensitivity(model, args: argparse.Namespace, save_dir: Path, img: tuple[
     LOGGER.info(f"sensitivity: {len(params)} layers x {len(args.sens_levels)} levels on {args.sens_images} images")
     result = sensitivity_analysis(model, score, params, levels=args.sens_levels, higher_is_better=True)
     targets = suggest_targets(result, tolerance=args.sens_tolerance)
-    note = (f"Scored by {args.sens_metric} on {args.sens_images} images of {args.data} "
-            f"(baseline {result.baseline:.4f}, tolerance {args.sens_tolerance:.0%}).")
-    files = {"json": atomic_write_text(save_dir / "sensitivity.json", json.dumps(result.to_dict(), indent=2)),
-             "plot": plot_sensitivity(result, save_dir / "sensitivity.png"),
-             "recipe": atomic_write_text(save_dir / "recipe.md", recipe_text(targets, num_epochs=args.epochs, note=note))}
+    note = (
+        f"Scored by {args.sens_metric} on {args.sens_images} images of {args.data} "
+        f"(baseline {result.baseline:.4f}, tolerance {args.sens_tolerance:.0%})."
+    )
+    files = {
+        "json": atomic_write_text(save_dir / "sensitivity.json", json.dumps(result.to_dict(), indent=2)),
+        "plot": plot_sensitivity(result, save_dir / "sensitivity.png"),
+        "recipe": atomic_write_text(save_dir / "recipe.md", recipe_text(targets, num_epochs=args.epochs, note=note)),
+    }
     ranking = result.ranking()
-    print(f"\nsensitivity baseline {args.sens_metric} {result.baseline:.4f}; most sensitive: "
-          + ", ".join(f"{n} ({targets[n]})" for n in ranking[:5]))
+    print(
+        f"\nsensitivity baseline {args.sens_metric} {result.baseline:.4f}; most sensitive: "
+        + ", ".join(f"{n} ({targets[n]})" for n in ranking[:5])
+    )
     print(f"suggested recipe: {files['recipe']}")
     return files

@@ -8,33 +8,48 @@ HELP = "evaluate a model (.pt, Darknet .weights, .onnx) on a dataset: P, R, mAP@
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint .pt, Darknet .weights (+ --cfg), .onnx, URL or zoo: stub")
+    parser.add_argument(
+        "--weights", required=True, help="checkpoint .pt, Darknet .weights (+ --cfg), .onnx, URL or zoo: stub"
+    )
     parser.add_argument("--cfg", default=None, help="model config for Darknet .weights (e.g. yolov3-tiny)")
     parser.add_argument("--data", required=True, help="dataset YAML")
-    parser.add_argument("--img", "--img-size", "--imgsz", dest="img_size", type=int, default=416,
-                        help="inference size (pixels)")
+    parser.add_argument(
+        "--img", "--img-size", "--imgsz", dest="img_size", type=int, default=416, help="inference size (pixels)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--conf", "--conf-thres", dest="conf_thres", type=float, default=0.001,
-                        help="confidence threshold")
+    parser.add_argument(
+        "--conf", "--conf-thres", dest="conf_thres", type=float, default=0.001, help="confidence threshold"
+    )
     parser.add_argument("--iou", "--iou-thres", dest="iou_thres", type=float, default=0.6, help="NMS IoU threshold")
     parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
     parser.add_argument("--task", default="val", choices=("val", "test", "train"), help="dataset split")
     parser.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=8, help="dataloader workers")
     parser.add_argument("--single-cls", action="store_true", help="treat all classes as one")
-    parser.add_argument("--multi-label", action=argparse.BooleanOptionalAction, default=True,
-                        help="NMS keeps every class scoring above --conf per box (the usual mAP setting); "
-                             "--no-multi-label keeps only the best class")
+    parser.add_argument(
+        "--multi-label",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NMS keeps every class scoring above --conf per box (the usual mAP setting); "
+        "--no-multi-label keeps only the best class",
+    )
     parser.add_argument("--verbose", action="store_true", help="print mAP per class")
     parser.add_argument("--save-txt", action="store_true", help="save predictions as YOLO txt labels")
     parser.add_argument("--save-conf", action="store_true", help="add confidences to --save-txt labels")
-    parser.add_argument("--save-json", action="store_true",
-                        help="save predictions.json (COCO results) and score it with faster-coco-eval")
+    parser.add_argument(
+        "--save-json",
+        action="store_true",
+        help="save predictions.json (COCO results) and score it with faster-coco-eval",
+    )
     parser.add_argument("--project", default="runs/val", help="save results to project/name")
     parser.add_argument("--name", default="exp", help="save results to project/name")
     parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
-    parser.add_argument("--rect", action=argparse.BooleanOptionalAction, default=True,
-                        help="rectangular batches (fewer padded pixels); --no-rect letterboxes to a square")
+    parser.add_argument(
+        "--rect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rectangular batches (fewer padded pixels); --no-rect letterboxes to a square",
+    )
     parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
     parser.add_argument("--noplots", action="store_true", help="do not save plots")
 
@@ -42,10 +57,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sparseyolo.runtime.val import run as val_run
 
-    val_run(args.weights, args.data, img_size=args.img_size, batch_size=args.batch_size,
-            conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det, task=args.task,
-            device=args.device, single_cls=args.single_cls, verbose=args.verbose, save_json=args.save_json,
-            save_txt=args.save_txt, save_conf=args.save_conf, project=args.project, name=args.name,
-            exist_ok=args.exist_ok, rect=args.rect, half=args.half, cfg=args.cfg, workers=args.workers,
-            plots=not args.noplots, multi_label=args.multi_label)
+    val_run(
+        args.weights,
+        args.data,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        conf_thres=args.conf_thres,
+        iou_thres=args.iou_thres,
+        max_det=args.max_det,
+        task=args.task,
+        device=args.device,
+        single_cls=args.single_cls,
+        verbose=args.verbose,
+        save_json=args.save_json,
+        save_txt=args.save_txt,
+        save_conf=args.save_conf,
+        project=args.project,
+        name=args.name,
+        exist_ok=args.exist_ok,
+        rect=args.rect,
+        half=args.half,
+        cfg=args.cfg,
+        workers=args.workers,
+        plots=not args.noplots,
+        multi_label=args.multi_label,
+    )
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -17,9 +17,14 @@ import numpy as np
 PAD_VALUE = 114
 
 
-def letterbox(img: np.ndarray, new_shape: int | tuple[int, int] = 640, color=(PAD_VALUE,) * 3,
-              auto: bool = False, scaleup: bool = True, stride: int = 32
-              ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+def letterbox(
+    img: np.ndarray,
+    new_shape: int | tuple[int, int] = 640,
+    color=(PAD_VALUE,) * 3,
+    auto: bool = False,
+    scaleup: bool = True,
+    stride: int = 32,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
     """Resize keeping the aspect ratio, then pad to ``new_shape`` (h, w).
 
     Returns ``(img, (ratio_w, ratio_h), (pad_left, pad_top))``. The pads are the pixels actually
@@ -59,8 +64,9 @@ def augment_hsv(img: np.ndarray, hgain: float = 0.5, sgain: float = 0.5, vgain: 
     return img
 
 
-def box_candidates(box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr: float = 20,
-                   area_thr: float = 0.1, eps: float = 1e-16) -> np.ndarray:
+def box_candidates(
+    box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr: float = 20, area_thr: float = 0.1, eps: float = 1e-16
+) -> np.ndarray:
     """Keep boxes (``box2``, 4xN before->after) that stay > wh_thr px, keep > area_thr of their
     (scaled) area and have aspect ratio < ar_thr."""
     w1, h1 = box1[2] - box1[0], box1[3] - box1[1]
@@ -69,8 +75,16 @@ def box_candidates(box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr
     return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
 
 
-def _affine_matrix(height: int, width: int, src_shape: tuple[int, int], degrees: float, translate: float,
-                   scale: float, shear: float, perspective: float) -> tuple[np.ndarray, float]:
+def _affine_matrix(
+    height: int,
+    width: int,
+    src_shape: tuple[int, int],
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+    perspective: float,
+) -> tuple[np.ndarray, float]:
     """Compose centre -> perspective -> rotate/scale -> shear -> translate; returns (M, scale)."""
     C = np.eye(3)
     C[0, 2], C[1, 2] = -src_shape[1] / 2, -src_shape[0] / 2  # move the image centre to the origin
@@ -90,9 +104,16 @@ def _affine_matrix(height: int, width: int, src_shape: tuple[int, int], degrees:
     return T @ S @ R @ P @ C, s
 
 
-def random_perspective(img: np.ndarray, targets: np.ndarray = (), degrees: float = 10, translate: float = 0.1,
-                       scale: float = 0.1, shear: float = 10, perspective: float = 0.0,
-                       border: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def random_perspective(
+    img: np.ndarray,
+    targets: np.ndarray = (),
+    degrees: float = 10,
+    translate: float = 0.1,
+    scale: float = 0.1,
+    shear: float = 10,
+    perspective: float = 0.0,
+    border: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray]:
     """Random affine (or perspective) warp of an image and its ``[cls, x1, y1, x2, y2]`` targets.
 
     ``border`` (negative for mosaics) shrinks the output: out size = in size + 2 * border.
@@ -127,8 +148,13 @@ def random_perspective(img: np.ndarray, targets: np.ndarray = (), degrees: float
     return img, targets
 
 
-def mosaic4(load: Callable[[int], np.ndarray], labels_xywhn: Callable[[int], np.ndarray], indices: list[int],
-            size: int, hyp: dict) -> tuple[np.ndarray, np.ndarray]:
+def mosaic4(
+    load: Callable[[int], np.ndarray],
+    labels_xywhn: Callable[[int], np.ndarray],
+    indices: list[int],
+    size: int,
+    hyp: dict,
+) -> tuple[np.ndarray, np.ndarray]:
     """Tile four images around a random centre on a 2*size canvas, then warp back to size x size.
 
     ``load(i)`` returns image i resized so its long side is ``size``; ``labels_xywhn(i)`` its
@@ -141,7 +167,7 @@ def mosaic4(load: Callable[[int], np.ndarray], labels_xywhn: Callable[[int], np.
     for k, index in enumerate(indices):
         img = load(index)
         h, w = img.shape[:2]
-        if k == 0:    # top left: the image's bottom-right corner touches the centre
+        if k == 0:  # top left: the image's bottom-right corner touches the centre
             x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
             x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
         elif k == 1:  # top right
@@ -150,7 +176,7 @@ def mosaic4(load: Callable[[int], np.ndarray], labels_xywhn: Callable[[int], np.
         elif k == 2:  # bottom left
             x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(size * 2, yc + h)
             x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
-        else:         # bottom right
+        else:  # bottom right
             x1a, y1a, x2a, y2a = xc, yc, min(xc + w, size * 2), min(size * 2, yc + h)
             x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
         canvas[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
@@ -161,21 +187,28 @@ def mosaic4(load: Callable[[int], np.ndarray], labels_xywhn: Callable[[int], np.
         all_labels.append(lb)
     labels = np.concatenate(all_labels, 0)
     labels[:, 1:] = labels[:, 1:].clip(0, 2 * size)  # boxes partly outside the canvas
-    return random_perspective(canvas, labels, degrees=hyp.get("degrees", 0.0), translate=hyp.get("translate", 0.0),
-                              scale=hyp.get("scale", 0.0), shear=hyp.get("shear", 0.0),
-                              perspective=hyp.get("perspective", 0.0), border=border)
+    return random_perspective(
+        canvas,
+        labels,
+        degrees=hyp.get("degrees", 0.0),
+        translate=hyp.get("translate", 0.0),
+        scale=hyp.get("scale", 0.0),
+        shear=hyp.get("shear", 0.0),
+        perspective=hyp.get("perspective", 0.0),
+        border=border,
+    )
 
 
-def mixup(img: np.ndarray, labels: np.ndarray, img2: np.ndarray, labels2: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
+def mixup(img: np.ndarray, labels: np.ndarray, img2: np.ndarray, labels2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Blend two same-size images with a Beta(32, 32) ratio and keep both label sets."""
     r = np.random.beta(32.0, 32.0)
     img = (img.astype(np.float32) * r + img2.astype(np.float32) * (1 - r)).astype(np.uint8)
     return img, np.concatenate((labels, labels2), 0)
 
 
-def random_flips(img: np.ndarray, labels_xywhn: np.ndarray, flipud: float, fliplr: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def random_flips(
+    img: np.ndarray, labels_xywhn: np.ndarray, flipud: float, fliplr: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Flip up-down / left-right with the given probabilities; labels are ``[cls, cx, cy, w, h]`` normalised."""
     if flipud and random.random() < flipud:
         img = np.flipud(img)

@@ -54,7 +54,9 @@ def _parse_names(path: Path, data: dict) -> list[str]:
         except (TypeError, ValueError):
             raise ConfigError(f"{where(path, key='names')}: dict keys must be class ids 0..n-1") from None
         if ids != list(range(len(ids))):
-            raise ConfigError(f"{where(path, key='names')}: class ids must be 0..{len(ids) - 1} without gaps, got {ids}")
+            raise ConfigError(
+                f"{where(path, key='names')}: class ids must be 0..{len(ids) - 1} without gaps, got {ids}"
+            )
         names = [names[k] if k in names else names[str(k)] for k in ids]
     elif isinstance(names, str):
         # a names file (one class per line) next to the YAML, as Darknet's *.names
@@ -116,8 +118,13 @@ def load_data_config(path: str | os.PathLike) -> dict:
         if not data.get(key):
             raise ConfigError(f"{where(path, key=key)}: missing (a folder of images, a .txt list, or a list of those)")
     root = _root(path, data)
-    out = {"path": str(root), "nc": len(names), "names": names, "download": data.get("download"),
-           "yaml_file": str(path.resolve())}
+    out = {
+        "path": str(root),
+        "nc": len(names),
+        "names": names,
+        "download": data.get("download"),
+        "yaml_file": str(path.resolve()),
+    }
     for key in SPLITS:
         out[key] = _resolve(root, data.get(key), path, key)
     return out

@@ -26,16 +26,35 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, distributed
 
-from sparseyolo.data.augment import (augment_hsv, letterbox, mixup, mosaic4, random_flips, random_perspective,
-                                     xywhn_to_xyxy)
+from sparseyolo.data.augment import (
+    augment_hsv,
+    letterbox,
+    mixup,
+    mosaic4,
+    random_flips,
+    random_perspective,
+    xywhn_to_xyxy,
+)
 from sparseyolo.data.image_cache import ImageCache
 from sparseyolo.data.labels import Problems, cache_path_for, img2label_paths, list_images, scan_labels
 from sparseyolo.utils.errors import ConfigError, DataError
 from sparseyolo.utils.logging import LOGGER
 
 # YOLOv5 hyp.scratch augmentation values, used for any key the caller's hyp leaves out
-AUGMENT_DEFAULTS = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5,
-                    "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0}
+AUGMENT_DEFAULTS = {
+    "hsv_h": 0.015,
+    "hsv_s": 0.7,
+    "hsv_v": 0.4,
+    "degrees": 0.0,
+    "translate": 0.1,
+    "scale": 0.5,
+    "shear": 0.0,
+    "perspective": 0.0,
+    "flipud": 0.0,
+    "fliplr": 0.5,
+    "mosaic": 1.0,
+    "mixup": 0.0,
+}
 
 
 def _source_name(path) -> str:
@@ -55,39 +74,55 @@ class YoloDataset(Dataset):
     ``nc`` (optional) rejects label rows whose class id is >= nc.
     """
 
-    def __init__(self, path, img_size: int = 640, batch_size: int = 16, augment: bool = False,
-                 hyp: dict | None = None, rect: bool = False, cache: str | bool | None = None, stride: int = 32,
-                 pad: float = 0.0, prefix: str = "", nc: int | None = None, workers: int = 4):
+    def __init__(
+        self,
+        path,
+        img_size: int = 640,
+        batch_size: int = 16,
+        augment: bool = False,
+        hyp: dict | None = None,
+        rect: bool = False,
+        cache: str | bool | None = None,
+        stride: int = 32,
+        pad: float = 0.0,
+        prefix: str = "",
+        nc: int | None = None,
+        workers: int = 4,
+    ):
         # checked before the label scan: a zero size or batch only fails much later, deep in numpy / OpenCV
         if int(img_size) < 1 or int(batch_size) < 1:
-            raise ConfigError(f"{prefix}image size (--img) and batch size (--batch-size) must be >= 1, got "
-                              f"{img_size} and {batch_size}")
+            raise ConfigError(
+                f"{prefix}image size (--img) and batch size (--batch-size) must be >= 1, got "
+                f"{img_size} and {batch_size}"
+            )
         self.path, self.img_size, self.augment, self.rect, self.stride = path, img_size, augment, rect, stride
         self.hyp = {**AUGMENT_DEFAULTS, **(hyp or {})}
         self.prefix = prefix
         self.problems = Problems()
         im_files = list_images(path, self.problems)
         label_files = img2label_paths(im_files)
-        entries, from_cache = scan_labels(im_files, label_files, prefix, workers,
-                                          cache_file=cache_path_for(path, label_files))
+        entries, from_cache = scan_labels(
+            im_files, label_files, prefix, workers, cache_file=cache_path_for(path, label_files)
+        )
         self._collect(im_files, label_files, entries, nc)
         if self.problems:
             LOGGER.warning(f"{prefix}{_source_name(path)}: {self.problems.summary()}")
         if not self.im_files:
-            raise DataError(f"{prefix}no usable images in {_source_name(path)}"
-                            + (f" ({self.problems.summary()})" if self.problems else ""))
+            raise DataError(
+                f"{prefix}no usable images in {_source_name(path)}"
+                + (f" ({self.problems.summary()})" if self.problems else "")
+            )
         n_obj = sum(len(lb) for lb in self.labels)
-        LOGGER.info(f"{prefix}{len(self.im_files)} images, {n_obj} objects"
-                    f"{' (label cache)' if from_cache else ''}")
+        LOGGER.info(f"{prefix}{len(self.im_files)} images, {n_obj} objects" f"{' (label cache)' if from_cache else ''}")
         if rect:
             self._make_rect_batches(batch_size, pad)
         self.images = ImageCache(self.im_files, img_size, augment, cache, prefix)
         self._unreadable: set[int] = set()  # indices found unreadable while training (per process)
-        self._skipped: list[str] = []       # paths replaced while making the current item
+        self._skipped: list[str] = []  # paths replaced while making the current item
 
     def _collect(self, im_files: list[str], label_files: list[str], entries: dict, nc: int | None) -> None:
         self.im_files, self.label_files, self.labels, hw = [], [], [], []
-        for im, lb in zip(im_files, label_files):
+        for im, lb in zip(im_files, label_files, strict=False):
             e = entries[im]
             self.problems.extend(e.get("problems", {}))
             if not e["ok"]:
@@ -116,9 +151,9 @@ class YoloDataset(Dataset):
         rel = np.ones((nb, 2))
         for i in range(nb):
             ari = ar[self.batch == i]
-            if ari.max() < 1:      # all landscape: height shrinks
+            if ari.max() < 1:  # all landscape: height shrinks
                 rel[i] = [ari.max(), 1]
-            elif ari.min() > 1:    # all portrait: width shrinks
+            elif ari.min() > 1:  # all portrait: width shrinks
                 rel[i] = [1, 1 / ari.min()]
         self.batch_shapes = (np.ceil(rel * self.img_size / self.stride + pad) * self.stride).astype(int)
 
@@ -156,9 +191,15 @@ class YoloDataset(Dataset):
             if len(labels):
                 labels[:, 1:] = xywhn_to_xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, pad[0], pad[1])
             if self.augment:
-                img, labels = random_perspective(img, labels, degrees=hyp["degrees"], translate=hyp["translate"],
-                                                 scale=hyp["scale"], shear=hyp["shear"],
-                                                 perspective=hyp["perspective"])
+                img, labels = random_perspective(
+                    img,
+                    labels,
+                    degrees=hyp["degrees"],
+                    translate=hyp["translate"],
+                    scale=hyp["scale"],
+                    shear=hyp["shear"],
+                    perspective=hyp["perspective"],
+                )
         labels = _xyxy_to_xywhn(labels, img.shape[1], img.shape[0])
         if self.augment:
             img = augment_hsv(np.ascontiguousarray(img), hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
@@ -190,16 +231,17 @@ class YoloDataset(Dataset):
         indices = [index] + random.choices(range(len(self)), k=3)
         random.shuffle(indices)
         loaded = [self._load_readable(i) for i in indices]
-        img, labels = mosaic4(lambda k: loaded[k][1][0], lambda k: self.labels[loaded[k][0]], [0, 1, 2, 3],
-                              self.img_size, self.hyp)
+        img, labels = mosaic4(
+            lambda k: loaded[k][1][0], lambda k: self.labels[loaded[k][0]], [0, 1, 2, 3], self.img_size, self.hyp
+        )
         return img, labels, loaded[indices.index(index)][0]
 
     @staticmethod
-    def collate_fn(batch) -> "Batch":
+    def collate_fn(batch) -> Batch:
         """Stack images; concatenate labels with column 0 set to the image's index in the batch.
         The paths of images replaced because they could not be read ride along as ``.skipped``."""
         skipped = tuple(p for item in batch for p in getattr(item, "skipped", ()))
-        imgs, labels, paths, shapes = zip(*batch)
+        imgs, labels, paths, shapes = zip(*batch, strict=False)
         for i, lb in enumerate(labels):
             lb[:, 0] = i
         return Batch((torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes), skipped)
@@ -230,7 +272,7 @@ class Batch(tuple):
     def __reduce__(self):
         return Batch, (tuple(self), self.skipped)
 
-    def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) would otherwise drop ``skipped``
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) would otherwise drop ``skipped``
         from torch.utils.data._utils.pin_memory import pin_memory
 
         return Batch(tuple(pin_memory(x) for x in self), self.skipped)
@@ -264,7 +306,7 @@ def _seeded(seed: int):
 
 def _mix(*values: int) -> int:
     """A 32-bit seed from non-negative ints (well mixed: neighbouring epochs / indices are unrelated)."""
-    return int(np.random.SeedSequence([int(v) % 2 ** 32 for v in values]).generate_state(1)[0])
+    return int(np.random.SeedSequence([int(v) % 2**32 for v in values]).generate_state(1)[0])
 
 
 class EpochSampler(Sampler):
@@ -277,8 +319,14 @@ class EpochSampler(Sampler):
     depend on the epochs before it: a run resumed with fresh workers would see other batches.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0, seeds: bool = True,
-                 base: distributed.DistributedSampler | None = None):
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool,
+        seed: int = 0,
+        seeds: bool = True,
+        base: distributed.DistributedSampler | None = None,
+    ):
         self.n, self.shuffle, self.seed, self.seeds, self.base = n, shuffle, seed, seeds, base
         self.epoch = 0
 
@@ -306,15 +354,28 @@ class EpochSampler(Sampler):
 
 def _seed_worker(worker_id: int) -> None:
     """Give numpy and ``random`` in each worker the seed torch derived from the loader's generator."""
-    seed = torch.initial_seed() % 2 ** 32
+    seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
 
 
-def create_dataloader(path, img_size: int, batch_size: int, stride: int, hyp: dict | None = None,
-                      augment: bool = False, rect: bool = False, cache: str | bool | None = None, workers: int = 8,
-                      shuffle: bool = False, rank: int = -1, seed: int = 0, prefix: str = "",
-                      nc: int | None = None, pad: float = 0.0) -> tuple[DataLoader, YoloDataset]:
+def create_dataloader(
+    path,
+    img_size: int,
+    batch_size: int,
+    stride: int,
+    hyp: dict | None = None,
+    augment: bool = False,
+    rect: bool = False,
+    cache: str | bool | None = None,
+    workers: int = 8,
+    shuffle: bool = False,
+    rank: int = -1,
+    seed: int = 0,
+    prefix: str = "",
+    nc: int | None = None,
+    pad: float = 0.0,
+) -> tuple[DataLoader, YoloDataset]:
     """Build a :class:`YoloDataset` and its DataLoader (DistributedSampler when ``rank != -1``).
 
     ``workers`` is capped at the CPU count; ``seed`` makes shuffles and augmentations reproducible:
@@ -324,22 +385,49 @@ def create_dataloader(path, img_size: int, batch_size: int, stride: int, hyp: di
     if rect and shuffle:
         LOGGER.warning(f"{prefix}rect=True sorts images by aspect ratio; shuffle=True ignored")
         shuffle = False
-    dataset = YoloDataset(path, img_size, batch_size, augment=augment, hyp=hyp, rect=rect, cache=cache,
-                          stride=stride, pad=pad, prefix=prefix, nc=nc, workers=workers)
+    dataset = YoloDataset(
+        path,
+        img_size,
+        batch_size,
+        augment=augment,
+        hyp=hyp,
+        rect=rect,
+        cache=cache,
+        stride=stride,
+        pad=pad,
+        prefix=prefix,
+        nc=nc,
+        workers=workers,
+    )
     batch_size = min(batch_size, len(dataset))
     world = 1
     if rank != -1:
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() \
+        world = (
+            torch.distributed.get_world_size()
+            if torch.distributed.is_initialized()
             else int(os.environ.get("WORLD_SIZE", 1))
+        )
     nw = min(os.cpu_count() or 1, max(0, workers), batch_size if batch_size > 1 else 0)
     nw = min(nw, max(1, (os.cpu_count() or 1) // world)) if nw else 0
-    sampler = None if rank == -1 else distributed.DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    sampler = (
+        None
+        if rank == -1
+        else distributed.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    )
     if shuffle or augment:
         sampler = EpochSampler(len(dataset), shuffle, seed, seeds=augment, base=sampler)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                        num_workers=nw, pin_memory=torch.cuda.is_available(), collate_fn=YoloDataset.collate_fn,
-                        worker_init_fn=_seed_worker, generator=generator, persistent_workers=nw > 0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=nw,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=YoloDataset.collate_fn,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=nw > 0,
+    )
     return loader, dataset

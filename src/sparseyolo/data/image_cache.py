@@ -42,7 +42,7 @@ def jpeg_complete(data: bytes) -> bool:
         elif 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
             pos += 2
         else:
-            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return False  # cut short inside the header
 
 
@@ -54,8 +54,9 @@ class ImageCache:
     image folder is read-only). ``True`` means ``"ram"``.
     """
 
-    def __init__(self, files: list[str], img_size: int, augment: bool, mode: str | bool | None = None,
-                 prefix: str = ""):
+    def __init__(
+        self, files: list[str], img_size: int, augment: bool, mode: str | bool | None = None, prefix: str = ""
+    ):
         if mode is True:
             mode = "ram"
         if mode not in (None, False, "ram", "disk"):
@@ -70,8 +71,12 @@ class ImageCache:
         from tqdm import tqdm
 
         nbytes = 0
-        for i in tqdm(range(len(self.files)), desc=f"{prefix}caching images ({self.mode})", leave=False,
-                      disable=len(self.files) < 200):
+        for i in tqdm(
+            range(len(self.files)),
+            desc=f"{prefix}caching images ({self.mode})",
+            leave=False,
+            disable=len(self.files) < 200,
+        ):
             if self.mode == "disk":
                 self.npy[i] = self._write_npy(self.files[i])
             else:

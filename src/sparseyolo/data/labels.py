@@ -25,8 +25,16 @@ CACHE_VERSION = 1
 COORD_TOL = 1e-6  # tolerated overshoot of normalised coordinates from float rounding in label tools
 
 # problem kinds that remove the whole image, and those that only drop a row
-IMAGE_PROBLEMS = ("missing image", "corrupt image", "unreadable label file", "wrong column count",
-                  "non-numeric value", "coordinate outside [0, 1]", "negative class id", "class id >= nc")
+IMAGE_PROBLEMS = (
+    "missing image",
+    "corrupt image",
+    "unreadable label file",
+    "wrong column count",
+    "non-numeric value",
+    "coordinate outside [0, 1]",
+    "negative class id",
+    "class id >= nc",
+)
 ROW_PROBLEMS = ("duplicate row", "zero-size box")
 
 
@@ -48,7 +56,9 @@ class Problems:
 
     def summary(self, max_names: int = 5) -> str:
         parts = []
-        for kind in IMAGE_PROBLEMS + ROW_PROBLEMS + tuple(k for k in self.items if k not in IMAGE_PROBLEMS + ROW_PROBLEMS):
+        for kind in (
+            IMAGE_PROBLEMS + ROW_PROBLEMS + tuple(k for k in self.items if k not in IMAGE_PROBLEMS + ROW_PROBLEMS)
+        ):
             whats = self.items.get(kind)
             if not whats:
                 continue
@@ -89,7 +99,7 @@ def list_images(path: str | os.PathLike | list, problems: Problems) -> list[str]
                     continue
                 f = Path(line)
                 if not f.is_absolute():  # relative entries are relative to the list file
-                    f = (p.parent / f)
+                    f = p.parent / f
                 f = Path(os.path.normpath(f))
                 if f.suffix.lower() not in IMG_FORMATS:
                     problems.add("corrupt image", f"{p.name}:{n} ({f.name}: not an image format)")
@@ -250,8 +260,9 @@ def _save_cache(path: Path, data: dict) -> None:
         LOGGER.debug(f"label cache not written ({path}: {e})")
 
 
-def scan_labels(img_files: list[str], label_files: list[str], prefix: str = "", workers: int = 4,
-                cache_file: Path | None = None) -> tuple[dict, bool]:
+def scan_labels(
+    img_files: list[str], label_files: list[str], prefix: str = "", workers: int = 4, cache_file: Path | None = None
+) -> tuple[dict, bool]:
     """Verify every (image, label) pair, reading / writing the JSON label cache ``cache_file``.
 
     Returns ``({img_file: entry}, from_cache)`` where entry = {ok, shape, labels, problems}.
@@ -265,13 +276,12 @@ def scan_labels(img_files: list[str], label_files: list[str], prefix: str = "", 
         cached = _load_cache(cpath, fingerprint)
         if cached is not None:
             return cached["entries"], True
-    pairs = list(zip(img_files, label_files))
+    pairs = list(zip(img_files, label_files, strict=False))
     entries: dict[str, dict] = {}
     with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
         results = pool.map(_verify, pairs)
-        bar = tqdm(results, total=len(pairs), desc=f"{prefix}scanning labels", disable=len(pairs) < 200,
-                   leave=False)
-        for (img_file, _), entry in zip(pairs, bar):
+        bar = tqdm(results, total=len(pairs), desc=f"{prefix}scanning labels", disable=len(pairs) < 200, leave=False)
+        for (img_file, _), entry in zip(pairs, bar, strict=False):
             entries[img_file] = entry
     if use_cache and cpath is not None:
         _save_cache(cpath, {"version": CACHE_VERSION, "hash": fingerprint, "entries": entries})

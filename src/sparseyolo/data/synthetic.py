@@ -59,8 +59,9 @@ def _one_image(rng: np.random.Generator, size: int, max_objects: int):
     return img, boxes
 
 
-def make_shapes_dataset(root: str | Path, n_train: int = 256, n_val: int = 64, img_size: int = 256,
-                        max_objects: int = 4, seed: int = 0) -> Path:
+def make_shapes_dataset(
+    root: str | Path, n_train: int = 256, n_val: int = 64, img_size: int = 256, max_objects: int = 4, seed: int = 0
+) -> Path:
     """Write ``root/images/{train,val}``, ``root/labels/{train,val}`` and ``root/shapes.yaml``.
 
     Returns the data YAML path. Existing complete datasets are reused.
@@ -79,7 +80,6 @@ def make_shapes_dataset(root: str | Path, n_train: int = 256, n_val: int = 64, i
             cv2.imwrite(str(root / "images" / split / f"{stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
             lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in boxes]
             (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n")
-    cfg = {"path": str(root.resolve()), "train": "images/train", "val": "images/val",
-           "names": list(SHAPES_NAMES)}
+    cfg = {"path": str(root.resolve()), "train": "images/train", "val": "images/val", "names": list(SHAPES_NAMES)}
     data_yaml.write_text(yaml.safe_dump(cfg, sort_keys=False))  # written last: marks completion
     return data_yaml

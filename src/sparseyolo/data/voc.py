@@ -25,8 +25,28 @@ import yaml
 from sparseyolo.utils.errors import DataError
 from sparseyolo.utils.logging import LOGGER
 
-VOC_NAMES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-             "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+VOC_NAMES = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 STANDARD_SPLITS = ("train", "val", "trainval", "test")
 
@@ -50,7 +70,7 @@ class VocAnnotation:
 class SplitCounts:
     images: int = 0
     boxes: int = 0
-    difficult: int = 0       # difficult boxes seen (kept or dropped, see ConversionReport.difficult_mode)
+    difficult: int = 0  # difficult boxes seen (kept or dropped, see ConversionReport.difficult_mode)
     zero_area: int = 0
     per_class: Counter = field(default_factory=Counter)
 
@@ -61,7 +81,7 @@ class ConversionReport:
     names: list[str]
     difficult_mode: str
     splits: dict[str, SplitCounts] = field(default_factory=dict)
-    zero_area: list[str] = field(default_factory=list)    # "file.xml: name (xmin,ymin,xmax,ymax)"
+    zero_area: list[str] = field(default_factory=list)  # "file.xml: name (xmin,ymin,xmax,ymax)"
     missing_images: list[str] = field(default_factory=list)
     bad_annotations: list[str] = field(default_factory=list)  # "file.xml (reason)": unreadable or missing
     clipped: int = 0
@@ -73,18 +93,26 @@ class ConversionReport:
         verb = "kept" if self.difficult_mode == "keep" else "dropped"
         for split, c in self.splits.items():
             per = ", ".join(f"{n}={c.per_class[n]}" for n in self.names if c.per_class[n])
-            out.append(f"{split}: {c.images} images, {c.boxes} boxes kept, {c.difficult} difficult {verb}, "
-                       f"{c.zero_area} zero-area dropped; per class: {per or 'none'}")
+            out.append(
+                f"{split}: {c.images} images, {c.boxes} boxes kept, {c.difficult} difficult {verb}, "
+                f"{c.zero_area} zero-area dropped; per class: {per or 'none'}"
+            )
         if self.zero_area:
-            out.append(f"zero-area boxes dropped ({len(self.zero_area)}): {'; '.join(self.zero_area[:10])}"
-                       + (f" and {len(self.zero_area) - 10} more" if len(self.zero_area) > 10 else ""))
+            out.append(
+                f"zero-area boxes dropped ({len(self.zero_area)}): {'; '.join(self.zero_area[:10])}"
+                + (f" and {len(self.zero_area) - 10} more" if len(self.zero_area) > 10 else "")
+            )
         if self.missing_images:
-            out.append(f"annotations without an image, skipped ({len(self.missing_images)}): "
-                       + ", ".join(self.missing_images[:10]))
+            out.append(
+                f"annotations without an image, skipped ({len(self.missing_images)}): "
+                + ", ".join(self.missing_images[:10])
+            )
         if self.bad_annotations:
-            out.append(f"unreadable or missing annotations, skipped ({len(self.bad_annotations)}): "
-                       + ", ".join(self.bad_annotations[:10])
-                       + (f" and {len(self.bad_annotations) - 10} more" if len(self.bad_annotations) > 10 else ""))
+            out.append(
+                f"unreadable or missing annotations, skipped ({len(self.bad_annotations)}): "
+                + ", ".join(self.bad_annotations[:10])
+                + (f" and {len(self.bad_annotations) - 10} more" if len(self.bad_annotations) > 10 else "")
+            )
         if self.clipped:
             out.append(f"{self.clipped} boxes extended past the image and were clipped to it")
         if self.yaml_path:
@@ -124,8 +152,9 @@ def parse_voc_xml(xml_path: str | os.PathLike) -> VocAnnotation:
     return VocAnnotation(xml_path, w or None, h or None, objects)
 
 
-def voc_box_to_yolo(box: tuple[float, float, float, float], width: float, height: float
-                    ) -> tuple[tuple[float, float, float, float], bool]:
+def voc_box_to_yolo(
+    box: tuple[float, float, float, float], width: float, height: float
+) -> tuple[tuple[float, float, float, float], bool]:
     """VOC (xmin, ymin, xmax, ymax), 1-based inclusive -> normalised (cx, cy, w, h); also says if clipped."""
     xmin, ymin, xmax, ymax = box
     x1, y1, x2, y2 = xmin - 1, ymin - 1, xmax, ymax
@@ -199,11 +228,15 @@ def _check_names(anns: dict[str, VocAnnotation], names: list[str] | None) -> lis
             if o.name not in known and a.xml.name not in where.setdefault(o.name, []):
                 where[o.name].append(a.xml.name)
     if where:
-        parts = [f"{n!r} in {len(files)} files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
-                 for n, files in sorted(where.items())]
-        raise DataError(f"class names not in the class list [{', '.join(names)}]: {'; '.join(parts)}. "
-                        f"Pass --names with the dataset's classes in id order (e.g. --names "
-                        f"{','.join(sorted(where))}) or --names auto")
+        parts = [
+            f"{n!r} in {len(files)} files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+            for n, files in sorted(where.items())
+        ]
+        raise DataError(
+            f"class names not in the class list [{', '.join(names)}]: {'; '.join(parts)}. "
+            f"Pass --names with the dataset's classes in id order (e.g. --names "
+            f"{','.join(sorted(where))}) or --names auto"
+        )
     return names
 
 
@@ -242,8 +275,14 @@ def _read_annotations(jobs: dict[str, list[tuple[Path, list[str]]]]) -> tuple[di
     return anns, list(bad.values())
 
 
-def convert_jobs(jobs: dict[str, list[tuple[Path, list[str]]]], out: str | os.PathLike, names: list[str] | None,
-                 difficult: str = "drop", copy: bool = False, progress: bool = True) -> ConversionReport:
+def convert_jobs(
+    jobs: dict[str, list[tuple[Path, list[str]]]],
+    out: str | os.PathLike,
+    names: list[str] | None,
+    difficult: str = "drop",
+    copy: bool = False,
+    progress: bool = True,
+) -> ConversionReport:
     """Convert ``{out_split: [(voc_root, [image ids]), ...]}`` into ``out/images|labels/<split>/``.
 
     All XMLs are read and the class list checked before anything is written.
@@ -310,8 +349,9 @@ def convert_jobs(jobs: dict[str, list[tuple[Path, list[str]]]], out: str | os.Pa
     return report
 
 
-def write_data_yaml(out: Path, names: list[str], train: str, val: str, test: str | None,
-                    filename: str = "data.yaml") -> Path:
+def write_data_yaml(
+    out: Path, names: list[str], train: str, val: str, test: str | None, filename: str = "data.yaml"
+) -> Path:
     """A data YAML for the converted folder (absolute ``path``, splits relative to it)."""
     from sparseyolo.utils.io import atomic_write_text
 
@@ -332,10 +372,19 @@ def default_roles(splits: list[str]) -> tuple[str, str, str | None]:
     return train, val, "test" if "test" in splits else None
 
 
-def convert_voc(voc_dir: str | os.PathLike, out: str | os.PathLike, splits: list[str] | None = None,
-                names: list[str] | None = VOC_NAMES, difficult: str = "drop", copy: bool = False,
-                train: str | None = None, val: str | None = None, test: str | None = None,
-                yaml_name: str = "data.yaml", progress: bool = True) -> ConversionReport:
+def convert_voc(
+    voc_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    splits: list[str] | None = None,
+    names: list[str] | None = VOC_NAMES,
+    difficult: str = "drop",
+    copy: bool = False,
+    train: str | None = None,
+    val: str | None = None,
+    test: str | None = None,
+    yaml_name: str = "data.yaml",
+    progress: bool = True,
+) -> ConversionReport:
     """Convert one VOC folder (Annotations/, JPEGImages/, optional ImageSets/Main/) to YOLO layout.
 
     ``splits`` default to the standard split files present; without ImageSets every annotated image
@@ -353,8 +402,11 @@ def convert_voc(voc_dir: str | os.PathLike, out: str | os.PathLike, splits: list
     else:
         jobs = {}
         for s in splits:
-            jobs[s] = [(voc, read_split_ids(voc, s))] if s != "all" else \
-                [(voc, sorted(p.stem for p in (voc / "Annotations").glob("*.xml")))]
+            jobs[s] = (
+                [(voc, read_split_ids(voc, s))]
+                if s != "all"
+                else [(voc, sorted(p.stem for p in (voc / "Annotations").glob("*.xml")))]
+            )
     if not any(ids for items in jobs.values() for _, ids in items):
         raise DataError(f"{voc}: no annotations found")
     d_train, d_val, d_test = default_roles(splits)

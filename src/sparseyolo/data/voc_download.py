@@ -21,8 +21,9 @@ VOC_ARCHIVES = ("VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar", "VOCtr
 VOC_SHA256: dict[str, str] = {}
 
 
-def fetch_and_extract(url_base: str, root: Path, archives: tuple[str, ...] = VOC_ARCHIVES, keep: bool = False,
-                      progress: bool = True) -> None:
+def fetch_and_extract(
+    url_base: str, root: Path, archives: tuple[str, ...] = VOC_ARCHIVES, keep: bool = False, progress: bool = True
+) -> None:
     """Download each archive into ``root/archives`` and extract it into ``root`` (once).
 
     An archive without a pinned sha256 (``VOC_SHA256``) is downloaded with a warning that it is not
@@ -42,8 +43,14 @@ def fetch_and_extract(url_base: str, root: Path, archives: tuple[str, ...] = VOC
             tar.unlink()
 
 
-def get_voc(root: str | os.PathLike = "datasets/VOC", url_base: str = DEFAULT_URL_BASE, difficult: str = "drop",
-            copy: bool = False, keep_archives: bool = False, progress: bool = True) -> ConversionReport:
+def get_voc(
+    root: str | os.PathLike = "datasets/VOC",
+    url_base: str = DEFAULT_URL_BASE,
+    difficult: str = "drop",
+    copy: bool = False,
+    keep_archives: bool = False,
+    progress: bool = True,
+) -> ConversionReport:
     """Download, extract and convert VOC; writes ``root/voc.yaml`` and returns the counts."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

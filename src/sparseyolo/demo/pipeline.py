@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparseyolo.demo.settings import (CHANNEL_RECIPE, DemoConfig, channel_recipe_args, hyp_dict, model_yaml,
-                                      write_yaml)
+from sparseyolo.demo.settings import CHANNEL_RECIPE, DemoConfig, channel_recipe_args, hyp_dict, model_yaml, write_yaml
 from sparseyolo.demo.stages import StageRunner, format_seconds
 from sparseyolo.utils.errors import ConfigError
 from sparseyolo.utils.logging import LOGGER
@@ -34,20 +33,30 @@ from sparseyolo.utils.logging import LOGGER
 MARKER = ".sparseyolo-demo"
 ENGINE = "onnxruntime"
 # settings that change what is trained: --keep refuses to mix runs made with different values
-TRAINING_KEYS = ("img", "width", "n_train", "n_val", "epochs", "sparse_epochs", "batch_size", "seed",
-                 "baseline_hyp", "sparse_hyp")
+TRAINING_KEYS = (
+    "img",
+    "width",
+    "n_train",
+    "n_val",
+    "epochs",
+    "sparse_epochs",
+    "batch_size",
+    "seed",
+    "baseline_hyp",
+    "sparse_hyp",
+)
 
 
 @dataclass
 class TrainStage:
     """One training run of the demo."""
 
-    name: str          # run folder name under out/runs and the report row
+    name: str  # run folder name under out/runs and the report row
     title: str
     weights: str = ""  # initial weights ("" = from scratch)
     recipe: str | None = None
     recipe_args: dict[str, Any] = field(default_factory=dict)
-    hyp: str = ""      # hyperparameter YAML path
+    hyp: str = ""  # hyperparameter YAML path
     epochs: int = 0
     optimizer: str = "SGD"
     noval: bool = False  # validate the final epoch only
@@ -60,11 +69,11 @@ class DemoResult:
     out: Path
     data: Path
     run_dirs: list[Path]
-    onnx: dict[str, list[Path]]            # run name -> exported files (training size, then benchmark size;
-                                           # FP32 or QDQ first, then QLinear)
-    sparsity: dict[str, float]             # exported file name -> conv-weight sparsity
-    flops: dict[str, float]                # exported file name -> conv / linear FLOPs at its input size
-    runs: list[Any]                        # benchmark.report.RunInfo rows of the table
+    onnx: dict[str, list[Path]]  # run name -> exported files (training size, then benchmark size;
+    # FP32 or QDQ first, then QLinear)
+    sparsity: dict[str, float]  # exported file name -> conv-weight sparsity
+    flops: dict[str, float]  # exported file name -> conv / linear FLOPs at its input size
+    runs: list[Any]  # benchmark.report.RunInfo rows of the table
     table: str
     notes: str
     stage_times: dict[str, float]
@@ -83,14 +92,18 @@ def prepare_out(cfg: DemoConfig) -> Path:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"demo: --out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not marker.exists():
-        raise ConfigError(f"demo: --out {out} is not empty and was not made by 'sparseyolo demo'; "
-                          f"choose another --out (nothing was deleted)")
+        raise ConfigError(
+            f"demo: --out {out} is not empty and was not made by 'sparseyolo demo'; "
+            f"choose another --out (nothing was deleted)"
+        )
     if marker.exists() and cfg.keep:
         previous = json.loads(marker.read_text() or "{}")
         changed = [k for k in TRAINING_KEYS if k in previous and previous[k] != cfg.to_dict()[k]]
         if changed:
-            raise ConfigError(f"demo: --keep, but {out} was made with different settings ({', '.join(changed)}); "
-                              f"drop --keep to start over or use another --out")
+            raise ConfigError(
+                f"demo: --keep, but {out} was made with different settings ({', '.join(changed)}); "
+                f"drop --keep to start over or use another --out"
+            )
     elif marker.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,19 +120,29 @@ def training_stages(cfg: DemoConfig, out: Path) -> list[TrainStage]:
     hyp_pq = write_yaml(out / "hyp.pruned_quantized.yaml", hyp_dict("pruned_quantized", cfg.sparse_hyp))
     args = channel_recipe_args(cfg.sparse_epochs, cfg.width)
     return [
-        TrainStage("baseline", f"dense baseline: YOLOv3-tiny x{cfg.width:g} from scratch, {cfg.epochs} epochs, "
-                               f"{cfg.img} px (validated at the end)", hyp=str(hyp_base), epochs=cfg.epochs,
-                   optimizer="Adam",
-                   # validating every epoch of a model still learning cost ~40% of the stage (NMS over
-                   # thousands of low-confidence boxes); without it best.pt is the last epoch, which is
-                   # where a short from-scratch run is best anyway (its mAP still rises at the end)
-                   noval=True),
-        TrainStage("channel_pruned_quantized",
-                   f"channel pruned + quantized: {CHANNEL_RECIPE} from the baseline, {cfg.sparse_epochs} epochs "
-                   f"(half the channels removed by epoch {args['pruning_end_epoch']:g}, int8 QAT for the last "
-                   f"{args['quantization_epochs']:g})",
-                   weights=base_best, recipe=CHANNEL_RECIPE, recipe_args=args, hyp=str(hyp_pq),
-                   epochs=cfg.sparse_epochs),
+        TrainStage(
+            "baseline",
+            f"dense baseline: YOLOv3-tiny x{cfg.width:g} from scratch, {cfg.epochs} epochs, "
+            f"{cfg.img} px (validated at the end)",
+            hyp=str(hyp_base),
+            epochs=cfg.epochs,
+            optimizer="Adam",
+            # validating every epoch of a model still learning cost ~40% of the stage (NMS over
+            # thousands of low-confidence boxes); without it best.pt is the last epoch, which is
+            # where a short from-scratch run is best anyway (its mAP still rises at the end)
+            noval=True,
+        ),
+        TrainStage(
+            "channel_pruned_quantized",
+            f"channel pruned + quantized: {CHANNEL_RECIPE} from the baseline, {cfg.sparse_epochs} epochs "
+            f"(half the channels removed by epoch {args['pruning_end_epoch']:g}, int8 QAT for the last "
+            f"{args['quantization_epochs']:g})",
+            weights=base_best,
+            recipe=CHANNEL_RECIPE,
+            recipe_args=args,
+            hyp=str(hyp_pq),
+            epochs=cfg.sparse_epochs,
+        ),
     ]
 
 
@@ -149,14 +172,32 @@ def train_stage(cfg: DemoConfig, st: TrainStage, data: Path, model_cfg: Path, pr
         shutil.rmtree(run_dir)  # an unfinished run from an interrupted demo: start it over
     if st.recipe:
         print(f"recipe {st.recipe} with args {st.recipe_args}")
-    return Path(train(weights=st.weights, cfg="" if st.weights else str(model_cfg), data=str(data),
-                      hyp=st.hyp, recipe=st.recipe, recipe_args=dict(st.recipe_args), epochs=st.epochs,
-                      # one optimizer step per batch: the shapes set is far smaller than the datasets
-                      # the default nominal batch of 64 was tuned for
-                      batch_size=cfg.batch_size, nbs=cfg.batch_size, img_size=cfg.img, optimizer=st.optimizer,
-                      project=str(project),
-                      name=st.name, exist_ok=True, workers=cfg.workers, seed=cfg.seed, noplots=True,
-                      tensorboard=False, patience=0, noval=st.noval))
+    return Path(
+        train(
+            weights=st.weights,
+            cfg="" if st.weights else str(model_cfg),
+            data=str(data),
+            hyp=st.hyp,
+            recipe=st.recipe,
+            recipe_args=dict(st.recipe_args),
+            epochs=st.epochs,
+            # one optimizer step per batch: the shapes set is far smaller than the datasets
+            # the default nominal batch of 64 was tuned for
+            batch_size=cfg.batch_size,
+            nbs=cfg.batch_size,
+            img_size=cfg.img,
+            optimizer=st.optimizer,
+            project=str(project),
+            name=st.name,
+            exist_ok=True,
+            workers=cfg.workers,
+            seed=cfg.seed,
+            noplots=True,
+            tensorboard=False,
+            patience=0,
+            noval=st.noval,
+        )
+    )
 
 
 def bench_name(path: Path, bench_img: int) -> Path:
@@ -180,8 +221,9 @@ def export_run(run_dir: Path, img: int, bench_img: int) -> list[Path]:
         onnx_path = best.with_suffix(".onnx") if size == img else bench_name(best.with_suffix(".onnx"), size)
         files.append(Path(export_onnx(model, onnx_path, img_size=(size, size))))
         if is_qat_model(model):
-            files.append(Path(export_qlinear(files[-1], onnx_path.with_name(onnx_path.name.replace(
-                ".onnx", ".qlinear.onnx")))))
+            files.append(
+                Path(export_qlinear(files[-1], onnx_path.with_name(onnx_path.name.replace(".onnx", ".qlinear.onnx"))))
+            )
     return files
 
 
@@ -206,8 +248,16 @@ def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float], flop
         for f in files:
             fs = file_size(f)
             gf = flops.get(str(f))
-            rows.append([run, f.name, human(fs.raw), human(fs.gzip), "?" if gf is None else f"{gf / 1e9:.3f}",
-                         f"{100 * sparsity[str(f)]:.1f}%"])
+            rows.append(
+                [
+                    run,
+                    f.name,
+                    human(fs.raw),
+                    human(fs.gzip),
+                    "?" if gf is None else f"{gf / 1e9:.3f}",
+                    f"{100 * sparsity[str(f)]:.1f}%",
+                ]
+            )
     return markdown_table(["run", "file", "size", "gzip -9", "GFLOPs", "conv weights = 0"], rows, align="llrrrr")
 
 
@@ -220,14 +270,23 @@ def report_rows(run_dirs: list[Path], data: Path, cfg: DemoConfig) -> list[Any]:
     from sparseyolo.benchmark.runner import benchmark
 
     runs = with_qlinear_rows([read_run(d) for d in run_dirs])
-    print(f"validating every ONNX file on the val split at {cfg.img} px, then benchmarking them interleaved on "
-          f"{ENGINE} at {cfg.bench_img} px, {cfg.threads} threads, {cfg.bench_time:g}s each")
+    print(
+        f"validating every ONNX file on the val split at {cfg.img} px, then benchmarking them interleaved on "
+        f"{ENGINE} at {cfg.bench_img} px, {cfg.threads} threads, {cfg.bench_time:g}s each"
+    )
     for run in runs:
         revalidate(run, str(data), cfg.img)
         run.onnx = bench_name(run.onnx, cfg.bench_img) if cfg.bench_img != cfg.img else run.onnx
         measure_size(run)
-    results = benchmark([r.onnx for r in runs], [ENGINE], batch_size=1, img=(cfg.bench_img, cfg.bench_img),
-                        threads=cfg.threads, time_s=cfg.bench_time, warmup_s=cfg.bench_warmup)
+    results = benchmark(
+        [r.onnx for r in runs],
+        [ENGINE],
+        batch_size=1,
+        img=(cfg.bench_img, cfg.bench_img),
+        threads=cfg.threads,
+        time_s=cfg.bench_time,
+        warmup_s=cfg.bench_warmup,
+    )
     by_model = {res.model: res for res in results}
     for run in runs:
         run.bench = {ENGINE: by_model[str(run.onnx)]} if str(run.onnx) in by_model else {}
@@ -251,10 +310,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        with runner.stage("data", f"built-in shapes dataset: {cfg.n_train} train / {cfg.n_val} val images, "
-                                  f"{cfg.img} px, 3 classes"):
-            data = make_shapes_dataset(out / "shapes", n_train=cfg.n_train, n_val=cfg.n_val, img_size=cfg.img,
-                                       seed=cfg.seed)
+        with runner.stage(
+            "data",
+            f"built-in shapes dataset: {cfg.n_train} train / {cfg.n_val} val images, " f"{cfg.img} px, 3 classes",
+        ):
+            data = make_shapes_dataset(
+                out / "shapes", n_train=cfg.n_train, n_val=cfg.n_val, img_size=cfg.img, seed=cfg.seed
+            )
             model_cfg = write_yaml(out / f"yolov3-tiny-x{cfg.width:g}.yaml", model_yaml(cfg.width))
             print(f"data: {data}\nmodel: {model_cfg}")
         run_dirs = []
@@ -280,7 +342,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             notes = report_notes(runs, [ENGINE], base) + (
                 f"\nmAP of each model exported at the training size ({cfg.img} px); speed of the same weights "
                 f"exported at {cfg.bench_img} px (best-{cfg.bench_img}.onnx): the models are fully convolutional."
-                if cfg.bench_img != cfg.img else "")
+                if cfg.bench_img != cfg.img
+                else ""
+            )
             atomic_write_text(out / "report.md", table + "\n\n" + notes + "\n")
             atomic_write_text(out / "report.json", json.dumps(report_json(runs, [ENGINE], base), indent=2))
             plot_report(runs, [ENGINE], base, out / "report.png")
@@ -288,14 +352,27 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         torch.set_num_threads(threads_before)
     wall = time.perf_counter() - t_start
     LOGGER.debug(f"demo stage times: {runner.times}")
-    return DemoResult(out=out, data=data, run_dirs=run_dirs, onnx=onnx, sparsity=sparsity, flops=flops, runs=runs,
-                      table=table, notes=notes, stage_times=dict(runner.times), wall_time_s=wall)
+    return DemoResult(
+        out=out,
+        data=data,
+        run_dirs=run_dirs,
+        onnx=onnx,
+        sparsity=sparsity,
+        flops=flops,
+        runs=runs,
+        table=table,
+        notes=notes,
+        stage_times=dict(runner.times),
+        wall_time_s=wall,
+    )
 
 
 def summary(result: DemoResult) -> str:
     """The closing text: the report table, its notes, stage times and where the files are."""
     times = ", ".join(f"{k} {format_seconds(v)}" for k, v in result.stage_times.items())
-    return (f"\n{result.table}\n\n{result.notes}\n\n"
-            f"demo finished in {format_seconds(result.wall_time_s)} ({times})\n"
-            f"report: {result.out / 'report.md'}, {result.out / 'report.json'}, {result.out / 'report.png'}\n"
-            f"runs:   {', '.join(str(d) for d in result.run_dirs)}")
+    return (
+        f"\n{result.table}\n\n{result.notes}\n\n"
+        f"demo finished in {format_seconds(result.wall_time_s)} ({times})\n"
+        f"report: {result.out / 'report.md'}, {result.out / 'report.json'}, {result.out / 'report.png'}\n"
+        f"runs:   {', '.join(str(d) for d in result.run_dirs)}"
+    )

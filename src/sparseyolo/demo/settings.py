@@ -18,7 +18,7 @@ from typing import Any
 from sparseyolo.utils.errors import ConfigError
 
 CHANNEL_RECIPE = "yolov3-tiny.channel_pruned_quantized"
-CHANNEL_SPARSITY = 0.5         # the recipe's own default: half the channels of every prunable conv
+CHANNEL_SPARSITY = 0.5  # the recipe's own default: half the channels of every prunable conv
 # twice the recipe's pruning / recovery learning rate: in an 8-epoch run on the small shapes set it
 # recovers about 3 points of mAP more after thinning (0.774 vs. 0.746 before export, same baseline)
 CHANNEL_INIT_LR = 0.01
@@ -29,24 +29,24 @@ class DemoConfig:
     """Everything ``sparseyolo demo`` accepts; :func:`demo_config` fills the presets."""
 
     out: str = "runs/demo"
-    img: int = 160                 # data / train / validation size (multiple of 32)
-    bench_img: int = 416           # export and benchmark size (the speed figures; multiple of 32)
-    width: float = 0.5             # YOLOv3-tiny width_multiple
-    n_train: int = 320             # shapes dataset sizes
+    img: int = 160  # data / train / validation size (multiple of 32)
+    bench_img: int = 416  # export and benchmark size (the speed figures; multiple of 32)
+    width: float = 0.5  # YOLOv3-tiny width_multiple
+    n_train: int = 320  # shapes dataset sizes
     n_val: int = 64
-    epochs: int = 12               # dense baseline (from scratch)
-    sparse_epochs: int = 8         # the recipe stage (from the baseline's best.pt)
+    epochs: int = 12  # dense baseline (from scratch)
+    sparse_epochs: int = 8  # the recipe stage (from the baseline's best.pt)
     batch_size: int = 16
-    threads: int = 2               # torch training threads and ONNX Runtime threads
+    threads: int = 2  # torch training threads and ONNX Runtime threads
     # data loader processes. 0: a training run's worker processes outlive it and take ~10 s each to
     # shut down when they are garbage-collected later (40 s of the report stage with 2 workers), while
     # loading 160 px images in the training process costs a few seconds per run
     workers: int = 0
-    bench_time: float = 5.0        # measured seconds per model (interleaved)
+    bench_time: float = 5.0  # measured seconds per model (interleaved)
     bench_warmup: float = 1.0
     seed: int = 0
-    keep: bool = False             # reuse finished stages of an earlier demo in ``out``
-    fast: bool = False             # smoke-test sizes (seconds, not minutes; the mAP means nothing)
+    keep: bool = False  # reuse finished stages of an earlier demo in ``out``
+    fast: bool = False  # smoke-test sizes (seconds, not minutes; the mAP means nothing)
     baseline_hyp: dict[str, Any] = field(default_factory=dict)
     sparse_hyp: dict[str, Any] = field(default_factory=dict)
 
@@ -57,16 +57,42 @@ class DemoConfig:
 # Hyperparameter overrides on top of the shipped files. Baseline: Adam without warm-up and with
 # mild augmentation, because a from-scratch run of a dozen epochs has no time for SGD warm-up and
 # mosaic (which shrinks the shapes) slows the first epochs down the most.
-BASELINE_HYP: dict[str, Any] = {"lr0": 0.004, "lrf": 0.1, "warmup_epochs": 0.0, "mosaic": 0.0, "mixup": 0.0,
-                                "scale": 0.25, "translate": 0.1}
+BASELINE_HYP: dict[str, Any] = {
+    "lr0": 0.004,
+    "lrf": 0.1,
+    "warmup_epochs": 0.0,
+    "mosaic": 0.0,
+    "mixup": 0.0,
+    "scale": 0.25,
+    "translate": 0.1,
+}
 # Recipe stages: the shipped hyp.pruned / hyp.pruned_quantized values but without their 40-epoch
 # warm-up (the runs are shorter than that) and with the same light augmentation as the baseline.
-SPARSE_HYP: dict[str, Any] = {"lr0": 0.002, "lrf": 0.1, "warmup_epochs": 0.0, "mosaic": 0.0, "mixup": 0.0,
-                              "scale": 0.25, "translate": 0.1, "degrees": 0.0, "shear": 0.0}
+SPARSE_HYP: dict[str, Any] = {
+    "lr0": 0.002,
+    "lrf": 0.1,
+    "warmup_epochs": 0.0,
+    "mosaic": 0.0,
+    "mixup": 0.0,
+    "scale": 0.25,
+    "translate": 0.1,
+    "degrees": 0.0,
+    "shear": 0.0,
+}
 
-FAST_OVERRIDES: dict[str, Any] = {"img": 64, "bench_img": 128, "width": 0.25, "n_train": 16, "n_val": 8,
-                                  "epochs": 1, "sparse_epochs": 3, "batch_size": 8, "workers": 0,
-                                  "bench_time": 0.3, "bench_warmup": 0.1}
+FAST_OVERRIDES: dict[str, Any] = {
+    "img": 64,
+    "bench_img": 128,
+    "width": 0.25,
+    "n_train": 16,
+    "n_val": 8,
+    "epochs": 1,
+    "sparse_epochs": 3,
+    "batch_size": 8,
+    "workers": 0,
+    "bench_time": 0.3,
+    "bench_warmup": 0.1,
+}
 
 
 def demo_config(**overrides: Any) -> DemoConfig:
@@ -94,7 +120,9 @@ def check_config(cfg: DemoConfig) -> None:
     if cfg.epochs < 1:
         raise ConfigError(f"demo: --epochs must be >= 1, got {cfg.epochs}")
     if cfg.sparse_epochs < 3:
-        raise ConfigError(f"demo: --sparse-epochs must be >= 3 (prune, recover, then int8 QAT), got {cfg.sparse_epochs}")
+        raise ConfigError(
+            f"demo: --sparse-epochs must be >= 3 (prune, recover, then int8 QAT), got {cfg.sparse_epochs}"
+        )
     if cfg.threads < 1 or cfg.batch_size < 1 or cfg.workers < 0:
         raise ConfigError("demo: --threads and --batch-size must be >= 1 and --workers >= 0")
     if cfg.n_train < cfg.batch_size or cfg.n_val < 1:
@@ -117,9 +145,14 @@ def channel_recipe_args(sparse_epochs: int, width: float) -> dict[str, float]:
     qat = max(1, round(sparse_epochs / 4))
     q_start = sparse_epochs - qat
     end = max(1, min(q_start - 1, round(sparse_epochs / 2)))
-    return {"num_epochs": sparse_epochs, "pruning_end_epoch": end, "quantization_epochs": qat,
-            "pruning_update_frequency": _update_frequency(end), "round_to": round_to_for_width(width),
-            "init_lr": CHANNEL_INIT_LR}
+    return {
+        "num_epochs": sparse_epochs,
+        "pruning_end_epoch": end,
+        "quantization_epochs": qat,
+        "pruning_update_frequency": _update_frequency(end),
+        "round_to": round_to_for_width(width),
+        "init_lr": CHANNEL_INIT_LR,
+    }
 
 
 def round_to_for_width(width: float, sparsity: float = CHANNEL_SPARSITY) -> int:

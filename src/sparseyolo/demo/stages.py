@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sparseyolo.utils.errors import SparseYoloError
 

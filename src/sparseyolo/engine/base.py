@@ -15,7 +15,8 @@ trainer's one :class:`EventBus` (``trainer.events``), to which a hook subscribes
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sparseyolo.utils.events import EventBus
 
@@ -29,7 +30,7 @@ class HookBase:
     ``after_train`` runs in a ``finally``: check ``self.trainer.failed`` before writing results.
     """
 
-    trainer: "TrainerBase"
+    trainer: TrainerBase
 
     def subscriptions(self) -> dict[str, Callable[..., None]]:
         """``{event: callback}`` to subscribe on ``trainer.events`` when the hook is registered."""
@@ -62,8 +63,8 @@ class TrainerBase:
         self.epoch = 0
         self.start_epoch = 0
         self.max_epochs = 0
-        self.iter = 0          # batch index within the epoch
-        self.global_iter = 0   # batches seen since the start of training (across resumes)
+        self.iter = 0  # batch index within the epoch
+        self.global_iter = 0  # batches seen since the start of training (across resumes)
         self.stop = False
         self.failed = False
         self.events = EventBus(TRAINER_EVENTS, owner="trainer event")
@@ -102,9 +103,11 @@ class TrainerBase:
         self.failed = True  # until the loop completes
         try:
             self._call("before_train")
-            for self.epoch in range(self.start_epoch, self.max_epochs):
+            for epoch in range(self.start_epoch, self.max_epochs):
+                self.epoch = epoch
                 self._call("before_epoch")
-                for self.iter, self.batch in enumerate(self.batches()):
+                for i, batch in enumerate(self.batches()):
+                    self.iter, self.batch = i, batch
                     self._call("before_step")
                     self.run_step()
                     self._call("after_step")

@@ -23,8 +23,13 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available():
@@ -46,7 +51,7 @@ def set_rng_state(state: dict[str, Any] | None) -> None:
 
 def seed_all(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -128,8 +133,10 @@ class CheckpointHook(HookBase):
                 try:
                     save_checkpoint(f, **ckpt)
                 except DiskFullError as e:  # the run is done and f is whole; it just stays larger
-                    LOGGER.warning(f"{e.strerror} while stripping the optimizer state from {f}; the "
-                                   f"checkpoint is intact and keeps it")
+                    LOGGER.warning(
+                        f"{e.strerror} while stripping the optimizer state from {f}; the "
+                        f"checkpoint is intact and keeps it"
+                    )
                     continue
                 LOGGER.info(f"optimizer state stripped from {f} ({f.stat().st_size / 1e6:.1f} MB)")
 

@@ -13,7 +13,7 @@ from sparseyolo.utils.errors import SparseYoloError
 
 @dataclass
 class DistInfo:
-    rank: int = -1        # -1: not distributed
+    rank: int = -1  # -1: not distributed
     local_rank: int = -1
     world_size: int = 1
 
@@ -31,8 +31,9 @@ def dist_info() -> DistInfo:
     """Read the ``torchrun`` environment (RANK, LOCAL_RANK, WORLD_SIZE)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
-                    int(os.environ["WORLD_SIZE"]))
+    return DistInfo(
+        int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"])), int(os.environ["WORLD_SIZE"])
+    )
 
 
 def select_device(spec: str | None, info: DistInfo) -> torch.device:
@@ -53,8 +54,10 @@ def select_device(spec: str | None, info: DistInfo) -> torch.device:
         torch.cuda.set_device(dev)
         return dev
     if len(ids) > 1:
-        raise SparseYoloError(f"--device {spec}: multi-GPU training runs one process per GPU: "
-                              f"torchrun --nproc_per_node {len(ids)} -m sparseyolo train ...")
+        raise SparseYoloError(
+            f"--device {spec}: multi-GPU training runs one process per GPU: "
+            f"torchrun --nproc_per_node {len(ids)} -m sparseyolo train ..."
+        )
     return torch.device("cuda", ids[0])
 
 

@@ -161,8 +161,10 @@ class EvalHook(HookBase):
                 self.is_best = True  # without validation the latest model is the best we know
             t.events.emit("validated", metrics=self.metrics, fitness=fi, is_best=self.is_best)
             if self.patience > 0 and self.best_epoch >= 0 and t.epoch - self.best_epoch >= self.patience:
-                LOGGER.info(f"early stopping: no improvement in the last {self.patience} epochs; best was "
-                            f"epoch {self.best_epoch + 1}. Change --patience to train longer.")
+                LOGGER.info(
+                    f"early stopping: no improvement in the last {self.patience} epochs; best was "
+                    f"epoch {self.best_epoch + 1}. Change --patience to train longer."
+                )
                 stop = True
         t.stop = bool(broadcast_object(stop, t.dist)) or t.stop
 
@@ -171,8 +173,9 @@ class EvalHook(HookBase):
             return self.evaluate(final)
         from sparseyolo.quantization import quantizers_bypassed
 
-        LOGGER.info("QAT starts with the next epoch: this epoch's (float) model is validated with the "
-                    "quantizers bypassed")
+        LOGGER.info(
+            "QAT starts with the next epoch: this epoch's (float) model is validated with the " "quantizers bypassed"
+        )
         with quantizers_bypassed(self.trainer.model):
             return self.evaluate(final)
 
@@ -185,8 +188,12 @@ class EvalHook(HookBase):
         t.evaluate_best()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
-                "pruning_done_seen": self._pruning_done_seen, "qat_seen": self._qat_seen}
+        return {
+            "best_fitness": self.best_fitness,
+            "best_epoch": self.best_epoch,
+            "pruning_done_seen": self._pruning_done_seen,
+            "qat_seen": self._qat_seen,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_fitness = state.get("best_fitness")

@@ -26,21 +26,64 @@ from sparseyolo.utils.registry import close_matches
 HYP_DIR = Path(__file__).resolve().parents[1] / "configs" / "hyps"
 
 HYP_KEYS: tuple[str, ...] = (
-    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
-    "box", "cls", "cls_pw", "obj", "obj_pw", "iou_t", "anchor_t", "fl_gamma",
-    "hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective",
-    "flipud", "fliplr", "mosaic", "mixup",
+    "lr0",
+    "lrf",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_momentum",
+    "warmup_bias_lr",
+    "box",
+    "cls",
+    "cls_pw",
+    "obj",
+    "obj_pw",
+    "iou_t",
+    "anchor_t",
+    "fl_gamma",
+    "hsv_h",
+    "hsv_s",
+    "hsv_v",
+    "degrees",
+    "translate",
+    "scale",
+    "shear",
+    "perspective",
+    "flipud",
+    "fliplr",
+    "mosaic",
+    "mixup",
 )
 
 # (low, high) inclusive bounds; None = unbounded on that side
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "lr0": (0, None), "lrf": (0, None), "momentum": (0, 1), "weight_decay": (0, None),
-    "warmup_epochs": (0, None), "warmup_momentum": (0, 1), "warmup_bias_lr": (0, None),
-    "box": (0, None), "cls": (0, None), "cls_pw": (0, None), "obj": (0, None), "obj_pw": (0, None),
-    "iou_t": (0, 1), "anchor_t": (1, None), "fl_gamma": (0, None),
-    "hsv_h": (0, 1), "hsv_s": (0, 1), "hsv_v": (0, 1), "degrees": (0, 360), "translate": (0, 1),
-    "scale": (0, None), "shear": (0, 90), "perspective": (0, 0.01),
-    "flipud": (0, 1), "fliplr": (0, 1), "mosaic": (0, 1), "mixup": (0, 1),
+    "lr0": (0, None),
+    "lrf": (0, None),
+    "momentum": (0, 1),
+    "weight_decay": (0, None),
+    "warmup_epochs": (0, None),
+    "warmup_momentum": (0, 1),
+    "warmup_bias_lr": (0, None),
+    "box": (0, None),
+    "cls": (0, None),
+    "cls_pw": (0, None),
+    "obj": (0, None),
+    "obj_pw": (0, None),
+    "iou_t": (0, 1),
+    "anchor_t": (1, None),
+    "fl_gamma": (0, None),
+    "hsv_h": (0, 1),
+    "hsv_s": (0, 1),
+    "hsv_v": (0, 1),
+    "degrees": (0, 360),
+    "translate": (0, 1),
+    "scale": (0, None),
+    "shear": (0, 90),
+    "perspective": (0, 0.01),
+    "flipud": (0, 1),
+    "fliplr": (0, 1),
+    "mosaic": (0, 1),
+    "mixup": (0, 1),
 }
 
 
@@ -73,8 +116,12 @@ def _key_lines(text: str) -> dict[str, int]:
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
-def validate_hyp(hyp: dict[str, Any], source: str = "<hyp>", lines: dict[str, int] | None = None,
-                 defaults: dict[str, float] | None = None) -> dict[str, float]:
+def validate_hyp(
+    hyp: dict[str, Any],
+    source: str = "<hyp>",
+    lines: dict[str, int] | None = None,
+    defaults: dict[str, float] | None = None,
+) -> dict[str, float]:
     """Check keys, types and ranges; fill missing keys from ``defaults`` (with a warning)."""
     lines = lines or {}
     valid = ", ".join(HYP_KEYS)
@@ -96,8 +143,9 @@ def validate_hyp(hyp: dict[str, Any], source: str = "<hyp>", lines: dict[str, in
             raise ConfigError(f"{where(source, lines.get(key), key)}: expected a number, got {value!r}")
         lo, hi = _BOUNDS[key]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{where(source, lines.get(key), key)}: {value} is outside "
-                              f"[{lo}, {'inf' if hi is None else hi}]")
+            raise ConfigError(
+                f"{where(source, lines.get(key), key)}: {value} is outside " f"[{lo}, {'inf' if hi is None else hi}]"
+            )
         out[key] = float(value)
     return out
 

@@ -13,9 +13,21 @@ from sparseyolo.engine.base import HookBase
 from sparseyolo.utils.io import atomic_write_text
 from sparseyolo.utils.logging import LOGGER
 
-RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-               "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss", "val/cls_loss",
-               "x/lr0", "x/lr1", "x/lr2")
+RESULT_KEYS = (
+    "train/box_loss",
+    "train/obj_loss",
+    "train/cls_loss",
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP_0.5",
+    "metrics/mAP_0.5:0.95",
+    "val/box_loss",
+    "val/obj_loss",
+    "val/cls_loss",
+    "x/lr0",
+    "x/lr1",
+    "x/lr2",
+)
 
 
 def progress_header() -> str:
@@ -25,8 +37,15 @@ def progress_header() -> str:
 class LoggerHook(HookBase):
     """Rank-0 logging. ``results.csv`` is rewritten atomically each epoch (never half a row)."""
 
-    def __init__(self, save_dir: Path, names: list[str], tensorboard: bool = True, wandb: bool = False,
-                 plots: bool = True, run_name: str = "exp"):
+    def __init__(
+        self,
+        save_dir: Path,
+        names: list[str],
+        tensorboard: bool = True,
+        wandb: bool = False,
+        plots: bool = True,
+        run_name: str = "exp",
+    ):
         self._metrics: dict[str, Any] = {}  # the last ``validated`` event's metrics
         self.save_dir = Path(save_dir)
         self.csv = self.save_dir / "results.csv"
@@ -58,8 +77,13 @@ class LoggerHook(HookBase):
             try:
                 import wandb  # optional
 
-                self.wandb = wandb.init(project=self.save_dir.parent.name, name=self._run_name,
-                                        dir=str(self.save_dir), config=t.config_dict(), resume="allow")
+                self.wandb = wandb.init(
+                    project=self.save_dir.parent.name,
+                    name=self._run_name,
+                    dir=str(self.save_dir),
+                    config=t.config_dict(),
+                    resume="allow",
+                )
             except ImportError:
                 LOGGER.warning("--wandb given but wandb is not installed (pip install wandb); skipping it")
         if self.plots and t.start_epoch == 0:
@@ -85,8 +109,10 @@ class LoggerHook(HookBase):
         if t.pbar is not None:
             mem = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if t.device.type == "cuda" else "0G"
             targets = t.batch[1]
-            t.pbar.set_description(("%11s" * 2 + "%11.4g" * 5) % (
-                f"{t.epoch + 1}/{t.max_epochs}", mem, *self.mloss.tolist(), targets.shape[0], t.batch[0].shape[-1]))
+            t.pbar.set_description(
+                ("%11s" * 2 + "%11.4g" * 5)
+                % (f"{t.epoch + 1}/{t.max_epochs}", mem, *self.mloss.tolist(), targets.shape[0], t.batch[0].shape[-1])
+            )
         if self.plots and t.epoch == t.start_epoch and i < 3 and t.start_epoch == 0:
             try:
                 from sparseyolo.evaluation.plots import plot_images
@@ -108,13 +134,21 @@ class LoggerHook(HookBase):
             return
         if skipped:  # each was replaced by the next readable image
             more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-            LOGGER.warning(f"epoch {t.epoch + 1}: skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)}: "
-                           f"{', '.join(skipped[:10])}{more}")
+            LOGGER.warning(
+                f"epoch {t.epoch + 1}: skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)}: "
+                f"{', '.join(skipped[:10])}{more}"
+            )
         m, self._metrics = self._metrics, {}
         lrs = [g["lr"] for g in t.optimizer.param_groups][:3]
-        values = [*self.mloss.tolist(), m.get("precision", float("nan")), m.get("recall", float("nan")),
-                  m.get("mAP50", float("nan")), m.get("mAP50-95", float("nan")),
-                  *(m.get(k, float("nan")) for k in ("box_loss", "obj_loss", "cls_loss")), *lrs]
+        values = [
+            *self.mloss.tolist(),
+            m.get("precision", float("nan")),
+            m.get("recall", float("nan")),
+            m.get("mAP50", float("nan")),
+            m.get("mAP50-95", float("nan")),
+            *(m.get(k, float("nan")) for k in ("box_loss", "obj_loss", "cls_loss")),
+            *lrs,
+        ]
         values += [float("nan")] * (len(RESULT_KEYS) - len(values))
         self.rows.append([str(t.epoch)] + [f"{v:.5g}" for v in values])
         buf = io.StringIO()
@@ -122,7 +156,7 @@ class LoggerHook(HookBase):
         w.writerow(["epoch", *RESULT_KEYS])
         w.writerows(self.rows)
         atomic_write_text(self.csv, buf.getvalue())
-        record = dict(zip(RESULT_KEYS, values))
+        record = dict(zip(RESULT_KEYS, values, strict=False))
         if self.tb is not None:
             for k, v in record.items():
                 if v == v:  # skip NaN (no validation this epoch)

@@ -93,8 +93,7 @@ class YoloLoss:
     ``(n, 6)`` = image index, class, cx, cy, w, h (normalised), as built by the collate function.
     """
 
-    def __init__(self, model: nn.Module, hyp: dict[str, float], img_size: int = 640,
-                 label_smoothing: float = 0.0):
+    def __init__(self, model: nn.Module, hyp: dict[str, float], img_size: int = 640, label_smoothing: float = 0.0):
         det = _detect_head(model)
         self.det = det
         device = next(model.parameters()).device

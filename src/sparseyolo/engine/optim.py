@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ def param_groups(model: nn.Module) -> tuple[list, list, list]:
     return norm, weights, biases
 
 
-def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937,
-                    weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937, weight_decay: float = 5e-4
+) -> torch.optim.Optimizer:
     """Three param groups named ``norm`` / ``weight`` / ``bias`` (the warm-up treats biases apart)."""
     norm, weights, biases = param_groups(model)
     if name == "SGD":
@@ -52,13 +53,14 @@ def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momen
     opt.param_groups[0]["name"] = "norm"
     opt.add_param_group({"params": weights, "weight_decay": weight_decay, "name": "weight"})
     opt.add_param_group({"params": biases, "weight_decay": 0.0, "name": "bias"})
-    LOGGER.info(f"optimizer: {name}(lr={lr}) with parameter groups {len(norm)} norm weights (no decay), "
-                f"{len(weights)} weights (decay {weight_decay:.3g}), {len(biases)} biases (no decay)")
+    LOGGER.info(
+        f"optimizer: {name}(lr={lr}) with parameter groups {len(norm)} norm weights (no decay), "
+        f"{len(weights)} weights (decay {weight_decay:.3g}), {len(biases)} biases (no decay)"
+    )
     return opt
 
 
-def scaled_weight_decay(weight_decay: float, batch_size: int, accumulate: int,
-                        nominal: int = NOMINAL_BATCH) -> float:
+def scaled_weight_decay(weight_decay: float, batch_size: int, accumulate: int, nominal: int = NOMINAL_BATCH) -> float:
     """Weight decay tuned for the nominal batch, scaled to the batch actually accumulated."""
     return weight_decay * batch_size * accumulate / nominal
 
@@ -85,8 +87,16 @@ def warmup_iterations(warmup_epochs: float, batches_per_epoch: int) -> int:
     return max(round(warmup_epochs * batches_per_epoch), 100)
 
 
-def apply_lr(optimizer: torch.optim.Optimizer, hyp: dict[str, float], ni: int, nw: int, epoch: int,
-             lf: Callable[[float], float], set_lr: bool = True, use_momentum: bool = True) -> None:
+def apply_lr(
+    optimizer: torch.optim.Optimizer,
+    hyp: dict[str, float],
+    ni: int,
+    nw: int,
+    epoch: int,
+    lf: Callable[[float], float],
+    set_lr: bool = True,
+    use_momentum: bool = True,
+) -> None:
     """Set lr (and momentum during warm-up) of every group for global iteration ``ni``.
 
     During warm-up the bias lr falls from ``warmup_bias_lr`` while other lrs rise from 0, all
@@ -103,8 +113,7 @@ def apply_lr(optimizer: torch.optim.Optimizer, hyp: dict[str, float], ni: int, n
             else:
                 g["lr"] = target
         if use_momentum:
-            m = float(np.interp(ni, [0, nw], [hyp["warmup_momentum"], hyp["momentum"]])) if warm \
-                else hyp["momentum"]
+            m = float(np.interp(ni, [0, nw], [hyp["warmup_momentum"], hyp["momentum"]])) if warm else hyp["momentum"]
             if "momentum" in g:
                 g["momentum"] = m
             elif "betas" in g:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -53,7 +54,7 @@ class TrainConfig:
     amp: bool = True  # only takes effect on CUDA
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -73,8 +74,22 @@ class TrainConfig:
 
 # settings a resumed run may take from the resuming command: hardware and output only. Everything else
 # shapes the training itself, so the resumed run keeps the saved value and refuses a different one.
-RESUME_MAY_CHANGE = frozenset({"resume", "device", "workers", "cache", "project", "name", "exist_ok", "noplots",
-                               "tensorboard", "wandb", "nosave", "save_period"})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "resume",
+        "device",
+        "workers",
+        "cache",
+        "project",
+        "name",
+        "exist_ok",
+        "noplots",
+        "tensorboard",
+        "wandb",
+        "nosave",
+        "save_period",
+    }
+)
 
 
 def _flag(name: str) -> str:
@@ -106,8 +121,9 @@ def _same_setting(name: str, new: Any, saved: Any) -> bool:
     return False
 
 
-def merge_resume_config(saved: TrainConfig, new: TrainConfig, given: Iterable[str], checkpoint: str | Path
-                        ) -> TrainConfig:
+def merge_resume_config(
+    saved: TrainConfig, new: TrainConfig, given: Iterable[str], checkpoint: str | Path
+) -> TrainConfig:
     """The config of a resumed run: ``saved`` (from the checkpoint), with ``--device`` and the hardware /
     output settings among ``given`` (the flags the resuming command actually set) taken from ``new``.
 
@@ -116,15 +132,20 @@ def merge_resume_config(saved: TrainConfig, new: TrainConfig, given: Iterable[st
     values: a resumed run never mixes two configurations.
     """
     given = set(given)
-    changed = [n for n in sorted(given - RESUME_MAY_CHANGE) if n in saved.__dataclass_fields__
-               and not _same_setting(n, getattr(new, n), getattr(saved, n))]
+    changed = [
+        n
+        for n in sorted(given - RESUME_MAY_CHANGE)
+        if n in saved.__dataclass_fields__ and not _same_setting(n, getattr(new, n), getattr(saved, n))
+    ]
     if changed:
         was = " and ".join(_shown(n, getattr(saved, n)) for n in changed)
         now = " and ".join(_shown(n, getattr(new, n)) for n in changed)
         flags = " and ".join(_flag(n) for n in changed)
-        raise ConfigError(f"--resume {checkpoint}: the run was started with {was}, this command gives {now}; a "
-                          f"resumed run keeps its settings. Resume without {flags}, or start a new run from the "
-                          f"checkpoint with --weights {checkpoint}")
+        raise ConfigError(
+            f"--resume {checkpoint}: the run was started with {was}, this command gives {now}; a "
+            f"resumed run keeps its settings. Resume without {flags}, or start a new run from the "
+            f"checkpoint with --weights {checkpoint}"
+        )
     merged = TrainConfig.from_dict(saved.to_dict())
     # --device always comes from this command (its default picks what this machine has): the run may
     # resume on other hardware; the other hardware / output flags keep the run's value unless given
@@ -173,8 +194,10 @@ def build_train_model(cfg: TrainConfig, nc: int, names: list[str]) -> tuple[nn.M
         if cfg.rescale_pretrained:
             raise ConfigError("--rescale-pretrained rescales the --weights it transfers; a scratch run has none")
         if not cfg.cfg:
-            raise ConfigError("train: give --weights (a checkpoint, .weights, URL or zoo: stub) or --cfg "
-                              "(yolov3, yolov3-spp, yolov3-tiny or a model YAML) to train from scratch")
+            raise ConfigError(
+                "train: give --weights (a checkpoint, .weights, URL or zoo: stub) or --cfg "
+                "(yolov3, yolov3-spp, yolov3-tiny or a model YAML) to train from scratch"
+            )
         model, ckpt = build_model(cfg.cfg, nc=nc), None
     model.names = list(names)
     return model, ckpt
@@ -223,8 +246,9 @@ def freeze_layers(model: nn.Module, n: int) -> list[str]:
         return []
     n_layers = len(getattr(model, "model", ()))
     if n_layers and n >= n_layers:  # the last layer is the Detect head: nothing would be left to train
-        raise ConfigError(f"--freeze {n} would freeze every layer of this {n_layers}-layer model; "
-                          f"use at most {n_layers - 1}")
+        raise ConfigError(
+            f"--freeze {n} would freeze every layer of this {n_layers}-layer model; " f"use at most {n_layers - 1}"
+        )
     prefixes = tuple(f"model.{i}." for i in range(n))
     frozen = []
     for name, p in model.named_parameters():

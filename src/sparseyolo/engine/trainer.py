@@ -10,25 +10,39 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import yaml
 
 from sparseyolo.engine.base import TrainerBase
-from sparseyolo.engine.checkpointing import (CheckpointHook, find_last_checkpoint, rng_state, seed_all,
-                                             set_rng_state)
-from sparseyolo.engine.ddp import (any_rank, barrier, broadcast_object, broadcast_state, cleanup, dist_info,
-                                   init_distributed, select_device)
+from sparseyolo.engine.checkpointing import CheckpointHook, find_last_checkpoint, rng_state, seed_all, set_rng_state
+from sparseyolo.engine.ddp import (
+    any_rank,
+    barrier,
+    broadcast_object,
+    broadcast_state,
+    cleanup,
+    dist_info,
+    init_distributed,
+    select_device,
+)
 from sparseyolo.engine.ema import ModelEMA, de_parallel
 from sparseyolo.engine.hooks import DDPBufferSyncHook, EMAHook, EvalHook, LRScheduleHook, RecipeHook
 from sparseyolo.engine.hyp import load_hyp
 from sparseyolo.engine.logger import LoggerHook, progress_header
 from sparseyolo.engine.loss import YoloLoss
 from sparseyolo.engine.optim import accumulate_steps, build_optimizer, scaled_weight_decay
-from sparseyolo.engine.setup import (TrainConfig, build_train_model, check_img_size, freeze_layers, given_fields,
-                                     merge_resume_config)
+from sparseyolo.engine.setup import (
+    TrainConfig,
+    build_train_model,
+    check_img_size,
+    freeze_layers,
+    given_fields,
+    merge_resume_config,
+)
 from sparseyolo.utils.errors import DataError, SparseYoloError, WeightsError, where
 from sparseyolo.utils.io import atomic_write_text, increment_path
 from sparseyolo.utils.logging import LOGGER
@@ -82,8 +96,10 @@ class Trainer(TrainerBase):
         path = find_last_checkpoint(cfg.project) if cfg.resume is True or cfg.resume == "" else Path(cfg.resume)
         ckpt = load_checkpoint(path)
         if not ckpt.get("train_args") or ckpt.get("optimizer") is None:
-            raise WeightsError(f"{path}: this run already finished (or is not a training checkpoint); nothing "
-                               f"to resume. Start a new run with --weights {path}")
+            raise WeightsError(
+                f"{path}: this run already finished (or is not a training checkpoint); nothing "
+                f"to resume. Start a new run with --weights {path}"
+            )
         # the hardware and outputs may differ from the interrupted run; everything else continues as it
         # was, and a command that asks for another value is refused rather than silently overridden
         saved = merge_resume_config(TrainConfig.from_dict(ckpt["train_args"]), cfg, given, path)
@@ -151,9 +167,20 @@ class Trainer(TrainerBase):
         batch = max(cfg.batch_size // world, 1)
         with _data_key(cfg.data, "train"):
             self.train_loader, self.train_dataset = create_dataloader(
-                self.data["train"], self.img_size, batch, self.max_stride, hyp=self.hyp, augment=True,
-                cache=cfg.cache, workers=cfg.workers, shuffle=True, rank=self.dist.rank, seed=cfg.seed,
-                prefix="train: ", nc=int(self.data["nc"]))
+                self.data["train"],
+                self.img_size,
+                batch,
+                self.max_stride,
+                hyp=self.hyp,
+                augment=True,
+                cache=cfg.cache,
+                workers=cfg.workers,
+                shuffle=True,
+                rank=self.dist.rank,
+                seed=cfg.seed,
+                prefix="train: ",
+                nc=int(self.data["nc"]),
+            )
         if len(self.train_dataset) == 0:
             raise DataError(f"{cfg.data}: the training set {self.data['train']} has no usable images")
         self.batches_per_epoch = len(self.train_loader)
@@ -161,9 +188,22 @@ class Trainer(TrainerBase):
         if self.dist.main and self.data.get("val"):
             with _data_key(cfg.data, "val"):
                 self.val_loader, _ = create_dataloader(
-                    self.data["val"], self.img_size, batch * 2, self.max_stride, hyp=self.hyp, augment=False,
-                    rect=True, cache=cfg.cache, workers=cfg.workers, shuffle=False, rank=-1, seed=cfg.seed,
-                    prefix="val: ", nc=int(self.data["nc"]), pad=0.5)
+                    self.data["val"],
+                    self.img_size,
+                    batch * 2,
+                    self.max_stride,
+                    hyp=self.hyp,
+                    augment=False,
+                    rect=True,
+                    cache=cfg.cache,
+                    workers=cfg.workers,
+                    shuffle=False,
+                    rank=-1,
+                    seed=cfg.seed,
+                    prefix="val: ",
+                    nc=int(self.data["nc"]),
+                    pad=0.5,
+                )
         elif self.dist.main:
             LOGGER.warning(f"{cfg.data}: no 'val' set; metrics will be empty and best.pt follows last.pt")
 
@@ -183,11 +223,18 @@ class Trainer(TrainerBase):
             state = ckpt.get("recipe_state") if ckpt is not None else None
             # structured pruning traces the model once: a small input of the right channel count
             probe = torch.zeros(1, int(self.model.yaml.get("ch", 3)), 64, 64, device=self.device)
-            self.manager.attach(self.model, self.optimizer, steps_per_epoch=self.steps_per_epoch,
-                                state_dict=state or None, example_inputs=probe)
+            self.manager.attach(
+                self.model,
+                self.optimizer,
+                steps_per_epoch=self.steps_per_epoch,
+                state_dict=state or None,
+                example_inputs=probe,
+            )
             if int(self.manager.max_epochs) != cfg.epochs:
-                LOGGER.info(f"the recipe sets the number of epochs: {int(self.manager.max_epochs)} "
-                            f"(--epochs {cfg.epochs} ignored)")
+                LOGGER.info(
+                    f"the recipe sets the number of epochs: {int(self.manager.max_epochs)} "
+                    f"(--epochs {cfg.epochs} ignored)"
+                )
             self.max_epochs = int(math.ceil(self.manager.max_epochs))
         else:
             self.max_epochs = cfg.epochs
@@ -203,16 +250,24 @@ class Trainer(TrainerBase):
         self.events.subscribe("thinned", self._on_thinned)
         self.events.subscribe("qat_start", self._on_qat_start)
         self.eval_hook = EvalHook(self._evaluate, noval=cfg.noval or self.val_loader is None, patience=cfg.patience)
-        self.register_hooks([
-            LRScheduleHook(self.hyp, cos=cfg.cos_lr),
-            RecipeHook(self.manager) if self.manager is not None else None,
-            EMAHook(),
-            DDPBufferSyncHook() if self.dist.distributed else None,
-            self.eval_hook,
-            LoggerHook(self.save_dir, list(de_parallel(self.model).names), tensorboard=cfg.tensorboard,
-                       wandb=cfg.wandb, plots=not cfg.noplots, run_name=self.save_dir.name),
-            CheckpointHook(self.weights_dir, save_period=cfg.save_period, nosave=cfg.nosave),
-        ])
+        self.register_hooks(
+            [
+                LRScheduleHook(self.hyp, cos=cfg.cos_lr),
+                RecipeHook(self.manager) if self.manager is not None else None,
+                EMAHook(),
+                DDPBufferSyncHook() if self.dist.distributed else None,
+                self.eval_hook,
+                LoggerHook(
+                    self.save_dir,
+                    list(de_parallel(self.model).names),
+                    tensorboard=cfg.tensorboard,
+                    wandb=cfg.wandb,
+                    plots=not cfg.noplots,
+                    run_name=self.save_dir.name,
+                ),
+                CheckpointHook(self.weights_dir, save_period=cfg.save_period, nosave=cfg.nosave),
+            ]
+        )
 
     def _restore(self, ckpt: dict) -> None:
         self.start_epoch = int(ckpt["epoch"]) + 1
@@ -246,8 +301,10 @@ class Trainer(TrainerBase):
         for p, buffers in self.optimizer.state.items():
             for key, value in buffers.items():
                 if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
-                    raise WeightsError(f"{where}: {key} of {names.get(id(p), 'a parameter')} has shape "
-                                       f"{list(value.shape)} in the file, {list(p.shape)} in the model")
+                    raise WeightsError(
+                        f"{where}: {key} of {names.get(id(p), 'a parameter')} has shape "
+                        f"{list(value.shape)} in the file, {list(p.shape)} in the model"
+                    )
 
     # -- the loop ---------------------------------------------------------------------------------
     def batches(self):
@@ -313,7 +370,8 @@ class Trainer(TrainerBase):
         raise NonFiniteLossError(
             f"non-finite loss at epoch {self.epoch + 1}, batch {self.iter} (box {box:.4g}, obj {obj:.4g}, "
             f"cls {cls:.4g}); training stopped and {keep}. Usual causes: a learning rate too high for this "
-            f"batch size (--hyp lr0), or broken labels.")
+            f"batch size (--hyp lr0), or broken labels."
+        )
 
     def _on_thinned(self, plan) -> None:
         """The recipe cut pruned channels out of the model (``thinned`` event): the
@@ -327,8 +385,10 @@ class Trainer(TrainerBase):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(bare, device_ids=ids, output_device=ids[0] if ids else None)
         if self.dist.main:
-            LOGGER.info(f"thinned model: {sum(p.numel() for p in bare.parameters()):,} parameters, "
-                        f"{bare.flops(self.img_size):.2f} GFLOPs at {self.img_size}")
+            LOGGER.info(
+                f"thinned model: {sum(p.numel() for p in bare.parameters()):,} parameters, "
+                f"{bare.flops(self.img_size):.2f} GFLOPs at {self.img_size}"
+            )
 
     def _on_qat_start(self) -> None:
         """The recipe's quantization-aware training begins (``qat_start`` event)."""
@@ -338,16 +398,23 @@ class Trainer(TrainerBase):
             self.scaler = torch.amp.GradScaler("cuda", enabled=False)
 
     def _evaluate(self, final: bool) -> tuple[dict, float | None]:
-        from sparseyolo.evaluation.validation import validate
         from sparseyolo.evaluation.metrics import fitness
+        from sparseyolo.evaluation.validation import validate
 
         if self.val_loader is None:
             return {}, None
         model = self.ema.ema if self.ema is not None else de_parallel(self.model)
         plots = final and not self.cfg.noplots
         # half=False: the backend converts the module in place, and this is the live EMA / model
-        metrics, _ = validate(model, self.val_loader, names=list(de_parallel(self.model).names), plots=plots,
-                              save_dir=self.save_dir, compute_loss=self.loss_fn, verbose=final)
+        metrics, _ = validate(
+            model,
+            self.val_loader,
+            names=list(de_parallel(self.model).names),
+            plots=plots,
+            save_dir=self.save_dir,
+            compute_loss=self.loss_fn,
+            verbose=final,
+        )
         return metrics, fitness(metrics)
 
     def evaluate_best(self) -> None:
@@ -360,22 +427,34 @@ class Trainer(TrainerBase):
         model = model_from_checkpoint(load_checkpoint(best)).to(self.device)
         from sparseyolo.evaluation.validation import validate
 
-        validate(model, self.val_loader, names=list(model.names), plots=not self.cfg.noplots, save_dir=self.save_dir,
-                 verbose=True)
+        validate(
+            model,
+            self.val_loader,
+            names=list(model.names),
+            plots=not self.cfg.noplots,
+            save_dir=self.save_dir,
+            verbose=True,
+        )
 
     # -- checkpoint contents ----------------------------------------------------------------------
     def checkpoint_fields(self) -> dict[str, Any]:
         bare = de_parallel(self.model)
         return dict(
-            model_yaml=bare.yaml, names=list(bare.names), model=bare.state_dict(),
+            model_yaml=bare.yaml,
+            names=list(bare.names),
+            model=bare.state_dict(),
             ema=self.ema.ema.state_dict() if self.ema is not None else None,
             ema_updates=self.ema.updates if self.ema is not None else 0,
-            optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict() if self.amp else None,
-            epoch=self.epoch, best_fitness=self.eval_hook.best_fitness,
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.amp else None,
+            epoch=self.epoch,
+            best_fitness=self.eval_hook.best_fitness,
             recipe=self.recipe.to_yaml() if self.recipe is not None else None,
             recipe_args=self.cfg.recipe_args or None,
             recipe_state=self.manager.state_dict() if self.manager is not None else None,
-            train_args=self.config_dict(), hyp=dict(self.hyp), rng=rng_state(),
+            train_args=self.config_dict(),
+            hyp=dict(self.hyp),
+            rng=rng_state(),
             metrics={k: float(v) for k, v in self.eval_hook.metrics.items() if isinstance(v, (int, float))} or None,
             trainer_state=self.hooks_state_dict(),  # extra key: every hook's state for --resume
         )
@@ -388,9 +467,11 @@ class Trainer(TrainerBase):
 
     def train(self) -> Path:  # type: ignore[override]
         try:
-            LOGGER.info(f"training {self.max_epochs - self.start_epoch} epochs, {self.batches_per_epoch} batches "
-                        f"each (optimizer step every {self.accumulate}), img {self.img_size}, "
-                        f"device {self.device}{', AMP' if self.amp else ''}; results to {self.save_dir}")
+            LOGGER.info(
+                f"training {self.max_epochs - self.start_epoch} epochs, {self.batches_per_epoch} batches "
+                f"each (optimizer step every {self.accumulate}), img {self.img_size}, "
+                f"device {self.device}{', AMP' if self.amp else ''}; results to {self.save_dir}"
+            )
             super().train()
             barrier(self.dist)
         finally:

@@ -72,15 +72,22 @@ class TorchBackend(Backend):
         return pred.float()
 
 
-
-def postprocess(backend: Backend, pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                classes: list[int] | None = None, agnostic: bool = False, max_det: int = 300,
-                multi_label: bool = False) -> list[torch.Tensor]:
+def postprocess(
+    backend: Backend,
+    pred: torch.Tensor,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: list[int] | None = None,
+    agnostic: bool = False,
+    max_det: int = 300,
+    multi_label: bool = False,
+) -> list[torch.Tensor]:
     """Per-image (n, 6) detections from ``backend.forward`` output: NMS for decoded predictions, a
     score / class filter for end-to-end (NMS-included) exports."""
     if not backend.end2end:
-        return non_max_suppression(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic,
-                                   max_det=max_det, multi_label=multi_label)
+        return non_max_suppression(
+            pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic, max_det=max_det, multi_label=multi_label
+        )
     out = []
     for d in pred.float():
         keep = d[:, 4] > conf_thres
@@ -89,5 +96,3 @@ def postprocess(backend: Backend, pred: torch.Tensor, conf_thres: float = 0.25, 
         d = d[keep]
         out.append(d[d[:, 4].argsort(descending=True)][:max_det])
     return out
-
-

@@ -13,8 +13,8 @@ else the stem string.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,16 +42,20 @@ def image_id_from_path(path: str | Path) -> int | str:
     return int(stem) if stem.isnumeric() else stem
 
 
-def detections_to_coco(path: str | Path, det: torch.Tensor | np.ndarray,
-                       cat_ids: Sequence[int]) -> list[dict]:
+def detections_to_coco(path: str | Path, det: torch.Tensor | np.ndarray, cat_ids: Sequence[int]) -> list[dict]:
     """Rows ``x1, y1, x2, y2, score, cls`` in original-image pixels -> COCO result dicts."""
     det = det.detach().cpu().numpy() if isinstance(det, torch.Tensor) else np.asarray(det)
     image_id = image_id_from_path(path)
     out = []
     for x1, y1, x2, y2, score, cls in det[:, :6].tolist():
-        out.append({"image_id": image_id, "category_id": int(cat_ids[int(cls)]),
-                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                    "score": round(score, 5)})
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(cat_ids[int(cls)]),
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "score": round(score, 5),
+            }
+        )
     return out
 
 
@@ -60,21 +64,31 @@ def save_json(records: list[dict], path: str | Path) -> Path:
     return atomic_write_text(path, json.dumps(records))
 
 
-def ground_truth_to_coco(images: Iterable[tuple[str | Path, int, int, np.ndarray]],
-                         names: Sequence[str], cat_ids: Sequence[int]) -> dict:
+def ground_truth_to_coco(
+    images: Iterable[tuple[str | Path, int, int, np.ndarray]], names: Sequence[str], cat_ids: Sequence[int]
+) -> dict:
     """A COCO ground-truth dict from ``(path, width, height, labels)`` items, where ``labels``
     (m, 5) = cls, x1, y1, x2, y2 in pixels. ``area`` is the box area; nothing is crowd."""
-    dataset = {"images": [], "annotations": [],
-               "categories": [{"id": int(cat_ids[i]), "name": str(n)} for i, n in enumerate(names)]}
+    dataset = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": int(cat_ids[i]), "name": str(n)} for i, n in enumerate(names)],
+    }
     ann_id = 1
     for path, w, h, labels in images:
         image_id = image_id_from_path(path)
-        dataset["images"].append({"id": image_id, "width": int(w), "height": int(h),
-                                  "file_name": Path(path).name})
+        dataset["images"].append({"id": image_id, "width": int(w), "height": int(h), "file_name": Path(path).name})
         for cls, x1, y1, x2, y2 in np.asarray(labels, dtype=np.float64).reshape(-1, 5).tolist():
             bw, bh = x2 - x1, y2 - y1
-            dataset["annotations"].append({"id": ann_id, "image_id": image_id,
-                                           "category_id": int(cat_ids[int(cls)]),
-                                           "bbox": [x1, y1, bw, bh], "area": bw * bh, "iscrowd": 0})
+            dataset["annotations"].append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": int(cat_ids[int(cls)]),
+                    "bbox": [x1, y1, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                }
+            )
             ann_id += 1
     return dataset

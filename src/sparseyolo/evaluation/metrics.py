@@ -9,9 +9,9 @@ left out of the mean, as COCO does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,9 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
-def match_predictions(detections: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                      iouv: np.ndarray = IOU_THRESHOLDS) -> np.ndarray:
+def match_predictions(
+    detections: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, iouv: np.ndarray = IOU_THRESHOLDS
+) -> np.ndarray:
     """Mark each detection as TP or FP at every IoU threshold, COCO style.
 
     ``detections`` (n, 6) = x1, y1, x2, y2, score, cls; ``labels`` (m, 5) = cls, x1, y1, x2, y2
@@ -89,8 +90,7 @@ class APResult:
         """Mean precision, recall, mAP@0.5 and mAP@0.5:0.95 over the classes with ground truth."""
         if not len(self.classes):
             return 0.0, 0.0, 0.0, 0.0
-        return (float(self.p.mean()), float(self.r.mean()), float(self.ap50.mean()),
-                float(self.ap50_95.mean()))
+        return (float(self.p.mean()), float(self.r.mean()), float(self.ap50.mean()), float(self.ap50_95.mean()))
 
 
 def _smooth(y: np.ndarray, frac: float = 0.05) -> np.ndarray:
@@ -100,9 +100,16 @@ def _smooth(y: np.ndarray, frac: float = 0.05) -> np.ndarray:
     return np.convolve(pad, np.ones(k) / k, mode="valid")
 
 
-def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
-                 plot: bool = False, save_dir: str | Path | None = None,
-                 names: Sequence[str] | Mapping[int, str] = (), eps: float = 1e-16) -> APResult:
+def ap_per_class(
+    tp: np.ndarray,
+    conf: np.ndarray,
+    pred_cls: np.ndarray,
+    target_cls: np.ndarray,
+    plot: bool = False,
+    save_dir: str | Path | None = None,
+    names: Sequence[str] | Mapping[int, str] = (),
+    eps: float = 1e-16,
+) -> APResult:
     """COCO AP per class plus precision / recall / F1 at the confidence that maximises mean F1.
 
     ``tp`` (n, n_iou) bool from :func:`match_predictions` for all predictions of the dataset, with
@@ -112,8 +119,7 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
     """
     tp = np.asarray(tp, dtype=bool)
     tp = tp[:, None] if tp.ndim == 1 else tp
-    conf, pred_cls, target_cls = (np.asarray(a, dtype=np.float64).reshape(-1)
-                                  for a in (conf, pred_cls, target_cls))
+    conf, pred_cls, target_cls = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (conf, pred_cls, target_cls))
     order = np.argsort(-conf, kind="stable")
     tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
     classes, n_targets = np.unique(target_cls, return_counts=True)
@@ -140,9 +146,16 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
         pr_curves.append((recall[:, 0], np.maximum.accumulate(precision[::-1, 0])[::-1]))
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + eps)
     best = int(_smooth(f1_curve.mean(0)).argmax()) if nc else 0
-    result = APResult(classes=classes.astype(int), ap=ap, p=p_curve[:, best], r=r_curve[:, best],
-                      f1=f1_curve[:, best], n_targets=n_targets, best_conf=float(px[best]),
-                      curves={"px": px, "p": p_curve, "r": r_curve, "f1": f1_curve, "pr": pr_curves})
+    result = APResult(
+        classes=classes.astype(int),
+        ap=ap,
+        p=p_curve[:, best],
+        r=r_curve[:, best],
+        f1=f1_curve[:, best],
+        n_targets=n_targets,
+        best_conf=float(px[best]),
+        curves={"px": px, "p": p_curve, "r": r_curve, "f1": f1_curve, "pr": pr_curves},
+    )
     if plot and save_dir is not None:
         from sparseyolo.evaluation.plots import plot_metric_curves
 
@@ -182,7 +195,7 @@ class ConfusionMatrix:
             pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
             pairs = pairs[np.argsort(-pairs[:, 2], kind="stable")]
             pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]
-        matched_gt = dict(zip(pairs[:, 0].astype(int), pairs[:, 1].astype(int)))
+        matched_gt = dict(zip(pairs[:, 0].astype(int), pairs[:, 1].astype(int), strict=False))
         for g, c in enumerate(gt_cls):
             row = det_cls[matched_gt[g]] if g in matched_gt else self.nc
             self.matrix[row, c] += 1

@@ -10,8 +10,8 @@ from __future__ import annotations
 import colorsys
 import csv
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -44,12 +44,13 @@ def class_color(c: int, bgr: bool = True) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------------------ metric curves
-def _curve_plot(save_path: Path, x: np.ndarray, ys: np.ndarray, names, classes, xlabel: str,
-                ylabel: str, mean_label: str) -> Path:
+def _curve_plot(
+    save_path: Path, x: np.ndarray, ys: np.ndarray, names, classes, xlabel: str, ylabel: str, mean_label: str
+) -> Path:
     fig = _figure(figsize=(9, 6), tight_layout=True)
     ax = fig.add_subplot()
     per_class_legend = 0 < len(ys) < 21
-    for y, c in zip(ys, classes):
+    for y, c in zip(ys, classes, strict=False):
         if per_class_legend:
             ax.plot(x, y, linewidth=1, label=_name(names, c))
         else:  # too many classes to tell apart: thin grey lines
@@ -72,23 +73,43 @@ def plot_metric_curves(result, save_dir: Path, names: Sequence[str] | Mapping[in
     cur, classes = result.curves, result.classes
     px = cur["px"]
     # precision interpolated on a common recall axis for the PR curve
-    pr = np.stack([np.interp(px, r, p, right=0) if len(r) > 1 or r[0] > 0 else np.zeros_like(px)
-                   for r, p in cur["pr"]]) if len(classes) else np.zeros((0, len(px)))
+    pr = (
+        np.stack([np.interp(px, r, p, right=0) if len(r) > 1 or r[0] > 0 else np.zeros_like(px) for r, p in cur["pr"]])
+        if len(classes)
+        else np.zeros((0, len(px)))
+    )
     map50 = result.ap50.mean() if len(classes) else 0.0
-    paths = [_curve_plot(save_dir / "PR_curve.png", px, pr, names, classes, "Recall", "Precision",
-                         f"all classes {map50:.3f} mAP@0.5")]
+    paths = [
+        _curve_plot(
+            save_dir / "PR_curve.png", px, pr, names, classes, "Recall", "Precision", f"all classes {map50:.3f} mAP@0.5"
+        )
+    ]
     best = result.best_conf
-    for key, label, fname in (("f1", "F1", "F1_curve.png"), ("p", "Precision", "P_curve.png"),
-                              ("r", "Recall", "R_curve.png")):
+    for key, label, fname in (
+        ("f1", "F1", "F1_curve.png"),
+        ("p", "Precision", "P_curve.png"),
+        ("r", "Recall", "R_curve.png"),
+    ):
         ys = cur[key]
         mean_at = ys.mean(0)[int(round(best * (len(px) - 1)))] if len(ys) else 0.0
-        paths.append(_curve_plot(save_dir / fname, px, ys, names, classes, "Confidence", label,
-                                 f"all classes {mean_at:.2f} at {best:.3f}"))
+        paths.append(
+            _curve_plot(
+                save_dir / fname,
+                px,
+                ys,
+                names,
+                classes,
+                "Confidence",
+                label,
+                f"all classes {mean_at:.2f} at {best:.3f}",
+            )
+        )
     return paths
 
 
-def plot_confusion_matrix(matrix: np.ndarray, save_dir: Path, names: Sequence[str] = (),
-                          normalize: bool = True) -> Path:
+def plot_confusion_matrix(
+    matrix: np.ndarray, save_dir: Path, names: Sequence[str] = (), normalize: bool = True
+) -> Path:
     """confusion_matrix.png; columns (true classes) are normalised to sum to 1."""
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -109,8 +130,14 @@ def plot_confusion_matrix(matrix: np.ndarray, save_dir: Path, names: Sequence[st
             for i in range(nc + 1):
                 for j in range(nc + 1):
                     if not np.isnan(m[i, j]):
-                        ax.text(j, i, f"{m[i, j]:.2f}" if normalize else f"{int(m[i, j])}",
-                                ha="center", va="center", fontsize=7)
+                        ax.text(
+                            j,
+                            i,
+                            f"{m[i, j]:.2f}" if normalize else f"{int(m[i, j])}",
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                        )
     ax.set_xlabel("True")
     ax.set_ylabel("Predicted")
     ax.set_title("Confusion matrix" + (" (normalised)" if normalize else ""))
@@ -158,8 +185,9 @@ def plot_results(results_csv: str | Path) -> Path:
     return path
 
 
-def plot_labels(labels: np.ndarray | torch.Tensor, names: Sequence[str] | Mapping[int, str],
-                save_dir: str | Path) -> Path:
+def plot_labels(
+    labels: np.ndarray | torch.Tensor, names: Sequence[str] | Mapping[int, str], save_dir: str | Path
+) -> Path:
     """labels.jpg: class histogram and box centre / size distributions.
 
     ``labels`` (n, 5) = cls, cx, cy, w, h normalised (the concatenated dataset labels).
@@ -199,8 +227,9 @@ def plot_labels(labels: np.ndarray | torch.Tensor, names: Sequence[str] | Mappin
 
 
 # ------------------------------------------------------------------------------ image drawing
-def draw_box(img: np.ndarray, xyxy: Sequence[float], label: str, color: tuple[int, int, int],
-             thickness: int = 2) -> None:
+def draw_box(
+    img: np.ndarray, xyxy: Sequence[float], label: str, color: tuple[int, int, int], thickness: int = 2
+) -> None:
     """Draw one box with a filled label tag on a BGR uint8 image, in place."""
     p1 = (int(xyxy[0]), int(xyxy[1]))
     p2 = (int(xyxy[2]), int(xyxy[3]))
@@ -216,13 +245,25 @@ def draw_box(img: np.ndarray, xyxy: Sequence[float], label: str, color: tuple[in
     cv2.rectangle(img, q1, q2, color, -1, cv2.LINE_AA)
     y = p1[1] - base if outside else p1[1] + th
     lum = 0.299 * color[2] + 0.587 * color[1] + 0.114 * color[0]
-    cv2.putText(img, label, (p1[0], y), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (0, 0, 0) if lum > 150 else (255, 255, 255), ft, cv2.LINE_AA)
+    cv2.putText(
+        img,
+        label,
+        (p1[0], y),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (0, 0, 0) if lum > 150 else (255, 255, 255),
+        ft,
+        cv2.LINE_AA,
+    )
 
 
-def annotate_detections(img: np.ndarray, det: torch.Tensor | np.ndarray,
-                        names: Sequence[str] | Mapping[int, str], line_thickness: int | None = None,
-                        show_conf: bool = True) -> np.ndarray:
+def annotate_detections(
+    img: np.ndarray,
+    det: torch.Tensor | np.ndarray,
+    names: Sequence[str] | Mapping[int, str],
+    line_thickness: int | None = None,
+    show_conf: bool = True,
+) -> np.ndarray:
     """Draw ``det`` rows (x1, y1, x2, y2, score, cls) on a BGR image, in place; returns it."""
     det = det.detach().cpu().numpy() if isinstance(det, torch.Tensor) else np.asarray(det)
     lw = line_thickness or max(round(sum(img.shape[:2]) / 2 * 0.003), 2)
@@ -232,10 +273,16 @@ def annotate_detections(img: np.ndarray, det: torch.Tensor | np.ndarray,
     return img
 
 
-def plot_images(images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
-                paths: Sequence[str] | None = None, fname: str | Path = "images.jpg",
-                names: Sequence[str] | Mapping[int, str] = (), max_subplots: int = 16,
-                max_size: int = 1920, conf_thres: float = 0.25) -> Path:
+def plot_images(
+    images: torch.Tensor | np.ndarray,
+    targets: torch.Tensor | np.ndarray,
+    paths: Sequence[str] | None = None,
+    fname: str | Path = "images.jpg",
+    names: Sequence[str] | Mapping[int, str] = (),
+    max_subplots: int = 16,
+    max_size: int = 1920,
+    conf_thres: float = 0.25,
+) -> Path:
     """A mosaic of a batch with its boxes, e.g. train_batch0.jpg or val_batch0_pred.jpg.
 
     ``images`` (bs, 3, H, W) RGB, uint8 or float in [0, 1]; ``targets`` (n, 6) labels
@@ -250,7 +297,7 @@ def plot_images(images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.nd
         imgs = imgs * 255
     bs, _, h, w = imgs.shape
     n = min(bs, max_subplots)
-    ns = math.ceil(n ** 0.5)  # tiles per side
+    ns = math.ceil(n**0.5)  # tiles per side
     scale = min(1.0, max_size / (ns * max(h, w)))
     th, tw = math.ceil(h * scale), math.ceil(w * scale)
     mosaic = np.full((ns * th, ns * tw, 3), 255, np.uint8)
@@ -269,13 +316,13 @@ def plot_images(images: torch.Tensor | np.ndarray, targets: torch.Tensor | np.nd
             cx, cy, bw, bh = row[2:6] * ([tw, th, tw, th] if normalised else scale)
             cls = int(row[1])
             label = _name(names, cls) + (f" {row[6]:.1f}" if is_pred else "")
-            draw_box(tile, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), label,
-                     class_color(cls), thickness=1)
+            draw_box(tile, (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), label, class_color(cls), thickness=1)
         if paths is not None and i < len(paths):
-            cv2.putText(tile, Path(paths[i]).name[:40], (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                        (220, 220, 220), 1, cv2.LINE_AA)
+            cv2.putText(
+                tile, Path(paths[i]).name[:40], (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (220, 220, 220), 1, cv2.LINE_AA
+            )
         cv2.rectangle(tile, (0, 0), (tw - 1, th - 1), (255, 255, 255), 2)
-        mosaic[y0:y0 + th, x0:x0 + tw] = tile
+        mosaic[y0 : y0 + th, x0 : x0 + tw] = tile
     fname = Path(fname)
     fname.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(fname), mosaic):

@@ -9,8 +9,9 @@ Boxes are matched in original-image pixels, as COCO evaluation does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from torch import nn
 from tqdm import tqdm
 
 from sparseyolo.evaluation.backend import Backend, TorchBackend, postprocess
-from sparseyolo.evaluation.coco import category_ids, detections_to_coco, ground_truth_to_coco, save_json as write_json
+from sparseyolo.evaluation.coco import category_ids, detections_to_coco, ground_truth_to_coco
+from sparseyolo.evaluation.coco import save_json as write_json
 from sparseyolo.evaluation.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, fitness, match_predictions
 from sparseyolo.evaluation.plots import output_to_target, plot_images
 from sparseyolo.utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywhn
@@ -53,8 +55,16 @@ def _sync(device: torch.device) -> float:
 class _Accumulator:
     """Per-image matching results and extras (confusion matrix, JSON records, txt labels)."""
 
-    def __init__(self, nc: int, names: Sequence[str], save_dir: Path | None, save_json: bool,
-                 save_txt: bool, save_conf: bool, coco91: bool | None):
+    def __init__(
+        self,
+        nc: int,
+        names: Sequence[str],
+        save_dir: Path | None,
+        save_json: bool,
+        save_txt: bool,
+        save_conf: bool,
+        coco91: bool | None,
+    ):
         self.stats: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.confusion = ConfusionMatrix(nc)
         self.cat_ids = category_ids(nc, coco91)
@@ -64,8 +74,7 @@ class _Accumulator:
         self.gt_images: list[tuple[str, int, int, np.ndarray]] = []
         self.images_per_class = np.zeros(nc, dtype=np.int64)
 
-    def add(self, det: torch.Tensor, labels: torch.Tensor, path: str, img_hw: tuple[int, int],
-            shape: Any) -> None:
+    def add(self, det: torch.Tensor, labels: torch.Tensor, path: str, img_hw: tuple[int, int], shape: Any) -> None:
         """``det`` NMS rows in letterboxed pixels; ``labels`` (m, 5) cls + normalised xywh."""
         (h0, w0), ratio_pad = shape
         predn = det.detach().float().cpu().clone()
@@ -86,11 +95,14 @@ class _Accumulator:
         if self.save_txt and self.save_dir is not None:
             xywhn = xyxy2xywhn(predn[:, :4], w=w0, h=h0)
             lines = []
-            for (cx, cy, bw, bh), conf, c in zip(xywhn.tolist(), predn[:, 4].tolist(), predn[:, 5].tolist()):
+            for (cx, cy, bw, bh), conf, c in zip(
+                xywhn.tolist(), predn[:, 4].tolist(), predn[:, 5].tolist(), strict=False
+            ):
                 extra = f" {conf:.5f}" if self.save_conf else ""
                 lines.append(f"{int(c)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}{extra}")
-            atomic_write_text(self.save_dir / "labels" / f"{Path(path).stem}.txt",
-                              "\n".join(lines) + ("\n" if lines else ""))
+            atomic_write_text(
+                self.save_dir / "labels" / f"{Path(path).stem}.txt", "\n".join(lines) + ("\n" if lines else "")
+            )
 
 
 def _coco_cross_check(acc: _Accumulator) -> dict[str, float]:
@@ -112,13 +124,28 @@ def _coco_cross_check(acc: _Accumulator) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validate(model: nn.Module | Backend, dataloader: Iterable, conf_thres: float = 0.001,
-             iou_thres: float = 0.6, max_det: int = 300, names: Sequence[str] | None = None,
-             save_dir: str | Path | None = None, plots: bool = False, save_json: bool = False,
-             compute_loss: Callable | None = None, half: bool = False, verbose: bool = False,
-             single_cls: bool = False, save_txt: bool = False, save_conf: bool = False,
-             agnostic: bool = False, multi_label: bool = True, coco91: bool | None = None,
-             device: str | torch.device | None = None, desc: str = "val") -> tuple[dict, np.ndarray]:
+def validate(
+    model: nn.Module | Backend,
+    dataloader: Iterable,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 300,
+    names: Sequence[str] | None = None,
+    save_dir: str | Path | None = None,
+    plots: bool = False,
+    save_json: bool = False,
+    compute_loss: Callable | None = None,
+    half: bool = False,
+    verbose: bool = False,
+    single_cls: bool = False,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    agnostic: bool = False,
+    multi_label: bool = True,
+    coco91: bool | None = None,
+    device: str | torch.device | None = None,
+    desc: str = "val",
+) -> tuple[dict, np.ndarray]:
     """Evaluate ``model`` on ``dataloader`` batches ``(imgs uint8, targets, paths, shapes)``.
 
     Returns ``(metrics, maps)``: ``metrics`` has ``precision``, ``recall``, ``mAP50``, ``mAP50-95``,
@@ -128,17 +155,51 @@ def validate(model: nn.Module | Backend, dataloader: Iterable, conf_thres: float
     class's mAP50-95, with the overall mAP50-95 for classes absent from the data (YOLOv5 convention).
     """
     if isinstance(model, Backend):
-        return _validate(model, dataloader, conf_thres, iou_thres, max_det, names, save_dir, plots,
-                         save_json, compute_loss, verbose, single_cls, save_txt, save_conf, agnostic,
-                         multi_label, coco91, desc)
+        return _validate(
+            model,
+            dataloader,
+            conf_thres,
+            iou_thres,
+            max_det,
+            names,
+            save_dir,
+            plots,
+            save_json,
+            compute_loss,
+            verbose,
+            single_cls,
+            save_txt,
+            save_conf,
+            agnostic,
+            multi_label,
+            coco91,
+            desc,
+        )
     # a training model: leave its mode, precision and head flag as we found them
     was_training, raw_flag = model.training, getattr(model, "export_raw", None)
     dtype = next(model.parameters()).dtype
     dev = device if device is not None else next(model.parameters()).device
     try:
-        return _validate(TorchBackend(model, dev, half), dataloader, conf_thres, iou_thres, max_det, names,
-                         save_dir, plots, save_json, compute_loss, verbose, single_cls, save_txt,
-                         save_conf, agnostic, multi_label, coco91, desc)
+        return _validate(
+            TorchBackend(model, dev, half),
+            dataloader,
+            conf_thres,
+            iou_thres,
+            max_det,
+            names,
+            save_dir,
+            plots,
+            save_json,
+            compute_loss,
+            verbose,
+            single_cls,
+            save_txt,
+            save_conf,
+            agnostic,
+            multi_label,
+            coco91,
+            desc,
+        )
     finally:
         if next(model.parameters()).dtype != dtype:
             model.to(dtype)
@@ -147,11 +208,26 @@ def validate(model: nn.Module | Backend, dataloader: Iterable, conf_thres: float
             model.export_raw = raw_flag
 
 
-def _validate(backend: Backend, dataloader: Iterable, conf_thres: float, iou_thres: float, max_det: int,
-              names: Sequence[str] | None, save_dir: str | Path | None, plots: bool, save_json: bool,
-              compute_loss: Callable | None, verbose: bool, single_cls: bool, save_txt: bool,
-              save_conf: bool, agnostic: bool, multi_label: bool, coco91: bool | None,
-              desc: str) -> tuple[dict, np.ndarray]:
+def _validate(
+    backend: Backend,
+    dataloader: Iterable,
+    conf_thres: float,
+    iou_thres: float,
+    max_det: int,
+    names: Sequence[str] | None,
+    save_dir: str | Path | None,
+    plots: bool,
+    save_json: bool,
+    compute_loss: Callable | None,
+    verbose: bool,
+    single_cls: bool,
+    save_txt: bool,
+    save_conf: bool,
+    agnostic: bool,
+    multi_label: bool,
+    coco91: bool | None,
+    desc: str,
+) -> tuple[dict, np.ndarray]:
     names = list(names if names is not None else backend.names)
     nc = 1 if single_cls else len(names)
     if single_cls:
@@ -175,8 +251,15 @@ def _validate(backend: Backend, dataloader: Iterable, conf_thres: float, iou_thr
         else:
             pred = backend.forward(x)
         t2 = _sync(backend.device)
-        out = postprocess(backend, pred, conf_thres, iou_thres, agnostic=agnostic or single_cls,
-                          max_det=max_det, multi_label=multi_label)
+        out = postprocess(
+            backend,
+            pred,
+            conf_thres,
+            iou_thres,
+            agnostic=agnostic or single_cls,
+            max_det=max_det,
+            multi_label=multi_label,
+        )
         t3 = _sync(backend.device)
         dt[0] += t1 - t0
         dt[1] += t2 - t1
@@ -193,15 +276,37 @@ def _validate(backend: Backend, dataloader: Iterable, conf_thres: float, iou_thr
             plot_images(imgs, targets, paths, save_dir / f"val_batch{bi}_labels.jpg", names)
             plot_images(imgs, output_to_target(out, max_det=30), paths, save_dir / f"val_batch{bi}_pred.jpg", names)
     pbar.close()
-    return _summarise(acc, names, nc, seen, dt, loss / max(bi + 1, 1) if want_loss and seen else None,
-                      save_dir, plots, save_json, verbose)
+    return _summarise(
+        acc,
+        names,
+        nc,
+        seen,
+        dt,
+        loss / max(bi + 1, 1) if want_loss and seen else None,
+        save_dir,
+        plots,
+        save_json,
+        verbose,
+    )
 
 
-def _summarise(acc: _Accumulator, names: Sequence[str], nc: int, seen: int, dt: list[float],
-               loss: torch.Tensor | None, save_dir: Path | None, plots: bool, save_json: bool,
-               verbose: bool) -> tuple[dict, np.ndarray]:
-    cat = [np.concatenate(x, 0) for x in zip(*acc.stats)] if acc.stats else \
-        [np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0)]
+def _summarise(
+    acc: _Accumulator,
+    names: Sequence[str],
+    nc: int,
+    seen: int,
+    dt: list[float],
+    loss: torch.Tensor | None,
+    save_dir: Path | None,
+    plots: bool,
+    save_json: bool,
+    verbose: bool,
+) -> tuple[dict, np.ndarray]:
+    cat = (
+        [np.concatenate(x, 0) for x in zip(*acc.stats, strict=False)]
+        if acc.stats
+        else [np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0)]
+    )
     res = ap_per_class(*cat, plot=plots and save_dir is not None, save_dir=save_dir, names=names)
     mp, mr, map50, map5095 = res.mean_results()
     n_inst = np.bincount(cat[3].astype(int), minlength=nc)
@@ -211,18 +316,33 @@ def _summarise(acc: _Accumulator, names: Sequence[str], nc: int, seen: int, dt: 
         LOGGER.warning("WARNING: no labels found in the validation set, metrics are 0")
     if verbose and nc > 1:
         for i, c in enumerate(res.classes):
-            LOGGER.info(_row(names[c] if c < len(names) else str(c), int(acc.images_per_class[c]),
-                             int(res.n_targets[i]), res.p[i], res.r[i], res.ap50[i], res.ap50_95[i]))
-    speed = {k: t / max(seen, 1) * 1e3 for k, t in zip(("preprocess", "inference", "nms"), dt)}
-    LOGGER.info(f"Speed: {speed['preprocess']:.1f}ms pre-process, {speed['inference']:.1f}ms inference, "
-                f"{speed['nms']:.1f}ms NMS per image")
+            LOGGER.info(
+                _row(
+                    names[c] if c < len(names) else str(c),
+                    int(acc.images_per_class[c]),
+                    int(res.n_targets[i]),
+                    res.p[i],
+                    res.r[i],
+                    res.ap50[i],
+                    res.ap50_95[i],
+                )
+            )
+    speed = {k: t / max(seen, 1) * 1e3 for k, t in zip(("preprocess", "inference", "nms"), dt, strict=False)}
+    LOGGER.info(
+        f"Speed: {speed['preprocess']:.1f}ms pre-process, {speed['inference']:.1f}ms inference, "
+        f"{speed['nms']:.1f}ms NMS per image"
+    )
     metrics: dict[str, Any] = {"precision": mp, "recall": mr, "mAP50": map50, "mAP50-95": map5095}
     metrics["fitness"] = fitness(metrics)
-    metrics["ap50_per_class"] = {names[c]: float(a) for c, a in zip(res.classes, res.ap50) if c < len(names)}
-    metrics["ap_per_class"] = {names[c]: float(a) for c, a in zip(res.classes, res.ap50_95) if c < len(names)}
+    metrics["ap50_per_class"] = {
+        names[c]: float(a) for c, a in zip(res.classes, res.ap50, strict=False) if c < len(names)
+    }
+    metrics["ap_per_class"] = {
+        names[c]: float(a) for c, a in zip(res.classes, res.ap50_95, strict=False) if c < len(names)
+    }
     metrics["speed"] = speed
     if loss is not None:
-        metrics.update({k: float(v) for k, v in zip(("box_loss", "obj_loss", "cls_loss"), loss)})
+        metrics.update({k: float(v) for k, v in zip(("box_loss", "obj_loss", "cls_loss"), loss, strict=False)})
     if plots and save_dir is not None:
         acc.confusion.plot(save_dir, names)
     if save_json and save_dir is not None:
@@ -230,7 +350,7 @@ def _summarise(acc: _Accumulator, names: Sequence[str], nc: int, seen: int, dt: 
         LOGGER.info(f"Saved {len(acc.records)} detections to {path}")
         metrics.update(_coco_cross_check(acc))
     maps = np.full(nc, map5095)
-    for c, a in zip(res.classes, res.ap50_95):
+    for c, a in zip(res.classes, res.ap50_95, strict=False):
         if c < nc:
             maps[c] = a
     return metrics, maps

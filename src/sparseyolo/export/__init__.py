@@ -6,5 +6,18 @@ from sparseyolo.export.packed import pack_sparse_file, pack_sparse_weights, unpa
 from sparseyolo.export.qlinear import convert_to_qlinear, export_qlinear, make_uint8_input
 from sparseyolo.export.size import FileSize, file_size, gzip_size, size_table
 
-__all__ = ["export_onnx", "fold_batchnorm", "model_metadata", "convert_to_qlinear", "export_qlinear",
-           "make_uint8_input", "pack_sparse_file", "pack_sparse_weights", "unpack_sparse_weights", "FileSize", "file_size", "gzip_size", "size_table"]
+__all__ = [
+    "export_onnx",
+    "fold_batchnorm",
+    "model_metadata",
+    "convert_to_qlinear",
+    "export_qlinear",
+    "make_uint8_input",
+    "pack_sparse_file",
+    "pack_sparse_weights",
+    "unpack_sparse_weights",
+    "FileSize",
+    "file_size",
+    "gzip_size",
+    "size_table",
+]

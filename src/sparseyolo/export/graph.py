@@ -155,8 +155,14 @@ def quantize_conv_biases(model) -> int:
             continue
         x_dq, w_dq = g.producer.get(node.input[0]), g.producer.get(node.input[1])
         bias = g.const(node.input[2])
-        if (x_dq is None or w_dq is None or bias is None or x_dq.op_type != "DequantizeLinear"
-                or w_dq.op_type != "DequantizeLinear" or bias.dtype != np.float32):
+        if (
+            x_dq is None
+            or w_dq is None
+            or bias is None
+            or x_dq.op_type != "DequantizeLinear"
+            or w_dq.op_type != "DequantizeLinear"
+            or bias.dtype != np.float32
+        ):
             continue
         sx, sw = g.const(x_dq.input[1]), g.const(w_dq.input[1])
         if sx is None or sw is None:
@@ -164,15 +170,16 @@ def quantize_conv_biases(model) -> int:
         scale = (np.asarray(sx, np.float32).reshape(()) * np.asarray(sw, np.float32).reshape(-1)).astype(np.float32)
         if scale.size == 1:
             scale = scale.reshape(())
-        q = np.clip(np.rint(bias / scale), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        q = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
         base = node.input[2].strip("/").replace("/", ".")
         q_name = g.add_init(g.unique(base + "_int32"), q)
         s_name = g.add_init(g.unique(base + "_scale"), scale)
         z_name = g.add_init(g.unique(base + "_zero_point"), np.zeros(scale.shape, np.int32))
         out = g.unique(base + "_dequantized")
         attrs = {"axis": 0} if scale.ndim == 1 else {}
-        new_nodes.append((node, helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
-                                                 name=out, **attrs)))
+        new_nodes.append(
+            (node, helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out], name=out, **attrs))
+        )
         node.input[2] = out
         count += 1
     for conv, dq in new_nodes:  # keep topological order: the DQ goes right before its conv

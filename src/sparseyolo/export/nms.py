@@ -22,8 +22,14 @@ class _NonMaxSuppression(torch.autograd.Function):
     """Eager: greedy per-class NMS returning ``(K, 3)`` [batch, class, box] like the ONNX op."""
 
     @staticmethod
-    def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, max_out: int, iou_thres: float,  # noqa: D102
-                score_thres: float) -> torch.Tensor:
+    def forward(
+        ctx,
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        max_out: int,
+        iou_thres: float,  # noqa: D102
+        score_thres: float,
+    ) -> torch.Tensor:
         selected = []
         bs, nc, _ = scores.shape
         for b in range(bs):
@@ -48,11 +54,15 @@ class _NonMaxSuppression(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, boxes, scores, max_out, iou_thres, score_thres):  # noqa: D102
-        return g.op("NonMaxSuppression", boxes, scores,
-                    g.op("Constant", value_t=torch.tensor([max_out], dtype=torch.int64)),
-                    g.op("Constant", value_t=torch.tensor([iou_thres], dtype=torch.float32)),
-                    g.op("Constant", value_t=torch.tensor([score_thres], dtype=torch.float32)),
-                    center_point_box_i=0)
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            g.op("Constant", value_t=torch.tensor([max_out], dtype=torch.int64)),
+            g.op("Constant", value_t=torch.tensor([iou_thres], dtype=torch.float32)),
+            g.op("Constant", value_t=torch.tensor([score_thres], dtype=torch.float32)),
+            center_point_box_i=0,
+        )
 
 
 class DetectWithNMS(nn.Module):
@@ -71,8 +81,9 @@ class DetectWithNMS(nn.Module):
         boxes = xywh2xyxy(pred[..., :4])
         scores = pred[..., 5:] * pred[..., 4:5]  # (bs, N, nc)
         nc = scores.shape[2]
-        sel = _NonMaxSuppression.apply(boxes, scores.transpose(1, 2).contiguous(), self.max_det,
-                                       self.iou_thres, self.conf_thres)
+        sel = _NonMaxSuppression.apply(
+            boxes, scores.transpose(1, 2).contiguous(), self.max_det, self.iou_thres, self.conf_thres
+        )
         b, c, i = sel[:, 0], sel[:, 1], sel[:, 2]
         box = boxes.reshape(-1, 4)[b * n + i]
         score = scores.reshape(-1)[(b * n + i) * nc + c]

@@ -51,8 +51,17 @@ def fold_batchnorm(model: nn.Module) -> int:
             continue
         with torch.no_grad():
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+            fused = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+                bias=True,
+                padding_mode=conv.padding_mode,
+            )
             fused = fused.to(conv.weight.device, conv.weight.dtype)
             fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
             bias = bn.bias - bn.running_mean * scale
@@ -64,9 +73,17 @@ def fold_batchnorm(model: nn.Module) -> int:
     return n
 
 
-def model_metadata(model: nn.Module, img_size: tuple[int, int], fmt: str, input_dtype: str = "float32",
-                   include_nms: bool = False, max_det: int | None = None, output_names: list[str] | None = None,
-                   conf_thres: float | None = None, iou_thres: float | None = None) -> dict[str, object]:
+def model_metadata(
+    model: nn.Module,
+    img_size: tuple[int, int],
+    fmt: str,
+    input_dtype: str = "float32",
+    include_nms: bool = False,
+    max_det: int | None = None,
+    output_names: list[str] | None = None,
+    conf_thres: float | None = None,
+    iou_thres: float | None = None,
+) -> dict[str, object]:
     """The ``metadata_props`` of an exported detector (values are JSON-encoded on write)."""
     detect = model.model[-1] if hasattr(model, "model") else None
     meta: dict[str, object] = {
@@ -80,20 +97,26 @@ def model_metadata(model: nn.Module, img_size: tuple[int, int], fmt: str, input_
         "outputs": output_names or [],
     }
     if detect is not None and hasattr(detect, "anchors"):
-        meta.update({
-            "stride": [int(s) for s in detect.stride.tolist()],
-            "anchors": detect.anchors.tolist(),
-            "na": int(detect.na),
-            "decode": str(getattr(detect, "decode", "v5")),
-        })
+        meta.update(
+            {
+                "stride": [int(s) for s in detect.stride.tolist()],
+                "anchors": detect.anchors.tolist(),
+                "na": int(detect.na),
+                "decode": str(getattr(detect, "decode", "v5")),
+            }
+        )
     if include_nms:
         meta["max_det"] = int(max_det or 0)
         meta["conf_thres"], meta["iou_thres"] = conf_thres, iou_thres
-        meta["output_layout"] = ("detections: (batch, max_det, 6) rows x1, y1, x2, y2, score, class in input "
-                                 "pixels, sorted by score; rows with score 0 are padding")
+        meta["output_layout"] = (
+            "detections: (batch, max_det, 6) rows x1, y1, x2, y2, score, class in input "
+            "pixels, sorted by score; rows with score 0 are padding"
+        )
     else:
-        meta["output_layout"] = ("one raw tensor per level: (batch, na, ny, nx, 5 + nc) logits; decode with "
-                                 "'decode', 'anchors' (pixels) and 'stride'")
+        meta["output_layout"] = (
+            "one raw tensor per level: (batch, na, ny, nx, 5 + nc) logits; decode with "
+            "'decode', 'anchors' (pixels) and 'stride'"
+        )
     try:
         from sparseyolo import __version__
 
@@ -103,10 +126,21 @@ def model_metadata(model: nn.Module, img_size: tuple[int, int], fmt: str, input_
     return meta
 
 
-def export_onnx(model: nn.Module, path: str | Path, img_size: int | tuple[int, int] = (512, 512),
-                batch_size: int = 1, dynamic: bool = False, simplify: bool = False, include_nms: bool = False,
-                opset: int = DEFAULT_OPSET, device: str | torch.device = "cpu", uint8_input: bool = False,
-                max_det: int = 300, conf_thres: float = 0.25, iou_thres: float = 0.45) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    img_size: int | tuple[int, int] = (512, 512),
+    batch_size: int = 1,
+    dynamic: bool = False,
+    simplify: bool = False,
+    include_nms: bool = False,
+    opset: int = DEFAULT_OPSET,
+    device: str | torch.device = "cpu",
+    uint8_input: bool = False,
+    max_det: int = 300,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+) -> Path:
     """Export ``model`` to ``path`` and return the path.
 
     A float model is exported FP32 with BatchNorm folded into the convs (on a copy: ``model`` is
@@ -116,15 +150,18 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int | tuple[int, i
     first QuantizeLinear so the graph takes uint8 pixels (0-255).
     """
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
-        raise SparseYoloError(f"--opset {opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} "
-                              f"(13 gives per-channel QuantizeLinear; >17 is unreadable by DeepSparse 1.8)")
+        raise SparseYoloError(
+            f"--opset {opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} "
+            f"(13 gives per-channel QuantizeLinear; >17 is unreadable by DeepSparse 1.8)"
+        )
     if batch_size < 1:
         raise SparseYoloError(f"--batch-size must be >= 1, got {batch_size}")
     path = Path(path)
     qat = is_qat_model(model)
     if uint8_input and not qat:
-        raise SparseYoloError("--uint8-input needs a quantized (QAT) model: a float graph has no input "
-                              "QuantizeLinear to replace")
+        raise SparseYoloError(
+            "--uint8-input needs a quantized (QAT) model: a float graph has no input " "QuantizeLinear to replace"
+        )
     stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
     img_size = check_img_size(img_size, stride)
     net = _export_copy(model, device, qat)
@@ -142,13 +179,23 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int | tuple[int, i
         for name in output_names:
             dynamic_axes[name] = {0: "batch"} if include_nms else {0: "batch", 2: "ny", 3: "nx"}
     buf = io.BytesIO()
-    LOGGER.info(f"ONNX: exporting {'QDQ int8' if qat else 'FP32'} graph at {list(img_size)}, batch {batch_size}"
-                f"{' (dynamic)' if dynamic else ''}, opset {opset}")
+    LOGGER.info(
+        f"ONNX: exporting {'QDQ int8' if qat else 'FP32'} graph at {list(img_size)}, batch {batch_size}"
+        f"{' (dynamic)' if dynamic else ''}, opset {opset}"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python values are expected here
-        torch.onnx.export(net, (x,), buf, opset_version=int(opset), input_names=["images"],
-                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
-                          dynamo=False)
+        torch.onnx.export(
+            net,
+            (x,),
+            buf,
+            opset_version=int(opset),
+            input_names=["images"],
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     proto = _postprocess(buf.getvalue(), qat, int(opset))
     if simplify:
         proto = _simplify(proto)
@@ -157,8 +204,20 @@ def export_onnx(model: nn.Module, path: str | Path, img_size: int | tuple[int, i
 
         make_uint8_input(proto)
     fmt = "qdq" if qat else "fp32"
-    G.set_metadata(proto, model_metadata(model, img_size, fmt, "uint8" if uint8_input else "float32",
-                                         include_nms, max_det, output_names, conf_thres, iou_thres))
+    G.set_metadata(
+        proto,
+        model_metadata(
+            model,
+            img_size,
+            fmt,
+            "uint8" if uint8_input else "float32",
+            include_nms,
+            max_det,
+            output_names,
+            conf_thres,
+            iou_thres,
+        ),
+    )
     save_onnx(proto, path)
     return path
 
@@ -194,8 +253,10 @@ def _probe(net: nn.Module, x: torch.Tensor, qat: bool):
         for h in handles:
             h.remove()
     if used:
-        LOGGER.warning(f"ONNX: {len(set(used))} activation quantizers in the graph never saw data (e.g. "
-                       f"{used[0]}); their scales are placeholders. Train or calibrate the QAT model first.")
+        LOGGER.warning(
+            f"ONNX: {len(set(used))} activation quantizers in the graph never saw data (e.g. "
+            f"{used[0]}); their scales are placeholders. Train or calibrate the QAT model first."
+        )
     return out
 
 

@@ -39,10 +39,20 @@ MIN_SPARSITY = 0.25  # default: weights with fewer zeros stay plain
 
 def _shared_constants(g) -> dict[str, str]:
     """Names of the small constants every unpacking subgraph shares (added once)."""
-    names = {"axis": "sparse_unpack__axis", "shifts": "sparse_unpack__shifts", "two": "sparse_unpack__two",
-             "flat": "sparse_unpack__flat", "zero": "sparse_unpack__zero"}
-    values = {"axis": np.array([-1], np.int64), "shifts": np.arange(7, -1, -1, dtype=np.uint8),
-              "two": np.array(2, np.uint8), "flat": np.array([-1], np.int64), "zero": np.array([0], np.int64)}
+    names = {
+        "axis": "sparse_unpack__axis",
+        "shifts": "sparse_unpack__shifts",
+        "two": "sparse_unpack__two",
+        "flat": "sparse_unpack__flat",
+        "zero": "sparse_unpack__zero",
+    }
+    values = {
+        "axis": np.array([-1], np.int64),
+        "shifts": np.arange(7, -1, -1, dtype=np.uint8),
+        "two": np.array(2, np.uint8),
+        "flat": np.array([-1], np.int64),
+        "zero": np.array([0], np.int64),
+    }
     for key, name in names.items():
         if name not in g.inits:
             g.add_init(name, values[key])
@@ -81,8 +91,9 @@ def pack_sparse_weights(model, min_sparsity: float = MIN_SPARSITY, min_size: int
         mask = flat != 0
         base = name.replace("/", "_")
         bits = g.add_init(g.unique(base + _SUFFIX_BITS), np.packbits(mask))
-        values = g.add_init(g.unique(base + _SUFFIX_VALUES),
-                            np.concatenate([np.zeros(1, arr.dtype), flat[mask]]).astype(arr.dtype))
+        values = g.add_init(
+            g.unique(base + _SUFFIX_VALUES), np.concatenate([np.zeros(1, arr.dtype), flat[mask]]).astype(arr.dtype)
+        )
         count = g.add_init(g.unique(base + "__size"), np.array([flat.size], np.int64))
         shape = g.add_init(g.unique(base + "__shape"), np.array(arr.shape, np.int64))
         t = [g.unique(f"{base}__unpack{i}") for i in range(8)]
@@ -135,8 +146,10 @@ def unpack_sparse_weights(model) -> int:
         size = int(np.prod(shape))
         mask = np.unpackbits(numpy_helper.to_array(inits[bits_name]))[:size].astype(bool)
         if int(mask.sum()) != values.size - 1:
-            raise SparseYoloError(f"packed ONNX model: weight {node.output[0]!r} has {int(mask.sum())} set bits "
-                                  f"but {values.size - 1} values (corrupt file?)")
+            raise SparseYoloError(
+                f"packed ONNX model: weight {node.output[0]!r} has {int(mask.sum())} set bits "
+                f"but {values.size - 1} values (corrupt file?)"
+            )
         dense = np.zeros(size, values.dtype)
         dense[mask] = values[1:]
         restored.append(numpy_helper.from_array(dense.reshape(shape), node.output[0]))

@@ -56,7 +56,7 @@ def _q_after(g: G.Graph, value: str):
 def _same_params(g: G.Graph, s1: str, z1: str, s2: str, z2: str) -> bool:
     a, b = g.const(s1), g.const(s2)
     za, zb = g.const(z1), g.const(z2)
-    return (a.shape == b.shape and za.dtype == zb.dtype and np.array_equal(a, b) and np.array_equal(za, zb))
+    return a.shape == b.shape and za.dtype == zb.dtype and np.array_equal(a, b) and np.array_equal(za, zb)
 
 
 def _attr(node, name: str, default=None):
@@ -166,14 +166,20 @@ def _convert_node(g: G.Graph, node, ops: tuple[str, ...]):
     if any(i is None for i in ins):
         return None
     if op == "Add":
-        return helper.make_node("QLinearAdd", [*ins[0], *ins[1], ys, yz], [out], name=name + "_quant",
-                                domain=MS_DOMAIN)
+        return helper.make_node("QLinearAdd", [*ins[0], *ins[1], ys, yz], [out], name=name + "_quant", domain=MS_DOMAIN)
     if op == "LeakyRelu":
-        return helper.make_node("QLinearLeakyRelu", [*ins[0], ys, yz], [out], name=name + "_quant",
-                                domain=MS_DOMAIN, alpha=float(_attr(node, "alpha", 0.01)))
+        return helper.make_node(
+            "QLinearLeakyRelu",
+            [*ins[0], ys, yz],
+            [out],
+            name=name + "_quant",
+            domain=MS_DOMAIN,
+            alpha=float(_attr(node, "alpha", 0.01)),
+        )
     flat = [v for triple in ins for v in triple]
-    return helper.make_node("QLinearConcat", [ys, yz, *flat], [out], name=name + "_quant", domain=MS_DOMAIN,
-                            axis=int(_attr(node, "axis")))
+    return helper.make_node(
+        "QLinearConcat", [ys, yz, *flat], [out], name=name + "_quant", domain=MS_DOMAIN, axis=int(_attr(node, "axis"))
+    )
 
 
 def convert_to_qlinear(proto, ops: tuple[str, ...] | list[str] = DEFAULT_OPS):
@@ -225,7 +231,7 @@ def _rescale_conv_biases(g: G.Graph, value: str, old: float, new: float) -> None
         if b is None or s is None or b.dtype != np.int32:
             continue
         ratio = old / new
-        b_new = np.clip(np.rint(b.astype(np.float64) * ratio), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
+        b_new = np.clip(np.rint(b.astype(np.float64) * ratio), -(2**31), 2**31 - 1).astype(np.int32)
         bias_dq.input[0] = g.add_init(g.unique(bias_dq.input[0] + "_u8"), b_new)
         bias_dq.input[1] = g.add_init(g.unique(bias_dq.input[1] + "_u8"), (s / ratio).astype(np.float32))
 
@@ -244,8 +250,10 @@ def make_uint8_input(proto, input_name: str | None = None) -> None:
     users = g.consumers.get(inp.name, [])
     if not users or any(u.op_type != "QuantizeLinear" for u in users):
         kinds = sorted({u.op_type for u in users})
-        raise SparseYoloError(f"--uint8-input: input {inp.name!r} feeds {kinds}, not only QuantizeLinear; "
-                              f"is the first layer quantized?")
+        raise SparseYoloError(
+            f"--uint8-input: input {inp.name!r} feeds {kinds}, not only QuantizeLinear; "
+            f"is the first layer quantized?"
+        )
     new_scale = np.asarray(1.0 / 255.0, np.float32)
     scale = g.add_init(g.unique("input_uint8_scale"), new_scale)
     zero = g.add_init(g.unique("input_uint8_zero_point"), np.asarray(0, np.uint8))

@@ -42,8 +42,10 @@ class _CountingSink:
 def gzip_size(path: str | Path, level: int = 9) -> int:
     """Bytes of ``path`` compressed with gzip at ``level`` (streamed: no copy in memory or on disk)."""
     sink = _CountingSink()
-    with open(path, "rb") as src, gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=sink,
-                                                mtime=0) as gz:
+    with (
+        open(path, "rb") as src,
+        gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=sink, mtime=0) as gz,
+    ):
         shutil.copyfileobj(src, gz, 1 << 20)
     return sink.n
 
@@ -71,7 +73,7 @@ def size_table(paths: list[str | Path]) -> str:
     rows = [file_size(p) for p in paths]
     header = ("File", "Size", "gzip -9", "Ratio")
     body = [(r.path.name, human(r.raw), human(r.gzip), f"{r.ratio:.2f}x") for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*row) for row in body]

@@ -29,10 +29,22 @@ from sparseyolo.utils.logging import LOGGER
 FORMAT = "sparseyolo"
 VERSION = 1
 FIELDS: dict[str, Any] = {
-    "model_yaml": None, "names": None, "model": None, "ema": None, "ema_updates": 0,
-    "optimizer": None, "scaler": None, "epoch": -1, "best_fitness": None,
-    "recipe": None, "recipe_args": None, "recipe_state": None,
-    "train_args": None, "hyp": None, "rng": None, "metrics": None,
+    "model_yaml": None,
+    "names": None,
+    "model": None,
+    "ema": None,
+    "ema_updates": 0,
+    "optimizer": None,
+    "scaler": None,
+    "epoch": -1,
+    "best_fitness": None,
+    "recipe": None,
+    "recipe_args": None,
+    "recipe_state": None,
+    "train_args": None,
+    "hyp": None,
+    "rng": None,
+    "metrics": None,
 }
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size, torch.device)
 
@@ -57,8 +69,10 @@ def _plain(value: Any, key: str) -> Any:
     if isinstance(value, (list, tuple)):
         items = [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
-    raise TypeError(f"checkpoint field {key!r} holds a {type(value).__name__}, which cannot be loaded "
-                    f"with weights_only=True; store plain data (numbers, strings, lists, dicts, tensors)")
+    raise TypeError(
+        f"checkpoint field {key!r} holds a {type(value).__name__}, which cannot be loaded "
+        f"with weights_only=True; store plain data (numbers, strings, lists, dicts, tensors)"
+    )
 
 
 def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
@@ -80,7 +94,7 @@ def save_checkpoint(path: str | os.PathLike, **fields: Any) -> Path:
     ckpt.update(fields)
     if ckpt["model"] is None or ckpt["model_yaml"] is None:
         raise ValueError("save_checkpoint needs 'model' (a state dict or module) and 'model_yaml'")
-    ckpt["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    ckpt["date"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     ckpt["sparseyolo_version"] = __version__
     ckpt = {k: _plain(v, k) for k, v in ckpt.items()}
     return atomic_torch_save(ckpt, path)
@@ -95,24 +109,30 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
         raise WeightsError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
         # torch.save has written zip archives since PyTorch 1.6; anything else is cut short or foreign
-        raise WeightsError(f"{path}: truncated or corrupt checkpoint (not a PyTorch zip archive; "
-                           f"cut short, damaged, or a file of another format)")
+        raise WeightsError(
+            f"{path}: truncated or corrupt checkpoint (not a PyTorch zip archive; "
+            f"cut short, damaged, or a file of another format)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         what = f" (it needs {found.group(1)})" if found else ""
-        raise WeightsError(f"{path}: contains pickled Python objects{what}, e.g. an Ultralytics/YOLOv5 "
-                           f"checkpoint; only plain-data sparseyolo checkpoints are loaded, so that loading "
-                           f"a file never runs code") from None
+        raise WeightsError(
+            f"{path}: contains pickled Python objects{what}, e.g. an Ultralytics/YOLOv5 "
+            f"checkpoint; only plain-data sparseyolo checkpoints are loaded, so that loading "
+            f"a file never runs code"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: truncated or corrupt checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a sparseyolo checkpoint (no 'format': 'sparseyolo' entry)")
     if int(ckpt.get("version", 0)) > VERSION:
-        raise WeightsError(f"{path}: checkpoint version {ckpt['version']} is newer than this sparseyolo "
-                           f"({__version__}) supports; upgrade sparseyolo")
+        raise WeightsError(
+            f"{path}: checkpoint version {ckpt['version']} is newer than this sparseyolo "
+            f"({__version__}) supports; upgrade sparseyolo"
+        )
     for key in ("model_yaml", "model"):
         if not isinstance(ckpt.get(key), dict):
             raise WeightsError(f"{path}: checkpoint has no {key!r} dict")
@@ -156,8 +176,9 @@ def load_state(model: nn.Module, state: dict, source: str = "checkpoint") -> Non
         if not isinstance(value, torch.Tensor):
             raise WeightsError(f"{source}: {key} is a {type(value).__name__} in the file, not a tensor")
         if value.shape != own[key].shape:
-            raise WeightsError(f"{source}: {key} has shape {list(value.shape)} in the file, "
-                               f"{list(own[key].shape)} in the model")
+            raise WeightsError(
+                f"{source}: {key} has shape {list(value.shape)} in the file, " f"{list(own[key].shape)} in the model"
+            )
         if value.is_complex() and not own[key].is_complex():
             raise WeightsError(f"{source}: {key} holds complex numbers in the file, {own[key].dtype} in the model")
     try:

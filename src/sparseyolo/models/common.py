@@ -43,8 +43,9 @@ def make_activation(name: str | bool | None) -> nn.Module:
 class Conv(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> activation (LeakyReLU(0.1) by default)."""
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1,
-                 act: str | bool | None = True):
+    def __init__(
+        self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, act: str | bool | None = True
+    ):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
         self.bn = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
@@ -57,8 +58,9 @@ class Conv(nn.Module):
 class Bottleneck(nn.Module):
     """Darknet residual block: 1x1 conv to ``c2 * e`` channels, 3x3 conv back to ``c2``."""
 
-    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5,
-                 act: str | bool | None = True):
+    def __init__(
+        self, c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5, act: str | bool | None = True
+    ):
         super().__init__()
         c_ = int(c2 * e)
         self.cv1 = Conv(c1, c_, 1, 1, act=act)
@@ -73,8 +75,7 @@ class Bottleneck(nn.Module):
 class SPP(nn.Module):
     """Spatial pyramid pooling (YOLOv3-SPP): 1x1 reduce, parallel stride-1 max pools, concat, 1x1."""
 
-    def __init__(self, c1: int, c2: int, k: tuple[int, ...] | list[int] = (5, 9, 13),
-                 act: str | bool | None = True):
+    def __init__(self, c1: int, c2: int, k: tuple[int, ...] | list[int] = (5, 9, 13), act: str | bool | None = True):
         super().__init__()
         c_ = c1 // 2
         self.cv1 = Conv(c1, c_, 1, 1, act=act)

@@ -42,11 +42,11 @@ DEFAULT_HEADER = (0, 2, 0, 0)
 class DarknetConv:
     """One Darknet ``[convolutional]`` slot mapped onto our modules."""
 
-    name: str                      # our module name, e.g. ``model.12.cv2`` or ``model.28.m.2``
+    name: str  # our module name, e.g. ``model.12.cv2`` or ``model.28.m.2``
     conv: nn.Conv2d
-    bn: nn.BatchNorm2d | None      # None for the linear Detect convs (they carry a bias)
-    reverse_blocks: int = 0        # SPP cv2: Darknet concatenates [pool13, pool9, pool5, x]
-    level: int | None = None       # Detect level for the detection convs
+    bn: nn.BatchNorm2d | None  # None for the linear Detect convs (they carry a bias)
+    reverse_blocks: int = 0  # SPP cv2: Darknet concatenates [pool13, pool9, pool5, x]
+    level: int | None = None  # Detect level for the detection convs
 
     @property
     def n_floats(self) -> int:
@@ -55,8 +55,10 @@ class DarknetConv:
 
     def describe(self) -> str:
         w = self.conv.weight
-        return (f"{self.name} ({w.shape[0]}x{w.shape[1]}x{w.shape[2]}x{w.shape[3]}"
-                f"{', BN' if self.bn is not None else ', bias'})")
+        return (
+            f"{self.name} ({w.shape[0]}x{w.shape[1]}x{w.shape[2]}x{w.shape[3]}"
+            f"{', BN' if self.bn is not None else ', bias'})"
+        )
 
 
 def _block_convs(module: nn.Module, prefix: str) -> list[DarknetConv]:
@@ -125,24 +127,25 @@ def check_against_cfg(model: nn.Module, layout: list[DarknetConv], cfg_path: str
     if len(cfg.yolos) != len(levels):
         raise WeightsError(f"{cfg_path}: {len(cfg.yolos)} [yolo] layers, the model has {len(levels)} levels")
     anchors = [None] * len(levels)
-    for y, level in zip(cfg.yolos, levels):
+    for y, level in zip(cfg.yolos, levels, strict=False):
         if y.classes != detect.nc:
-            raise WeightsError(f"{cfg_path}:{y.line}: [yolo] classes={y.classes}, but the model has "
-                               f"nc={detect.nc}")
+            raise WeightsError(f"{cfg_path}:{y.line}: [yolo] classes={y.classes}, but the model has " f"nc={detect.nc}")
         if len(y.anchors) != detect.na:
             raise WeightsError(f"{cfg_path}:{y.line}: [yolo] uses {len(y.anchors)} anchors, the model {detect.na}")
         anchors[level] = y.anchors
     if len(cfg.convs) != len(layout):
-        raise WeightsError(f"{cfg_path}: {len(cfg.convs)} [convolutional] layers, but the model has "
-                           f"{len(layout)} Darknet-style convs; wrong --cfg for these weights?")
-    for k, (c, ours) in enumerate(zip(cfg.convs, layout)):
+        raise WeightsError(
+            f"{cfg_path}: {len(cfg.convs)} [convolutional] layers, but the model has "
+            f"{len(layout)} Darknet-style convs; wrong --cfg for these weights?"
+        )
+    for k, (c, ours) in enumerate(zip(cfg.convs, layout, strict=False)):
         w = ours.conv.weight
         want = (c.filters, c.c_in // c.groups, c.size, c.size)
-        if tuple(w.shape) != want or c.batch_normalize != (ours.bn is not None) or \
-                ours.conv.stride[0] != c.stride:
+        if tuple(w.shape) != want or c.batch_normalize != (ours.bn is not None) or ours.conv.stride[0] != c.stride:
             raise WeightsError(
                 f"{cfg_path}:{c.line}: [convolutional] #{k} is {'x'.join(map(str, want))} stride {c.stride}"
-                f"{' with BN' if c.batch_normalize else ''}, but the model has {ours.describe()}")
+                f"{' with BN' if c.batch_normalize else ''}, but the model has {ours.describe()}"
+            )
     return anchors
 
 
@@ -165,8 +168,9 @@ def read_header(data: bytes, path: str | os.PathLike) -> tuple[tuple[int, int, i
     return (major, minor, rev, seen), n
 
 
-def load_darknet_weights(model: nn.Module, weights_path: str | os.PathLike,
-                         cfg_path: str | os.PathLike | None = None) -> tuple[int, int, int, int]:
+def load_darknet_weights(
+    model: nn.Module, weights_path: str | os.PathLike, cfg_path: str | os.PathLike | None = None
+) -> tuple[int, int, int, int]:
     """Load a Darknet ``.weights`` file into ``model`` (in place); returns the header.
 
     Every float must be consumed: a short file raises :class:`WeightsError` naming the layer where
@@ -199,19 +203,24 @@ def load_darknet_weights(model: nn.Module, weights_path: str | os.PathLike,
         model.record_widths()  # checkpoints saved from this model rebuild the thinned layout
     model.decode = "darknet"
     model.darknet_header = header
-    LOGGER.info(f"Loaded {n_floats:,} floats from {path} (Darknet {header[0]}.{header[1]}.{header[2]}, "
-                f"{header[3]:,} images seen)")
+    LOGGER.info(
+        f"Loaded {n_floats:,} floats from {path} (Darknet {header[0]}.{header[1]}.{header[2]}, "
+        f"{header[3]:,} images seen)"
+    )
     return header
 
 
-def _stage_floats(data: bytes, offset: int, layout: list[DarknetConv], path: Path, nc: int,
-                  thinned_hint: bool) -> tuple[list[tuple[torch.Tensor, np.ndarray, int]], int]:
+def _stage_floats(
+    data: bytes, offset: int, layout: list[DarknetConv], path: Path, nc: int, thinned_hint: bool
+) -> tuple[list[tuple[torch.Tensor, np.ndarray, int]], int]:
     """Pair every target tensor of ``layout`` with its slice of the file (nothing copied yet);
     returns ``([(target, values, reversed SPP blocks)], float count)``."""
     body = len(data) - offset
     if body % 4:
-        raise WeightsError(f"{path}: weight data is {body} bytes, not a whole number of float32 values "
-                           "(the file is truncated or is not a Darknet .weights file)")
+        raise WeightsError(
+            f"{path}: weight data is {body} bytes, not a whole number of float32 values "
+            "(the file is truncated or is not a Darknet .weights file)"
+        )
     floats = np.frombuffer(data, "<f4", body // 4, offset)
     hint = "; a thinned export loads only with the .cfg written beside it" if thinned_hint else ""
     ptr = 0
@@ -223,12 +232,15 @@ def _stage_floats(data: bytes, offset: int, layout: list[DarknetConv], path: Pat
                 need = sum(d.n_floats for d in layout)
                 raise WeightsError(
                     f"{path}: data ran out at Darknet conv #{k} {item.describe()} reading {what}: needs {n} "
-                    f"floats, {floats.size - ptr} left (file has {floats.size} floats, the model needs {need}){hint}")
-            staged.append((target, floats[ptr:ptr + n], blocks))
+                    f"floats, {floats.size - ptr} left (file has {floats.size} floats, the model needs {need}){hint}"
+                )
+            staged.append((target, floats[ptr : ptr + n], blocks))
             ptr += n
     if ptr != floats.size:
-        raise WeightsError(f"{path}: {floats.size - ptr} floats left over after the last layer "
-                           f"({layout[-1].name}); the file does not match this model (nc={nc}){hint}")
+        raise WeightsError(
+            f"{path}: {floats.size - ptr} floats left over after the last layer "
+            f"({layout[-1].name}); the file does not match this model (nc={nc}){hint}"
+        )
     return staged, int(floats.size)
 
 
@@ -236,8 +248,12 @@ def _darknet_tensors(item: DarknetConv) -> list[tuple[str, torch.Tensor, int]]:
     """``(what, tensor, reversed input blocks)`` of one conv in ``.weights`` order."""
     if item.bn is not None:
         bn = item.bn
-        first = [("BN bias", bn.bias, 0), ("BN scale", bn.weight, 0), ("BN running mean", bn.running_mean, 0),
-                 ("BN running variance", bn.running_var, 0)]
+        first = [
+            ("BN bias", bn.bias, 0),
+            ("BN scale", bn.weight, 0),
+            ("BN running mean", bn.running_mean, 0),
+            ("BN running variance", bn.running_var, 0),
+        ]
     else:
         first = [("conv bias", item.conv.bias, 0)]
     return first + [("conv weights", item.conv.weight, item.reverse_blocks)]
@@ -256,7 +272,7 @@ def cfg_widths(layout: list[DarknetConv], cfg: DarknetCfg) -> dict[str, list[int
     if len(cfg.convs) != len(layout):
         return {}
     widths: dict[str, list[int]] = {}
-    for c, item in zip(cfg.convs, layout):
+    for c, item in zip(cfg.convs, layout, strict=False):
         conv = item.conv
         size = [c.c_in, c.filters if item.bn is not None else conv.out_channels]
         if size[0] > conv.in_channels or size[1] > conv.out_channels:
@@ -306,8 +322,10 @@ def _probe_forward(model: nn.Module, ch: int) -> None:
 def darknet_bytes(model: nn.Module, header: tuple[int, int, int, int] | None = None) -> bytes:
     """Serialise ``model`` in Darknet ``.weights`` format."""
     major, minor, rev, seen = header or getattr(model, "darknet_header", DEFAULT_HEADER)
-    parts = [np.array([major, minor, rev], "<i4").tobytes(),
-             np.array([seen], "<i8" if major * 10 + minor >= 2 else "<i4").tobytes()]
+    parts = [
+        np.array([major, minor, rev], "<i4").tobytes(),
+        np.array([seen], "<i8" if major * 10 + minor >= 2 else "<i4").tobytes(),
+    ]
 
     def f32(t: torch.Tensor) -> bytes:
         return t.detach().cpu().to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
@@ -318,8 +336,12 @@ def darknet_bytes(model: nn.Module, header: tuple[int, int, int, int] | None = N
     return b"".join(parts)
 
 
-def save_darknet_weights(model: nn.Module, path: str | os.PathLike, cfg_path: str | os.PathLike | None = None,
-                         header: tuple[int, int, int, int] | None = None) -> Path:
+def save_darknet_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    cfg_path: str | os.PathLike | None = None,
+    header: tuple[int, int, int, int] | None = None,
+) -> Path:
     """Write ``model`` as a Darknet ``.weights`` file (atomically). ``header`` = (major, minor,
     revision, images seen); defaults to the header the weights were loaded with, else 0.2.0, 0.
     With ``cfg_path`` the model is first checked against that cfg."""
@@ -328,14 +350,20 @@ def save_darknet_weights(model: nn.Module, path: str | os.PathLike, cfg_path: st
     return atomic_write_bytes(path, darknet_bytes(model, header))
 
 
-def save_darknet(model: nn.Module, weights_path: str | os.PathLike, cfg_path: str | os.PathLike | None = None,
-                 header: tuple[int, int, int, int] | None = None, img_size: int = 416) -> tuple[Path, Path]:
+def save_darknet(
+    model: nn.Module,
+    weights_path: str | os.PathLike,
+    cfg_path: str | os.PathLike | None = None,
+    header: tuple[int, int, int, int] | None = None,
+    img_size: int = 416,
+) -> tuple[Path, Path]:
     """Write ``model`` as a Darknet pair: a ``.cfg`` generated from the model, with its actual
     (thinned) filter counts (``cfg_path``, default ``weights_path`` with suffix ``.cfg``), and the
     ``.weights``, checked against that cfg. Returns ``(cfg path, weights path)``."""
     weights_path = Path(weights_path)
-    cfg_file = atomic_write_text(Path(cfg_path) if cfg_path is not None else weights_path.with_suffix(".cfg"),
-                                 darknet_cfg_text(model, img_size))
+    cfg_file = atomic_write_text(
+        Path(cfg_path) if cfg_path is not None else weights_path.with_suffix(".cfg"), darknet_cfg_text(model, img_size)
+    )
     return cfg_file, save_darknet_weights(model, weights_path, cfg_file, header)
 
 
@@ -368,8 +396,10 @@ class _CfgWriter:
 def darknet_cfg_text(model: nn.Module, img_size: int = 416) -> str:
     """The Darknet ``.cfg`` of ``model`` (see :func:`darknet_cfg_sections`)."""
     name = Path(str(getattr(model, "yaml", {}).get("yaml_file", "model"))).stem
-    return format_sections(darknet_cfg_sections(model, img_size),
-                           comment=f"{name}, written by sparseyolo: filters= are the model's actual layer widths")
+    return format_sections(
+        darknet_cfg_sections(model, img_size),
+        comment=f"{name}, written by sparseyolo: filters= are the model's actual layer widths",
+    )
 
 
 def darknet_cfg_sections(model: nn.Module, img_size: int = 416) -> list[CfgSection]:
@@ -393,8 +423,17 @@ def darknet_cfg_sections(model: nn.Module, img_size: int = 416) -> list[CfgSecti
         outs[layer.i] = w.last
         for level in feeds.get(layer.i, []):
             _write_detection(w, model, level)
-    net = CfgSection("net", 0, {"batch": "1", "subdivisions": "1", "width": str(img_size),
-                                "height": str(img_size), "channels": str(darknet_layout(model)[0].conv.in_channels)})
+    net = CfgSection(
+        "net",
+        0,
+        {
+            "batch": "1",
+            "subdivisions": "1",
+            "width": str(img_size),
+            "height": str(img_size),
+            "channels": str(darknet_layout(model)[0].conv.in_channels),
+        },
+    )
     return [net] + w.sections
 
 
@@ -423,8 +462,12 @@ def _write_block(w: _CfgWriter, module: nn.Module, prefix: str) -> None:
     elif isinstance(module, nn.MaxPool2d):
         size = _square(module.kernel_size, prefix)
         w.add("maxpool", size=size, stride=_square(module.stride or size, prefix))
-    elif isinstance(module, nn.Upsample) and module.mode == "nearest" and isinstance(module.scale_factor, (int, float)) \
-            and float(module.scale_factor).is_integer():
+    elif (
+        isinstance(module, nn.Upsample)
+        and module.mode == "nearest"
+        and isinstance(module.scale_factor, (int, float))
+        and float(module.scale_factor).is_integer()
+    ):
         w.add("upsample", stride=int(module.scale_factor))
     elif not (isinstance(module, nn.ZeroPad2d) and tuple(module.padding) == (0, 1, 0, 1)):
         # (yolov3-tiny pads right / bottom before its stride-1 pool; Darknet's [maxpool] does that itself)
@@ -436,9 +479,13 @@ def _write_detection(w: _CfgWriter, model: nn.Module, level: int) -> None:
     detect = model.model[-1]
     w.add("convolutional", **_conv_options(detect_conv(model, level), None))
     anchors = detect.anchors.reshape(-1, 2).tolist()
-    w.add("yolo", mask=",".join(str(level * detect.na + a) for a in range(detect.na)),
-          anchors=",  ".join(f"{_number(aw)},{_number(ah)}" for aw, ah in anchors), classes=detect.nc,
-          num=len(anchors))
+    w.add(
+        "yolo",
+        mask=",".join(str(level * detect.na + a) for a in range(detect.na)),
+        anchors=",  ".join(f"{_number(aw)},{_number(ah)}" for aw, ah in anchors),
+        classes=detect.nc,
+        num=len(anchors),
+    )
 
 
 def _conv_options(item: DarknetConv, act: nn.Module | None) -> dict[str, object]:

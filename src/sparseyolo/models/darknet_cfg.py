@@ -31,7 +31,9 @@ class CfgSection:
         try:
             return int(self.options[key])
         except ValueError:
-            raise ConfigError(f"{path}:{self.line}: [{self.type}] {key}={self.options[key]!r} is not an integer") from None
+            raise ConfigError(
+                f"{path}:{self.line}: [{self.type}] {key}={self.options[key]!r} is not an integer"
+            ) from None
 
     def get_ints(self, key: str, path: str = "") -> list[int]:
         return [int(v) for v in self.get_floats(key, path)]
@@ -47,7 +49,7 @@ class CfgSection:
 class CfgConv:
     """A ``[convolutional]`` layer with its resolved input channels."""
 
-    index: int       # Darknet layer index (``[net]`` excluded)
+    index: int  # Darknet layer index (``[net]`` excluded)
     line: int
     filters: int
     c_in: int
@@ -74,7 +76,7 @@ class CfgYolo:
     index: int
     line: int
     mask: list[int]
-    anchors: list[tuple[float, float]]   # this layer's anchors (w, h) in pixels (Darknet reads floats)
+    anchors: list[tuple[float, float]]  # this layer's anchors (w, h) in pixels (Darknet reads floats)
     classes: int
 
 
@@ -85,7 +87,7 @@ class DarknetCfg:
     layers: list[CfgSection]
     convs: list[CfgConv]
     yolos: list[CfgYolo]
-    channels: list[int]             # output channels per layer
+    channels: list[int]  # output channels per layer
 
     @property
     def n_params(self) -> int:
@@ -151,9 +153,17 @@ def parse_cfg(path: str | os.PathLike) -> DarknetCfg:
     for i, sec in enumerate(layers):
         prev = channels[-1] if channels else ch_in
         if sec.type in ("convolutional", "conv"):
-            c = CfgConv(i, sec.line, sec.get_int("filters", path=p), prev, sec.get_int("size", 1, p),
-                        sec.get_int("stride", 1, p), sec.get_int("groups", 1, p),
-                        bool(sec.get_int("batch_normalize", 0, p)), sec.options.get("activation", "logistic"))
+            c = CfgConv(
+                i,
+                sec.line,
+                sec.get_int("filters", path=p),
+                prev,
+                sec.get_int("size", 1, p),
+                sec.get_int("stride", 1, p),
+                sec.get_int("groups", 1, p),
+                bool(sec.get_int("batch_normalize", 0, p)),
+                sec.options.get("activation", "logistic"),
+            )
             convs.append(c)
             channels.append(c.filters)
         elif sec.type == "route":
@@ -167,7 +177,7 @@ def parse_cfg(path: str | os.PathLike) -> DarknetCfg:
             channels.append(prev * (sec.get_int("stride", 2, p) ** 2) if sec.type == "reorg" else prev)
         elif sec.type in ("yolo", "region"):
             anchors = sec.get_floats("anchors", p)
-            pairs = list(zip(anchors[0::2], anchors[1::2]))
+            pairs = list(zip(anchors[0::2], anchors[1::2], strict=False))
             mask = sec.get_ints("mask", p) or list(range(len(pairs)))
             if any(not 0 <= m < len(pairs) for m in mask):
                 raise ConfigError(f"{p}:{sec.line}: [yolo] mask {mask} exceeds the {len(pairs)} anchors")

@@ -34,8 +34,14 @@ class Detect(nn.Module):
         self.export_raw = False
 
     # -- decoding ----------------------------------------------------------------------------
-    def decode_xy_wh(self, t_xy: torch.Tensor, t_wh: torch.Tensor, grid: torch.Tensor,
-                     anchor_px: torch.Tensor, stride: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_xy_wh(
+        self,
+        t_xy: torch.Tensor,
+        t_wh: torch.Tensor,
+        grid: torch.Tensor,
+        anchor_px: torch.Tensor,
+        stride: torch.Tensor | float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs -> box centre and size in input pixels (the only box-decoding code).
 
         ``grid`` holds the cell indices (x, y), ``anchor_px`` the anchor sizes in pixels; all
@@ -56,8 +62,9 @@ class Detect(nn.Module):
     @staticmethod
     def make_grid(nx: int, ny: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """``(1, 1, ny, nx, 2)`` tensor of (x, y) cell indices."""
-        yv, xv = torch.meshgrid(torch.arange(ny, device=device, dtype=dtype),
-                                torch.arange(nx, device=device, dtype=dtype), indexing="ij")
+        yv, xv = torch.meshgrid(
+            torch.arange(ny, device=device, dtype=dtype), torch.arange(nx, device=device, dtype=dtype), indexing="ij"
+        )
         return torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
 
     # -- forward -----------------------------------------------------------------------------
@@ -91,7 +98,7 @@ class Detect(nn.Module):
             if not bool((self.stride > 0).all()):
                 raise RuntimeError("Detect.stride must be set before initialize_biases()")
             strides = self.stride.tolist()
-        for mi, s in zip(self.m, strides):
+        for mi, s in zip(self.m, strides, strict=False):
             b = mi.bias.view(self.na, -1)
             b[:, 4] = math.log(8 / (640 / s) ** 2)
             if cf is None:

@@ -77,9 +77,16 @@ def load_zoo(path: str | os.PathLike | None = None) -> dict[str, ZooEntry]:
             if names not in datasets:
                 raise ConfigError(f"{where}: names {names!r} is not a key of 'datasets'")
             names = datasets[names]
-        entries[stub] = ZooEntry(stub, str(item["url"]), (item.get("sha256") or None), item["format"],
-                                 item.get("cfg"), item.get("nc"), tuple(names) if names else None,
-                                 str(item.get("note") or ""))
+        entries[stub] = ZooEntry(
+            stub,
+            str(item["url"]),
+            (item.get("sha256") or None),
+            item["format"],
+            item.get("cfg"),
+            item.get("nc"),
+            tuple(names) if names else None,
+            str(item.get("note") or ""),
+        )
     return entries
 
 
@@ -158,9 +165,14 @@ def transfer_state(model, state: dict, source: str = "weights") -> int:
     own = model.state_dict()
     # entries that are not tensors, or whose shape differs, are skipped (the point is a partial copy);
     # load_state_dict would raise a multi-line RuntimeError on either
-    matched = {k: v for k, v in state.items()
-               if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape
-               and (own[k].is_complex() or not v.is_complex())}
+    matched = {
+        k: v
+        for k, v in state.items()
+        if k in own
+        and isinstance(v, torch.Tensor)
+        and own[k].shape == v.shape
+        and (own[k].is_complex() or not v.is_complex())
+    }
     model.load_state_dict(matched, strict=False)
     LOGGER.info(f"Transferred {len(matched)}/{len(own)} items from {source}")
     return len(matched)
@@ -187,8 +199,9 @@ def _yaml_for_darknet(path: Path, entry: ZooEntry | None, cfg, darknet_cfg: str 
     for stem in (path.stem, Path(darknet_cfg).stem if darknet_cfg else None):
         if stem in MODELS:
             return stem
-    raise WeightsError(f"cannot tell which model {path} holds; pass --cfg with one of "
-                       f"{', '.join(MODELS.names())} or a model YAML")
+    raise WeightsError(
+        f"cannot tell which model {path} holds; pass --cfg with one of " f"{', '.join(MODELS.names())} or a model YAML"
+    )
 
 
 def _load_darknet(path: Path, entry: ZooEntry | None, cfg, nc: int | None) -> DetectionModel:
@@ -230,14 +243,16 @@ def _is_darknet_file(path: Path, entry: ZooEntry | None) -> bool:
         return True
     if path.suffix.lower() in NOT_WEIGHTS_SUFFIXES:
         hint = " (run an exported model with `sparseyolo val/detect --weights`)" if path.suffix == ".onnx" else ""
-        raise WeightsError(f"{path}: not a weights file; expected a sparseyolo checkpoint (.pt) or Darknet "
-                           f".weights{hint}")
+        raise WeightsError(
+            f"{path}: not a weights file; expected a sparseyolo checkpoint (.pt) or Darknet " f".weights{hint}"
+        )
     with open(path, "rb") as f:
         return f.read(2) != b"PK" and path.suffix not in (".pt", ".pth")  # torch.save writes a zip
 
 
-def load_model(weights: str | os.PathLike, cfg: str | os.PathLike | dict | None = None,
-               nc: int | None = None) -> tuple[DetectionModel, dict | None]:
+def load_model(
+    weights: str | os.PathLike, cfg: str | os.PathLike | dict | None = None, nc: int | None = None
+) -> tuple[DetectionModel, dict | None]:
     """Load weights into a :class:`DetectionModel`; returns ``(model, checkpoint or None)``.
 
     - sparseyolo checkpoint: the model is rebuilt from it (EMA weights when present; QAT structure

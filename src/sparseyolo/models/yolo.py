@@ -24,9 +24,15 @@ class DetectionModel(nn.Module):
     resolved config (JSON-able, stored in checkpoints) and rebuilds an identical model.
     """
 
-    def __init__(self, cfg: str | Path | dict = "yolov3-spp", ch: int = 3, nc: int | None = None,
-                 depth_multiple: float | None = None, width_multiple: float | None = None,
-                 names: list[str] | None = None):
+    def __init__(
+        self,
+        cfg: str | Path | dict = "yolov3-spp",
+        ch: int = 3,
+        nc: int | None = None,
+        depth_multiple: float | None = None,
+        width_multiple: float | None = None,
+        names: list[str] | None = None,
+    ):
         super().__init__()
         self.yaml, src = load_model_yaml(cfg)
         for key, value in (("nc", nc), ("depth_multiple", depth_multiple), ("width_multiple", width_multiple)):
@@ -182,19 +188,28 @@ class DetectionModel(nn.Module):
             for m in self.model:
                 LOGGER.info(f"{m.i:>3} {str(m.f):>12} {m.np:>10,}  {m.type}")
         name = Path(self.yaml.get("yaml_file", "model")).stem
-        LOGGER.info(f"{name} summary: {layers} layers, {n_p:,} parameters, {n_g:,} gradients, "
-                    f"{gflops:.1f} GFLOPs at {img_size}")
+        LOGGER.info(
+            f"{name} summary: {layers} layers, {n_p:,} parameters, {n_g:,} gradients, "
+            f"{gflops:.1f} GFLOPs at {img_size}"
+        )
         return {"layers": layers, "parameters": n_p, "gradients": n_g, "gflops": gflops}
 
     @torch.no_grad()
-    def fuse(self) -> "DetectionModel":
+    def fuse(self) -> DetectionModel:
         """Fold each Conv's BatchNorm into its convolution for faster inference (in place)."""
         for m in self.modules():
             if isinstance(m, Conv) and isinstance(m.bn, nn.BatchNorm2d):
                 conv, bn = m.conv, m.bn
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                  conv.padding, groups=conv.groups, bias=True).to(conv.weight.device)
+                fused = nn.Conv2d(
+                    conv.in_channels,
+                    conv.out_channels,
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.padding,
+                    groups=conv.groups,
+                    bias=True,
+                ).to(conv.weight.device)
                 fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
                 fused.bias.copy_(bn.bias - bn.running_mean * scale)
                 m.conv, m.bn = fused, nn.Identity()

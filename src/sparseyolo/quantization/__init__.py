@@ -21,6 +21,18 @@ from sparseyolo.quantization.prepare import (
 )
 
 __all__ = [
-    "QATConfig", "prepare_qat", "freeze_bn_stats", "disable_observers", "enable_observers", "is_qat_model",
-    "uninitialized_quantizers", "qat_report", "quantizers_bypassed", "ActivationQuantizer", "WeightQuantizer", "QATConvBnAct", "QATConv2d", "QATLinear",
+    "QATConfig",
+    "prepare_qat",
+    "freeze_bn_stats",
+    "disable_observers",
+    "enable_observers",
+    "is_qat_model",
+    "uninitialized_quantizers",
+    "qat_report",
+    "quantizers_bypassed",
+    "ActivationQuantizer",
+    "WeightQuantizer",
+    "QATConvBnAct",
+    "QATConv2d",
+    "QATLinear",
 ]

@@ -55,8 +55,9 @@ class QATConfig:
             raise ConfigError(f"QATConfig: averaging_constant must be in (0, 1], got {self.averaging_constant!r}")
         check_fuse(self.fuse, "QATConfig: fuse")
         self.exclude_module_types = _names("exclude_module_types", self.exclude_module_types)
-        self.custom_quantizable_module_types = _names("custom_quantizable_module_types",
-                                                      self.custom_quantizable_module_types)
+        self.custom_quantizable_module_types = _names(
+            "custom_quantizable_module_types", self.custom_quantizable_module_types
+        )
         if self.tensorrt:
             self.per_channel = True
 
@@ -74,7 +75,7 @@ class QATConfig:
         bits = self.activation_bits - (1 if self.reduce_range else 0)
         if self.symmetric_activations:
             return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        return 0, 2 ** bits - 1
+        return 0, 2**bits - 1
 
     def excluded(self, module_type: str) -> bool:
         return module_type in self.exclude_module_types
@@ -95,8 +96,10 @@ def check_fuse(value: object, where: str) -> str:
     """``value`` if it is one of :data:`FUSE_MODES`, else a :class:`ConfigError` starting with ``where``."""
     if not isinstance(value, str) or value not in FUSE_MODES:
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-        raise ConfigError(f"{where} must be one of {', '.join(repr(m) for m in FUSE_MODES)}, got {shown} "
-                          f"(naming a model method is not supported)")
+        raise ConfigError(
+            f"{where} must be one of {', '.join(repr(m) for m in FUSE_MODES)}, got {shown} "
+            f"(naming a model method is not supported)"
+        )
     return value
 
 

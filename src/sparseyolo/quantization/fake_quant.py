@@ -55,8 +55,9 @@ class ActivationQuantizer(nn.Module):
     with ``min = min + c * (batch_min - min)``, ``c = averaging_constant`` (PyTorch's default 0.01).
     """
 
-    def __init__(self, quant_min: int = 0, quant_max: int = 255, symmetric: bool = False,
-                 averaging_constant: float = 0.01) -> None:
+    def __init__(
+        self, quant_min: int = 0, quant_max: int = 255, symmetric: bool = False, averaging_constant: float = 0.01
+    ) -> None:
         super().__init__()
         self.quant_min, self.quant_max = int(quant_min), int(quant_max)
         self.symmetric = bool(symmetric)
@@ -64,8 +65,9 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
         self.register_buffer("scale", torch.tensor(1.0))
-        self.register_buffer("zero_point", torch.tensor(0 if symmetric or quant_min < 0 else quant_min,
-                                                        dtype=torch.int32))
+        self.register_buffer(
+            "zero_point", torch.tensor(0 if symmetric or quant_min < 0 else quant_min, dtype=torch.int32)
+        )
         self.register_buffer("observer_enabled", torch.tensor(1, dtype=torch.uint8))
         self.register_buffer("fake_quant_enabled", torch.tensor(1, dtype=torch.uint8))
 
@@ -103,8 +105,10 @@ class ActivationQuantizer(nn.Module):
         return self.fake_quant(x)
 
     def extra_repr(self) -> str:
-        return (f"range=({self.quant_min}, {self.quant_max}), symmetric={self.symmetric}, "
-                f"scale={float(self.scale):.4g}, zero_point={int(self.zero_point)}")
+        return (
+            f"range=({self.quant_min}, {self.quant_max}), symmetric={self.symmetric}, "
+            f"scale={float(self.scale):.4g}, zero_point={int(self.zero_point)}"
+        )
 
 
 class WeightQuantizer(nn.Module):
@@ -115,8 +119,14 @@ class WeightQuantizer(nn.Module):
     weight that is exactly 0.0 (a pruned weight) quantizes to exactly 0.0.
     """
 
-    def __init__(self, quant_min: int = -128, quant_max: int = 127, per_channel: bool = False,
-                 channels: int = 1, ch_axis: int = 0) -> None:
+    def __init__(
+        self,
+        quant_min: int = -128,
+        quant_max: int = 127,
+        per_channel: bool = False,
+        channels: int = 1,
+        ch_axis: int = 0,
+    ) -> None:
         super().__init__()
         self.quant_min, self.quant_max = int(quant_min), int(quant_max)
         self.per_channel = bool(per_channel)
@@ -153,8 +163,14 @@ class WeightQuantizer(nn.Module):
         return f"range=({self.quant_min}, {self.quant_max}), per_channel={self.per_channel}"
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int,
-                  quant_max: int, axis: int | None = None) -> torch.Tensor:
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    axis: int | None = None,
+) -> torch.Tensor:
     """Per-tensor (``axis=None``) or per-channel fake quantization.
 
     ONNX QuantizeLinear only knows the full 8-bit ranges, so while exporting, a narrower range
@@ -176,8 +192,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)
 
 
-def qparams(min_val: torch.Tensor, max_val: torch.Tensor, quant_min: int, quant_max: int,
-            symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def qparams(
+    min_val: torch.Tensor, max_val: torch.Tensor, quant_min: int, quant_max: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for the range [min_val, max_val] (widened to include 0.0 exactly)."""
     eps = torch.finfo(torch.float32).eps
     lo = torch.clamp(min_val, max=0.0)
@@ -234,7 +251,7 @@ def quantize_bias(bias: torch.Tensor | None, x: torch.Tensor, weight_quant: Weig
     if bias is None or info is None or not weight_quant.fake_quant_enabled or torch.onnx.is_in_onnx_export():
         return bias  # (while exporting, the graph pass quantizes the float bias itself)
     scale = (info[0].scale * weight_quant.scale).to(bias.dtype)
-    grid = torch.clamp(torch.round(bias / scale), -(2 ** 31), 2 ** 31 - 1) * scale
+    grid = torch.clamp(torch.round(bias / scale), -(2**31), 2**31 - 1) * scale
     return bias + (grid - bias).detach()
 
 

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparseyolo.quantization.config import QATConfig
-from sparseyolo.quantization.fake_quant import ActivationQuantizer, WeightQuantizer, quantize_bias, quantize_input, untag
+from sparseyolo.quantization.fake_quant import (
+    ActivationQuantizer,
+    WeightQuantizer,
+    quantize_bias,
+    quantize_input,
+    untag,
+)
 
 # activations a quantized conv output can be clamped through without its own quantizer
 _RELUS = (nn.ReLU, nn.ReLU6)

@@ -39,8 +39,9 @@ _OUT_HOOK = "_sparseyolo_qat_out_hook"
 _BLOCK_HOOK = "_sparseyolo_qat_block_hook"
 
 
-def prepare_qat(model: nn.Module, submodules: Sequence[str] | None = None,
-                config: QATConfig | None = None) -> nn.Module:
+def prepare_qat(
+    model: nn.Module, submodules: Sequence[str] | None = None, config: QATConfig | None = None
+) -> nn.Module:
     """Insert fake-quantization into ``model`` (in place) and return it.
 
     ``submodules``: names from ``model.named_modules()`` (e.g. ``["model.0", "model.1"]``) to
@@ -60,10 +61,12 @@ def prepare_qat(model: nn.Module, submodules: Sequence[str] | None = None,
     if not getattr(model, _PASS_HOOK, False):
         model.register_forward_pre_hook(new_forward_pass)
         setattr(model, _PASS_HOOK, True)
-    LOGGER.info(f"QAT: {counts['conv_bn']} conv+bn blocks, {counts['conv']} convs, {counts['linear']} linear "
-                f"layers and {counts['outputs']} extra outputs fake-quantized "
-                f"(w{cfg.weight_bits}{'/per-channel' if cfg.per_channel else ''}, a{cfg.activation_bits}"
-                f"{', reduce_range' if cfg.reduce_range else ''}{', tensorrt' if cfg.tensorrt else ''})")
+    LOGGER.info(
+        f"QAT: {counts['conv_bn']} conv+bn blocks, {counts['conv']} convs, {counts['linear']} linear "
+        f"layers and {counts['outputs']} extra outputs fake-quantized "
+        f"(w{cfg.weight_bits}{'/per-channel' if cfg.per_channel else ''}, a{cfg.activation_bits}"
+        f"{', reduce_range' if cfg.reduce_range else ''}{', tensorrt' if cfg.tensorrt else ''})"
+    )
     return model
 
 
@@ -102,13 +105,16 @@ def _walk(root: nn.Module, seen: set[int], cfg: QATConfig) -> Iterator[nn.Module
 
 
 def _is_conv_unit(module: nn.Module) -> bool:
-    return (type(getattr(module, "conv", None)) is nn.Conv2d
-            and isinstance(getattr(module, "bn", None), nn.BatchNorm2d)
-            and not isinstance(module, QAT_MODULE_TYPES))
+    return (
+        type(getattr(module, "conv", None)) is nn.Conv2d
+        and isinstance(getattr(module, "bn", None), nn.BatchNorm2d)
+        and not isinstance(module, QAT_MODULE_TYPES)
+    )
 
 
-def _prepare_module(module: nn.Module, cfg: QATConfig, fold: bool, seen: set[int], counts: dict,
-                    is_root: bool = False) -> None:
+def _prepare_module(
+    module: nn.Module, cfg: QATConfig, fold: bool, seen: set[int], counts: dict, is_root: bool = False
+) -> None:
     if isinstance(module, (*QAT_MODULE_TYPES, ActivationQuantizer, WeightQuantizer)):
         seen.update(id(m) for m in module.modules())  # prepared already (prepare_qat is idempotent)
     elif fold and _is_conv_unit(module) and not cfg.excluded(type(module.conv).__name__):
@@ -131,12 +137,17 @@ def _prepare_module(module: nn.Module, cfg: QATConfig, fold: bool, seen: set[int
         if not getattr(module, _TAG_HOOK, False):
             module.register_forward_hook(propagate_tag)
             setattr(module, _TAG_HOOK, True)
-    elif (type(module).__name__ in cfg.custom_quantizable_module_types
-          or (isinstance(module, nn.BatchNorm2d) and not cfg.exclude_batchnorm)):
+    elif type(module).__name__ in cfg.custom_quantizable_module_types or (
+        isinstance(module, nn.BatchNorm2d) and not cfg.exclude_batchnorm
+    ):
         _add_output_quantizer(module, cfg)
         counts["outputs"] += 1
-    elif (not is_root and cfg.quantize_conv_activations and next(module.children(), None) is not None
-          and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))):
+    elif (
+        not is_root
+        and cfg.quantize_conv_activations
+        and next(module.children(), None) is not None
+        and not isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+    ):
         # containers iterate over their children: adding a quantizer child would change them
         _add_block_input_quantizer(module, cfg)
 
@@ -160,8 +171,10 @@ def _add_output_quantizer(module: nn.Module, cfg: QATConfig) -> None:
     if getattr(module, _OUT_HOOK, False):
         return
     if hasattr(module, "out_quant"):
-        raise ConfigError(f"QAT: cannot add an output quantizer to {type(module).__name__}: it already has an "
-                          f"attribute 'out_quant'")
+        raise ConfigError(
+            f"QAT: cannot add an output quantizer to {type(module).__name__}: it already has an "
+            f"attribute 'out_quant'"
+        )
     module.out_quant = activation_quantizer(cfg, _device_of(module))
     module.register_forward_hook(_quantize_output)
     setattr(module, _OUT_HOOK, True)
@@ -194,8 +207,9 @@ def _add_block_input_quantizer(module: nn.Module, cfg: QATConfig) -> None:
     if getattr(module, _BLOCK_HOOK, False):
         return
     if hasattr(module, "block_input_quant") or hasattr(module, "block_output_quant"):
-        raise ConfigError(f"QAT: {type(module).__name__} already has a 'block_input_quant' or "
-                          f"'block_output_quant' attribute")
+        raise ConfigError(
+            f"QAT: {type(module).__name__} already has a 'block_input_quant' or " f"'block_output_quant' attribute"
+        )
     module.block_input_quant = activation_quantizer(cfg, _device_of(module))
     module.block_output_quant = activation_quantizer(cfg, _device_of(module))
     module.register_forward_pre_hook(_quantize_block_input)
@@ -266,8 +280,7 @@ def is_qat_model(model: nn.Module) -> bool:
 
 def uninitialized_quantizers(model: nn.Module) -> list[str]:
     """Names of activation quantizers that have never observed data (their scale is meaningless)."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, ActivationQuantizer) and not m.initialized]
+    return [name for name, m in model.named_modules() if isinstance(m, ActivationQuantizer) and not m.initialized]
 
 
 def qat_report(model: nn.Module) -> list[dict]:
@@ -281,16 +294,18 @@ def qat_report(model: nn.Module) -> list[dict]:
             continue
         wq = m.weight_fake_quant
         out = getattr(m, "out_quant", None) or getattr(m, "conv_out_quant", None)
-        rows.append({
-            "name": name,
-            "type": type(m).__name__,
-            "weight_bits": int(math.log2(wq.quant_max - wq.quant_min + 1)),
-            "per_channel": wq.per_channel,
-            "weight_scale_min": float(wq.scale.min()),
-            "weight_scale_max": float(wq.scale.max()),
-            "out_scale": float(out.scale) if out is not None else None,
-            "out_zero_point": int(out.zero_point) if out is not None else None,
-            "bn_frozen": bool(m.bn_frozen) if isinstance(m, QATConvBnAct) else None,
-            "observing": bool(wq.observer_enabled),
-        })
+        rows.append(
+            {
+                "name": name,
+                "type": type(m).__name__,
+                "weight_bits": int(math.log2(wq.quant_max - wq.quant_min + 1)),
+                "per_channel": wq.per_channel,
+                "weight_scale_min": float(wq.scale.min()),
+                "weight_scale_max": float(wq.scale.max()),
+                "out_scale": float(out.scale) if out is not None else None,
+                "out_zero_point": int(out.zero_point) if out is not None else None,
+                "bn_frozen": bool(m.bn_frozen) if isinstance(m, QATConvBnAct) else None,
+                "observing": bool(wq.observer_enabled),
+            }
+        )
     return rows

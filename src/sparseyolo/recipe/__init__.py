@@ -9,5 +9,13 @@ from sparseyolo.recipe.manager import RecipeManager, restore_qat_structure
 from sparseyolo.recipe.modifiers import MODIFIERS, Modifier
 from sparseyolo.recipe.recipe import Recipe, parse_recipe_args
 
-__all__ = ["MODIFIERS", "Modifier", "Recipe", "RecipeManager", "parse_recipe_args", "resolve_variables", "restore_qat_structure",
-           "safe_eval"]
+__all__ = [
+    "MODIFIERS",
+    "Modifier",
+    "Recipe",
+    "RecipeManager",
+    "parse_recipe_args",
+    "resolve_variables",
+    "restore_qat_structure",
+    "safe_eval",
+]

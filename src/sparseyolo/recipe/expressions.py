@@ -18,7 +18,8 @@ import ast
 import math
 import operator
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sparseyolo.utils.errors import ConfigError
 
@@ -70,8 +71,9 @@ def _check_number(value: Any, what: str) -> float | int:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{what} is not finite")
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
-        raise ConfigError(f"{what} is an integer of {value.bit_length()} bits; recipe numbers are limited "
-                          f"to {MAX_INT_BITS} bits")
+        raise ConfigError(
+            f"{what} is an integer of {value.bit_length()} bits; recipe numbers are limited " f"to {MAX_INT_BITS} bits"
+        )
     return value
 
 
@@ -105,23 +107,29 @@ def referenced_names(body: str, where: str = "expression") -> set[str]:
 def _parse(body: str, where: str) -> ast.Expression:
     """Parse within the bounds: text length first, then the depth of the tree."""
     if len(body) > MAX_EXPRESSION_CHARS:
-        raise ConfigError(f"{where}: expression is {len(body)} characters long; recipe expressions are "
-                          f"limited to {MAX_EXPRESSION_CHARS}")
+        raise ConfigError(
+            f"{where}: expression is {len(body)} characters long; recipe expressions are "
+            f"limited to {MAX_EXPRESSION_CHARS}"
+        )
     try:
         tree = ast.parse(body.strip(), mode="eval")
     except SyntaxError as err:
         raise ConfigError(f"{where}: cannot parse expression {_short(body)}: {err.msg}") from None
     except (RecursionError, MemoryError):  # the parser itself gives up on very deep nesting
-        raise ConfigError(f"{where}: expression {_short(body)} is nested too deeply; recipe expressions "
-                          f"are limited to {MAX_DEPTH} levels") from None
+        raise ConfigError(
+            f"{where}: expression {_short(body)} is nested too deeply; recipe expressions "
+            f"are limited to {MAX_DEPTH} levels"
+        ) from None
     except ValueError as err:  # e.g. a NUL character (a SyntaxError from Python 3.12 on)
         raise ConfigError(f"{where}: cannot parse expression {_short(body)}: {err}") from None
     stack = [(tree, 1)]  # iterative: a recursive walk is what must not be run on a deep tree
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise ConfigError(f"{where}: expression {_short(body)} is nested more than {MAX_DEPTH} levels "
-                              f"deep; recipe expressions are limited to {MAX_DEPTH} levels")
+            raise ConfigError(
+                f"{where}: expression {_short(body)} is nested more than {MAX_DEPTH} levels "
+                f"deep; recipe expressions are limited to {MAX_DEPTH} levels"
+            )
         stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
     return tree
 
@@ -159,9 +167,11 @@ def safe_eval(body: str, names: Mapping[str, Any], where: str = "expression") ->
                 if abs(right) > MAX_EXPONENT:
                     raise refuse(node, f"an exponent above {MAX_EXPONENT}")
                 if _pow_too_large(left, right):
-                    raise ConfigError(f"{where}: {_short(left)} ** {_short(right)} would have more than "
-                                      f"{MAX_INT_BITS} bits in {_short(body)}; recipe numbers are limited to "
-                                      f"{MAX_INT_BITS} bits")
+                    raise ConfigError(
+                        f"{where}: {_short(left)} ** {_short(right)} would have more than "
+                        f"{MAX_INT_BITS} bits in {_short(body)}; recipe numbers are limited to "
+                        f"{MAX_INT_BITS} bits"
+                    )
             try:
                 result = _BINOPS[type(node.op)](left, right)
                 return _check_number(result, f"{where}: the result of {_short(body)}")
@@ -205,11 +215,13 @@ def resolve_variables(
         if name not in raw:
             return outer[name]
         if name in visiting:
-            cycle = " -> ".join(visiting[visiting.index(name):] + [name])
+            cycle = " -> ".join(visiting[visiting.index(name) :] + [name])
             raise ConfigError(f"{where}: variable {name!r} refers to itself through {cycle}")
         if len(visiting) >= MAX_VARIABLE_CHAIN:  # get() recurses once per link of the chain
-            raise ConfigError(f"{where}: variable {name!r} ends a chain of more than {MAX_VARIABLE_CHAIN} "
-                              f"variables that refer to each other ({visiting[0]!r} -> ...)")
+            raise ConfigError(
+                f"{where}: variable {name!r} ends a chain of more than {MAX_VARIABLE_CHAIN} "
+                f"variables that refer to each other ({visiting[0]!r} -> ...)"
+            )
         value = raw[name]
         if is_expression(value):
             visiting.append(name)
@@ -218,9 +230,7 @@ def resolve_variables(
             for ref in referenced_names(body, f"{where}: variable {name!r}"):
                 if ref not in raw and ref not in outer:
                     known = ", ".join(sorted(set(raw) | set(outer)))
-                    raise ConfigError(
-                        f"{where}: variable {name!r} uses unknown name {ref!r}; variables: {known}"
-                    )
+                    raise ConfigError(f"{where}: variable {name!r} uses unknown name {ref!r}; variables: {known}")
                 scope[ref] = get(ref)
             value = safe_eval(body, scope, f"{where}: variable {name!r}")
             visiting.pop()

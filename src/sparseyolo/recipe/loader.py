@@ -98,7 +98,7 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def _resolve_zoo(stub: str) -> Path:
-    key = stub[len("zoo:"):].strip()
+    key = stub[len("zoo:") :].strip()
     table = _zoo_recipes()
     entry = table.get(key) or table.get(stub)
     if entry is not None and "url" in entry:
@@ -168,7 +168,7 @@ def extract_front_matter(text: str, label: str) -> str:
     rest = text[start:]
     match = _FRONT_RE.match(rest)
     if match:
-        prefix = text[: start] + rest[: match.start(2)]
+        prefix = text[:start] + rest[: match.start(2)]
         return "\n" * prefix.count("\n") + match.group(2)
     if comment:
         if rest.lstrip().startswith("---"):
@@ -266,7 +266,7 @@ class ParsedRecipe:
     variables: dict[str, Any]
     var_lines: dict[str, int]
     groups: list[tuple[str, list[ModifierSpec]]]  # (key, modifiers) in document order
-    stages: list[tuple[str, "ParsedRecipe"]]
+    stages: list[tuple[str, ParsedRecipe]]
     label: str
 
 
@@ -283,7 +283,7 @@ def _parse_mapping(loader: RecipeLoader, node: yaml.MappingNode, scope: str | No
             raise ConfigError(f"{loader.label}:{_line(key_node)}: recipe keys must be strings, got {key!r}")
         entries.append((key, key_node, value_node))
     # first pass: register variable nodes so aliases anywhere resolve to references
-    for key, key_node, value_node in entries:
+    for key, _key_node, value_node in entries:
         if _is_modifier_key(key) or (top and "stage" in key and isinstance(value_node, yaml.MappingNode)):
             continue
         loader.var_nodes.setdefault(id(value_node), VarRef(key, scope))

@@ -17,7 +17,8 @@ schedules are exact and a resumed run (``attach`` then ``load_state_dict``) cont
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,8 +27,8 @@ from sparseyolo.recipe.modifiers import LRModifier, Modifier, PruningBase
 from sparseyolo.sparsity import prunable_param_names, tensor_sparsity
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
 from sparseyolo.sparsity.thinning import ThinningPlan, apply_thinning, plan_thinning, thin_optimizer
-from sparseyolo.utils.events import EventBus
 from sparseyolo.utils.errors import ConfigError, SparseYoloError
+from sparseyolo.utils.events import EventBus
 from sparseyolo.utils.logging import LOGGER
 
 if TYPE_CHECKING:
@@ -53,11 +54,9 @@ class RecipeManager:
 
     reapply_masks_every_step: bool = True
 
-    def __init__(self, modifiers: Sequence[Modifier], recipe: "Recipe | None" = None):
+    def __init__(self, modifiers: Sequence[Modifier], recipe: Recipe | None = None):
         # stable sort: by start epoch, then kind (epoch range, lr, wd, pruning, QAT), then recipe order
-        self.modifiers: list[Modifier] = sorted(
-            modifiers, key=lambda m: (max(m.start_epoch, -1.0), m.ORDER)
-        )
+        self.modifiers: list[Modifier] = sorted(modifiers, key=lambda m: (max(m.start_epoch, -1.0), m.ORDER))
         self.recipe = recipe
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -84,7 +83,9 @@ class RecipeManager:
 
     def _announce_phases(self) -> None:
         flags = (self.pruning_active, self.pruning_done, self.qat_active)
-        for event, before, now in zip(("pruning_start", "pruning_end", "qat_start"), self._phase_flags, flags):
+        for event, before, now in zip(
+            ("pruning_start", "pruning_end", "qat_start"), self._phase_flags, flags, strict=False
+        ):
             if now and not before:
                 self.emit(event)
         self._phase_flags = flags
@@ -141,8 +142,14 @@ class RecipeManager:
         return "training"
 
     # --- driving ------------------------------------------------------------------------------------
-    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, steps_per_epoch: int,
-               state_dict: dict[str, Any] | None = None, example_inputs: Any = None) -> "RecipeManager":
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        steps_per_epoch: int,
+        state_dict: dict[str, Any] | None = None,
+        example_inputs: Any = None,
+    ) -> RecipeManager:
         """Bind to a model/optimizer and apply everything due at the current epoch (epoch 0).
 
         Pass ``state_dict`` to resume instead (required when the saved run had already thinned the
@@ -158,7 +165,7 @@ class RecipeManager:
         groups = len(optimizer.param_groups) if optimizer is not None else 0
         self.applied_lr, self.applied_wd = [None] * groups, [None] * groups
         if state_dict is not None:
-            for m, s in zip(self.modifiers, state_dict.get("modifiers") or []):
+            for m, s in zip(self.modifiers, state_dict.get("modifiers") or [], strict=False):
                 if hasattr(m, "preload_state") and isinstance(s, dict):
                     m.preload_state(s)
         for m in self.modifiers:
@@ -181,9 +188,11 @@ class RecipeManager:
                 continue
             thin_at = self.thinning_epoch(m.end_epoch)
             if thin_at > max(min(qat), 0.0) + 1e-9:
-                raise ConfigError(f"{m.where}: !{m.tag} removes channels at epoch {thin_at:g}, after "
-                                  f"quantization-aware training starts (epoch {min(qat):g}); end structured "
-                                  "pruning (and thinning) before QuantizationModifier's start_epoch")
+                raise ConfigError(
+                    f"{m.where}: !{m.tag} removes channels at epoch {thin_at:g}, after "
+                    f"quantization-aware training starts (epoch {min(qat):g}); end structured "
+                    "pruning (and thinning) before QuantizationModifier's start_epoch"
+                )
 
     def step(self) -> None:
         """Call after every optimizer step: advance one step, update schedules, reapply masks."""
@@ -270,8 +279,10 @@ class RecipeManager:
             m.on_thinned(self, plan)
         self._graph = None
         removed = sum(plan.removed.values())
-        LOGGER.info(f"recipe: thinned the model, {removed} channels removed from {len(plan.removed)} groups "
-                    f"({len(plan.modules)} layers changed)")
+        LOGGER.info(
+            f"recipe: thinned the model, {removed} channels removed from {len(plan.removed)} groups "
+            f"({len(plan.modules)} layers changed)"
+        )
         self.emit("thinned", plan=plan)
         return plan
 
@@ -297,8 +308,10 @@ class RecipeManager:
             self.applied_wd[g] = wd
 
     def record_qat(self, submodules: list[str] | None, config: dict[str, Any]) -> None:
-        self.qat_state = {"submodules": list(submodules) if submodules else None,
-                          "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}
+        self.qat_state = {
+            "submodules": list(submodules) if submodules else None,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+        }
 
     # --- masks / reporting ---------------------------------------------------------------------------
     @property
@@ -324,9 +337,15 @@ class RecipeManager:
         named = dict(self.model.named_parameters())
         for name in prunable_param_names(self.model):
             p = named[name]
-            rows[name] = {"name": name, "shape": list(p.shape), "numel": p.numel(),
-                          "sparsity": tensor_sparsity(p.detach()), "mask_sparsity": None,
-                          "target": None, "modifier": None}
+            rows[name] = {
+                "name": name,
+                "shape": list(p.shape),
+                "numel": p.numel(),
+                "sparsity": tensor_sparsity(p.detach()),
+                "mask_sparsity": None,
+                "target": None,
+                "modifier": None,
+            }
         for m in self.pruning_modifiers:
             for row in m.report():
                 rows[row["name"]] = row
@@ -336,9 +355,12 @@ class RecipeManager:
     def state_dict(self) -> dict[str, Any]:
         """Plain data (tensors, lists, numbers) that loads with ``torch.load(weights_only=True)``."""
         state: dict[str, Any] = {
-            "version": STATE_VERSION, "global_step": self.global_step,
-            "steps_per_epoch": self.steps_per_epoch, "epoch": self.epoch,
-            "applied_lr": list(self.applied_lr), "applied_wd": list(self.applied_wd),
+            "version": STATE_VERSION,
+            "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch": self.epoch,
+            "applied_lr": list(self.applied_lr),
+            "applied_wd": list(self.applied_wd),
             "modifiers": [m.state_dict() for m in self.modifiers],
         }
         if self.qat_state is not None:
@@ -362,7 +384,7 @@ class RecipeManager:
             step = round(step / saved_spe * self.steps_per_epoch)
         self.global_step = step
         self.qat_state = state.get("qat")
-        for m, s in zip(self.modifiers, mods):
+        for m, s in zip(self.modifiers, mods, strict=False):
             m.load_state_dict(s, self)
         if self.optimizer is not None:
             for key, values in (("lr", state.get("applied_lr") or []), ("weight_decay", state.get("applied_wd") or [])):
@@ -374,9 +396,10 @@ class RecipeManager:
         self._apply_masks()
 
     def __repr__(self) -> str:
-        return (f"RecipeManager({len(self.modifiers)} modifiers, epoch={self.epoch:.3f}, "
-                f"max_epochs={self.max_epochs}, phase={self.phase!r})")
-
+        return (
+            f"RecipeManager({len(self.modifiers)} modifiers, epoch={self.epoch:.3f}, "
+            f"max_epochs={self.max_epochs}, phase={self.phase!r})"
+        )
 
 
 def restore_qat_structure(model: nn.Module, recipe_state: dict[str, Any] | None) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -65,8 +66,9 @@ def _split_pairs(text: str) -> list[str]:
     return [p.strip() for p in pairs if p.strip()]
 
 
-def _substitute(value: Any, scope: Mapping[str, Any], stage_scopes: Mapping[str | None, Mapping[str, Any]],
-                where: str) -> Any:
+def _substitute(
+    value: Any, scope: Mapping[str, Any], stage_scopes: Mapping[str | None, Mapping[str, Any]], where: str
+) -> Any:
     """Replace variable references and evaluate ``eval(...)`` strings in a modifier argument."""
     if isinstance(value, VarRef):
         return stage_scopes[value.scope][value.name]
@@ -83,8 +85,14 @@ class Recipe:
     Build with :meth:`Recipe.load`; make a :class:`RecipeManager` with :meth:`manager`.
     """
 
-    def __init__(self, variables: dict[str, Any], modifiers: list[Modifier], source: str,
-                 args: dict[str, Any], stage_variables: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        variables: dict[str, Any],
+        modifiers: list[Modifier],
+        source: str,
+        args: dict[str, Any],
+        stage_variables: dict[str, dict[str, Any]] | None = None,
+    ):
         self.variables = variables
         self.stage_variables = stage_variables or {}
         self.modifiers = modifiers
@@ -93,7 +101,7 @@ class Recipe:
 
     # --- loading -----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, source: str | Path, args: Mapping[str, Any] | str | None = None) -> "Recipe":
+    def load(cls, source: str | Path, args: Mapping[str, Any] | str | None = None) -> Recipe:
         """Load a recipe from a path, ``zoo:`` stub, built-in name or YAML text, with overrides."""
         text, label = read_source(source)
         parsed = parse_recipe_text(text, label)
@@ -101,7 +109,7 @@ class Recipe:
         return cls._build(parsed, overrides, label)
 
     @classmethod
-    def _build(cls, parsed: ParsedRecipe, overrides: dict[str, Any], label: str) -> "Recipe":
+    def _build(cls, parsed: ParsedRecipe, overrides: dict[str, Any], label: str) -> Recipe:
         top_raw = dict(parsed.variables)
         stage_raw = {name: dict(stage.variables) for name, stage in parsed.stages}
         cls._apply_overrides(top_raw, stage_raw, overrides, label)
@@ -131,8 +139,9 @@ class Recipe:
         return recipe
 
     @staticmethod
-    def _apply_overrides(top: dict[str, Any], stages: dict[str, dict[str, Any]], overrides: dict[str, Any],
-                         label: str) -> None:
+    def _apply_overrides(
+        top: dict[str, Any], stages: dict[str, dict[str, Any]], overrides: dict[str, Any], label: str
+    ) -> None:
         known = list(top) + [f"{s}.{k}" for s, raw in stages.items() for k in raw]
         for key, value in overrides.items():
             if key in top:
@@ -152,8 +161,9 @@ class Recipe:
             )
 
     @staticmethod
-    def _make_modifiers(parsed: ParsedRecipe, stage: str | None, scopes: dict[str | None, dict[str, Any]],
-                        label: str) -> list[Modifier]:
+    def _make_modifiers(
+        parsed: ParsedRecipe, stage: str | None, scopes: dict[str | None, dict[str, Any]], label: str
+    ) -> list[Modifier]:
         out: list[Modifier] = []
         for _, specs in parsed.groups:
             for spec in specs:
@@ -161,15 +171,16 @@ class Recipe:
         return out
 
     @staticmethod
-    def _make_modifier(spec: ModifierSpec, scope: dict[str, Any], scopes: dict[str | None, dict[str, Any]],
-                       label: str) -> Modifier:
+    def _make_modifier(
+        spec: ModifierSpec, scope: dict[str, Any], scopes: dict[str | None, dict[str, Any]], label: str
+    ) -> Modifier:
         where = f"{label}:{spec.line}" if spec.line else label
         args = {k: _substitute(v, scope, scopes, f"{where} (key {k!r})") for k, v in spec.args.items()}
         cls = MODIFIERS.get(spec.tag)
         return cls(args, source=label, line=spec.line, key_lines=spec.key_lines)
 
     # --- use -----------------------------------------------------------------------------------------
-    def manager(self) -> "RecipeManager":
+    def manager(self) -> RecipeManager:
         """A fresh manager driving a copy of this recipe's modifiers."""
         from sparseyolo.recipe.manager import RecipeManager
 

@@ -10,5 +10,14 @@
 from sparseyolo.runtime.engines import ENGINES, Engine, EngineUnavailable, Runner, get_engine, parse_engines
 from sparseyolo.runtime.onnx_info import ModelInfo, read_model_info, resolve_input_shapes
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailable", "Runner", "get_engine", "parse_engines", "ModelInfo",
-           "read_model_info", "resolve_input_shapes"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineUnavailable",
+    "Runner",
+    "get_engine",
+    "parse_engines",
+    "ModelInfo",
+    "read_model_info",
+    "resolve_input_shapes",
+]

@@ -13,9 +13,10 @@ taken as already decoded. An export with NMS in the graph (metadata ``output_for
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,19 +78,25 @@ class OnnxBackend(Backend):
         self.decoded_output = len(self.outputs) == 1 and len(self.session.get_outputs()[0].shape) == 3
         fmt = _meta_json(meta, "output_format", self.path)
         last = self.session.get_outputs()[0].shape[-1]
-        self.end2end = self.decoded_output and (fmt == "nms" or (fmt is None and last == 6 and names is not None
-                                                                  and len(names) != 1))
+        self.end2end = self.decoded_output and (
+            fmt == "nms" or (fmt is None and last == 6 and names is not None and len(names) != 1)
+        )
         if not self.decoded_output and (self.anchors is None or self.strides is None):
-            raise WeightsError(f"{self.path}: raw head outputs need the 'anchors' and 'stride' metadata "
-                               "props (written by `sparseyolo export`)")
+            raise WeightsError(
+                f"{self.path}: raw head outputs need the 'anchors' and 'stride' metadata "
+                "props (written by `sparseyolo export`)"
+            )
         if names is None and self.end2end:
             raise WeightsError(f"{self.path}: an NMS-included export needs the 'names' metadata prop")
         if names is None:
             no = None
             if self.anchors is not None:
                 shape = self.session.get_outputs()[0].shape
-                last = shape[-1] if len(shape) in (3, 5) else (shape[1] // self.anchors.shape[1]
-                                                              if isinstance(shape[1], int) else None)
+                last = (
+                    shape[-1]
+                    if len(shape) in (3, 5)
+                    else (shape[1] // self.anchors.shape[1] if isinstance(shape[1], int) else None)
+                )
                 no = last if isinstance(last, int) else None
             names = [f"class{i}" for i in range((no or 5) - 5)]
         self.names = list(names)
@@ -102,11 +109,12 @@ class OnnxBackend(Backend):
 
     def forward(self, x: np.ndarray) -> torch.Tensor:
         if self.fixed_shape and tuple(x.shape[2:]) != tuple(self.fixed_shape):
-            raise WeightsError(f"{self.path} takes {self.fixed_shape[0]}x{self.fixed_shape[1]} inputs, "
-                               f"got {x.shape[2]}x{x.shape[3]}; use --img {self.fixed_shape[1]} and no --rect")
+            raise WeightsError(
+                f"{self.path} takes {self.fixed_shape[0]}x{self.fixed_shape[1]} inputs, "
+                f"got {x.shape[2]}x{x.shape[3]}; use --img {self.fixed_shape[1]} and no --rect"
+            )
         step = self.fixed_batch or len(x)
-        chunks = [self.session.run(self.outputs, {self.input_name: x[i:i + step]})
-                  for i in range(0, len(x), step)]
+        chunks = [self.session.run(self.outputs, {self.input_name: x[i : i + step]}) for i in range(0, len(x), step)]
         outs = [np.concatenate([c[k] for c in chunks], 0) for k in range(len(self.outputs))]
         if self.decoded_output:
             return torch.from_numpy(outs[0]).float()
@@ -141,8 +149,13 @@ class OnnxBackend(Backend):
         return torch.cat(preds, 1)
 
 
-def load_backend(weights: str | Path | nn.Module | Backend, device: str | torch.device = "cpu",
-                 half: bool = False, cfg: str | None = None, nc: int | None = None) -> Backend:
+def load_backend(
+    weights: str | Path | nn.Module | Backend,
+    device: str | torch.device = "cpu",
+    half: bool = False,
+    cfg: str | None = None,
+    nc: int | None = None,
+) -> Backend:
     """A backend from a module, a ``.onnx`` file, or anything ``models.load_model`` accepts
     (``.pt`` checkpoint, Darknet ``.weights`` with ``cfg``, URL, ``zoo:`` stub)."""
     if isinstance(weights, Backend):

@@ -92,8 +92,11 @@ def versions() -> dict:
     import deepsparse
     import numpy
 
-    return {"deepsparse": getattr(deepsparse, "__version__", "?"), "numpy": numpy.__version__,
-            "python": sys.version.split()[0]}
+    return {
+        "deepsparse": getattr(deepsparse, "__version__", "?"),
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 class _Worker:
@@ -107,8 +110,9 @@ class _Worker:
         if cmd == "version":
             return {"ok": True, **versions()}
         if cmd == "load":
-            self.engine = compile_engine(req["path"], req["batch_size"], req.get("threads"), req["shapes"],
-                                         bool(req.get("override_shapes")))
+            self.engine = compile_engine(
+                req["path"], req["batch_size"], req.get("threads"), req["shapes"], bool(req.get("override_shapes"))
+            )
             self.inputs = make_inputs(req["shapes"], req["dtypes"], int(req.get("seed", 0)))
             self.names = list(req["shapes"])
             return {"ok": True, **versions()}

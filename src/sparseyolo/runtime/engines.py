@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 from sparseyolo.utils.registry import Registry
 
-ENGINES: Registry[type["Engine"]] = Registry("engine")
+ENGINES: Registry[type[Engine]] = Registry("engine")
 
 
 class EngineUnavailable(SparseYoloError):
@@ -92,9 +92,16 @@ class Engine:
     def _version(self) -> str:
         raise NotImplementedError
 
-    def load(self, path: str | Path, batch_size: int = 1, threads: int | None = None,
-             shapes: Mapping[str, tuple[int, ...]] | None = None, dtypes: Mapping[str, str] | None = None,
-             static: bool | None = None, seed: int = 0) -> Runner:
+    def load(
+        self,
+        path: str | Path,
+        batch_size: int = 1,
+        threads: int | None = None,
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
+        dtypes: Mapping[str, str] | None = None,
+        static: bool | None = None,
+        seed: int = 0,
+    ) -> Runner:
         """Compile ``path`` for ``batch_size`` using ``threads`` CPU threads (None = the engine's default).
 
         ``shapes`` / ``dtypes`` (per input name) default to the model's own, with dynamic axes set from
@@ -109,8 +116,9 @@ class Engine:
             static = all(i.static for i in info.inputs) if static is None else static
         return self._compile(Path(path), int(batch_size), threads, dict(shapes), dict(dtypes), bool(static), seed)
 
-    def _compile(self, path: Path, batch_size: int, threads: int | None, shapes: dict, dtypes: dict,
-                 static: bool, seed: int) -> Runner:
+    def _compile(
+        self, path: Path, batch_size: int, threads: int | None, shapes: dict, dtypes: dict, static: bool, seed: int
+    ) -> Runner:
         raise NotImplementedError
 
 
@@ -280,7 +288,7 @@ def _deepsparse_copy(path: Path, shapes: Mapping[str, tuple[int, ...]], static: 
         model.ir_version = DEEPSPARSE_MAX_IR
     for vi in model.graph.input:
         if vi.name in shapes:
-            for d, size in zip(vi.type.tensor_type.shape.dim, shapes[vi.name]):
+            for d, size in zip(vi.type.tensor_type.shape.dim, shapes[vi.name], strict=False):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
     fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.deepsparse.", suffix=".onnx")
@@ -289,7 +297,7 @@ def _deepsparse_copy(path: Path, shapes: Mapping[str, tuple[int, ...]], static: 
     return Path(tmp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _worker_version(python: str) -> str:
     from sparseyolo.runtime.worker_client import WorkerClient
 
@@ -306,8 +314,10 @@ class DeepSparseEngine(Engine):
     """Neural Magic DeepSparse 1.8 (``num_cores`` = ``threads``); in-process or in a worker subprocess."""
 
     name = "deepsparse"
-    install_hint = ("run scripts/setup_deepsparse.sh (creates .venv-deepsparse with deepsparse==1.8.0) "
-                    "or set SPARSEYOLO_DEEPSPARSE_PYTHON")
+    install_hint = (
+        "run scripts/setup_deepsparse.sh (creates .venv-deepsparse with deepsparse==1.8.0) "
+        "or set SPARSEYOLO_DEEPSPARSE_PYTHON"
+    )
 
     def _in_process(self) -> bool:
         try:
@@ -324,8 +334,11 @@ class DeepSparseEngine(Engine):
         python = deepsparse_python()
         if python is None:
             env = os.environ.get("SPARSEYOLO_DEEPSPARSE_PYTHON")
-            where = f"SPARSEYOLO_DEEPSPARSE_PYTHON={env} does not exist" if env else \
-                "no deepsparse in this interpreter and no ./.venv-deepsparse"
+            where = (
+                f"SPARSEYOLO_DEEPSPARSE_PYTHON={env} does not exist"
+                if env
+                else "no deepsparse in this interpreter and no ./.venv-deepsparse"
+            )
             raise ImportError(where, name="deepsparse")
         return _worker_version(str(python))
 

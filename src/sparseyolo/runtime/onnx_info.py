@@ -16,8 +16,20 @@ from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 
 # ONNX TensorProto element types -> numpy dtype names (the ones a model input can reasonably have)
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
-                10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 4: "uint16"}
+_ONNX_DTYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    4: "uint16",
+}
 
 
 @dataclass
@@ -48,7 +60,9 @@ def check_onnx_path(path: str | Path) -> Path:
     if path.is_dir():
         raise SparseYoloError(f"{path}: is a folder, expected an .onnx model file")
     if path.suffix.lower() != ".onnx":
-        hint = " (export it first: sparseyolo export --weights ...)" if path.suffix.lower() in {".pt", ".weights"} else ""
+        hint = (
+            " (export it first: sparseyolo export --weights ...)" if path.suffix.lower() in {".pt", ".weights"} else ""
+        )
         raise SparseYoloError(f"{path}: not an ONNX model (expected a .onnx file){hint}")
     return path
 
@@ -94,9 +108,13 @@ def parse_metadata(model) -> dict[str, object]:
     return meta
 
 
-def resolve_input_shapes(info: ModelInfo, batch_size: int | None, img: tuple[int, int] | None,
-                         default_batch: int = 1, default_img: tuple[int, int] = (512, 512)
-                         ) -> dict[str, tuple[int, ...]]:
+def resolve_input_shapes(
+    info: ModelInfo,
+    batch_size: int | None,
+    img: tuple[int, int] | None,
+    default_batch: int = 1,
+    default_img: tuple[int, int] = (512, 512),
+) -> dict[str, tuple[int, ...]]:
     """Concrete shapes for every input of ``info``.
 
     ``batch_size`` / ``img`` are None when the user did not give the flag. Policy (documented in the
@@ -114,7 +132,8 @@ def resolve_input_shapes(info: ModelInfo, batch_size: int | None, img: tuple[int
                     raise SparseYoloError(
                         f"{info.path}: input {inp.name!r} has static shape {_fmt_dims(inp.dims)} but {flag} "
                         f"asks for {want} on axis {axis}; drop {flag.split('=')[0]} to use the model's shape "
-                        f"or re-export the model with a matching size")
+                        f"or re-export the model with a matching size"
+                    )
                 if want is None and default is not None and dim != default:
                     overridden.append(f"{dim} (default {default}) on axis {axis}")
                 shape.append(dim)
@@ -123,11 +142,15 @@ def resolve_input_shapes(info: ModelInfo, batch_size: int | None, img: tuple[int
             elif default is not None:
                 shape.append(default)
             else:
-                raise SparseYoloError(f"{info.path}: input {inp.name!r} has a dynamic axis {axis} ({dim!r}) in shape "
-                                      f"{_fmt_dims(inp.dims)} that no flag sets; re-export with a static shape")
+                raise SparseYoloError(
+                    f"{info.path}: input {inp.name!r} has a dynamic axis {axis} ({dim!r}) in shape "
+                    f"{_fmt_dims(inp.dims)} that no flag sets; re-export with a static shape"
+                )
         if overridden:
-            LOGGER.warning(f"{info.path.name}: using the static shape {_fmt_dims(inp.dims)} of input {inp.name!r}: "
-                           + ", ".join(overridden))
+            LOGGER.warning(
+                f"{info.path.name}: using the static shape {_fmt_dims(inp.dims)} of input {inp.name!r}: "
+                + ", ".join(overridden)
+            )
         shapes[inp.name] = tuple(shape)
     return shapes
 
@@ -153,8 +176,7 @@ def _fmt_img(img) -> str:
     return str(img[0]) if img[0] == img[1] else f"{img[0]} {img[1]}"
 
 
-def random_inputs(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], seed: int = 0
-                  ) -> dict[str, np.ndarray]:
+def random_inputs(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], seed: int = 0) -> dict[str, np.ndarray]:
     """Random input data of each input's own dtype (uint8 models get uint8 pixels)."""
     rng = np.random.default_rng(seed)
     return {name: random_array(shape, dtypes[name], rng) for name, shape in shapes.items()}

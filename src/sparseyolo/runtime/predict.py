@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import glob
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from sparseyolo.runtime.backends import Backend, load_backend, postprocess, select_device
 from sparseyolo.evaluation.coco import category_ids, detections_to_coco, save_json
 from sparseyolo.evaluation.plots import annotate_detections
+from sparseyolo.runtime.backends import Backend, load_backend, postprocess, select_device
 from sparseyolo.utils.boxes import clip_boxes, xyxy2xywhn
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.io import atomic_write_text, increment_path
@@ -49,8 +49,9 @@ class Prediction:
     shape: tuple[int, int]  # original (h, w)
 
 
-def iter_letterboxed(files: Sequence[Path], img_size: int | tuple[int, int], stride: int,
-                     auto: bool) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, tuple]]:
+def iter_letterboxed(
+    files: Sequence[Path], img_size: int | tuple[int, int], stride: int, auto: bool
+) -> Iterator[tuple[Path, np.ndarray | None, np.ndarray | None, tuple]]:
     """Yield ``(path, original BGR, letterboxed RGB CHW uint8, (ratio_w, ratio_h, pad_w, pad_h))``;
     unreadable images yield ``None`` arrays so the caller can report them."""
     from sparseyolo.data.augment import letterbox
@@ -77,16 +78,29 @@ def _summary(det: torch.Tensor, names: Sequence[str]) -> str:
     if not len(det):
         return "no detections"
     classes, counts = det[:, 5].long().unique(return_counts=True)
-    return ", ".join(f"{n} {names[c] if c < len(names) else c}{'s' * (n > 1)}"
-                     for c, n in zip(classes.tolist(), counts.tolist()))
+    return ", ".join(
+        f"{n} {names[c] if c < len(names) else c}{'s' * (n > 1)}"
+        for c, n in zip(classes.tolist(), counts.tolist(), strict=False)
+    )
 
 
-def predict(backend: Backend, files: Sequence[Path], img_size: int = 416, conf_thres: float = 0.25,
-            iou_thres: float = 0.45, max_det: int = 1000, classes: list[int] | None = None,
-            agnostic_nms: bool = False, names: Sequence[str] | None = None,
-            save_dir: Path | None = None, save_img: bool = True, save_txt: bool = False,
-            save_conf: bool = False, save_json_file: bool = False,
-            line_thickness: int | None = 3) -> list[Prediction]:
+def predict(
+    backend: Backend,
+    files: Sequence[Path],
+    img_size: int = 416,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    max_det: int = 1000,
+    classes: list[int] | None = None,
+    agnostic_nms: bool = False,
+    names: Sequence[str] | None = None,
+    save_dir: Path | None = None,
+    save_img: bool = True,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    save_json_file: bool = False,
+    line_thickness: int | None = 3,
+) -> list[Prediction]:
     """Detect objects in ``files`` with ``backend``; optionally write outputs into ``save_dir``."""
     names = list(names if names is not None else backend.names)
     auto = backend.fixed_shape is None  # minimal stride-multiple padding when the model allows it
@@ -96,8 +110,12 @@ def predict(backend: Backend, files: Sequence[Path], img_size: int = 416, conf_t
     cat_ids = category_ids(len(names)) if save_json_file else []
     bad: list[str] = []
     dt = [0.0, 0.0, 0.0]
-    pbar = tqdm(iter_letterboxed(files, size, backend.stride, auto), total=len(files), desc="detect",
-                bar_format="{l_bar}{bar:10}{r_bar}")
+    pbar = tqdm(
+        iter_letterboxed(files, size, backend.stride, auto),
+        total=len(files),
+        desc="detect",
+        bar_format="{l_bar}{bar:10}{r_bar}",
+    )
     for path, img0, img, ratio_pad in pbar:
         if img0 is None:
             bad.append(path.name)
@@ -108,8 +126,13 @@ def predict(backend: Backend, files: Sequence[Path], img_size: int = 416, conf_t
         t1 = time.perf_counter()
         pred = backend.forward(x)
         t2 = time.perf_counter()
-        det = postprocess(backend, pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic_nms,
-                          max_det=max_det)[0].float().cpu()
+        det = (
+            postprocess(backend, pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic_nms, max_det=max_det)[
+                0
+            ]
+            .float()
+            .cpu()
+        )
         dt[0] += t1 - t0
         dt[1] += t2 - t1
         dt[2] += time.perf_counter() - t2
@@ -129,11 +152,15 @@ def predict(backend: Backend, files: Sequence[Path], img_size: int = 416, conf_t
             records += detections_to_coco(path, det, cat_ids)
     pbar.close()
     n = max(len(results), 1)
-    LOGGER.info(f"Speed: {dt[0] / n * 1e3:.1f}ms pre-process, {dt[1] / n * 1e3:.1f}ms inference, "
-                f"{dt[2] / n * 1e3:.1f}ms NMS per image")
+    LOGGER.info(
+        f"Speed: {dt[0] / n * 1e3:.1f}ms pre-process, {dt[1] / n * 1e3:.1f}ms inference, "
+        f"{dt[2] / n * 1e3:.1f}ms NMS per image"
+    )
     if bad:
-        LOGGER.warning(f"WARNING: {len(bad)} unreadable image(s) skipped: {', '.join(bad[:10])}"
-                       + (" ..." if len(bad) > 10 else ""))
+        LOGGER.warning(
+            f"WARNING: {len(bad)} unreadable image(s) skipped: {', '.join(bad[:10])}"
+            + (" ..." if len(bad) > 10 else "")
+        )
     if save_dir is not None and save_json_file:
         save_json(records, save_dir / "predictions.json")
     return results
@@ -143,18 +170,33 @@ def _write_txt(path: Path, det: torch.Tensor, shape0: tuple[int, int], save_conf
     h0, w0 = shape0
     xywhn = xyxy2xywhn(det[:, :4], w=w0, h=h0)
     lines = []
-    for (cx, cy, bw, bh), conf, c in zip(xywhn.tolist(), det[:, 4].tolist(), det[:, 5].tolist()):
+    for (cx, cy, bw, bh), conf, c in zip(xywhn.tolist(), det[:, 4].tolist(), det[:, 5].tolist(), strict=False):
         lines.append(f"{int(c)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}" + (f" {conf:.5f}" if save_conf else ""))
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def run(weights: str | Path, source: str | Path, img_size: int = 416, conf_thres: float = 0.25,
-        iou_thres: float = 0.45, max_det: int = 1000, classes: list[int] | None = None,
-        agnostic_nms: bool = False, save_txt: bool = False, save_conf: bool = False,
-        save_json: bool = False, nosave: bool = False, line_thickness: int = 3,
-        project: str | Path = "runs/detect", name: str = "exp", exist_ok: bool = False,
-        device: str = "", cfg: str | None = None, half: bool = False,
-        data: str | Path | None = None) -> tuple[Path, list[Prediction]]:
+def run(
+    weights: str | Path,
+    source: str | Path,
+    img_size: int = 416,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    max_det: int = 1000,
+    classes: list[int] | None = None,
+    agnostic_nms: bool = False,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    save_json: bool = False,
+    nosave: bool = False,
+    line_thickness: int = 3,
+    project: str | Path = "runs/detect",
+    name: str = "exp",
+    exist_ok: bool = False,
+    device: str = "",
+    cfg: str | None = None,
+    half: bool = False,
+    data: str | Path | None = None,
+) -> tuple[Path, list[Prediction]]:
     """``sparseyolo detect``: returns the run folder and the per-image predictions."""
     files = list_sources(source)
     if img_size < 1:
@@ -175,9 +217,23 @@ def run(weights: str | Path, source: str | Path, img_size: int = 416, conf_thres
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     if save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    results = predict(backend, files, img_size, conf_thres, iou_thres, max_det, classes, agnostic_nms,
-                      names, save_dir, save_img=not nosave, save_txt=save_txt, save_conf=save_conf,
-                      save_json_file=save_json, line_thickness=line_thickness)
+    results = predict(
+        backend,
+        files,
+        img_size,
+        conf_thres,
+        iou_thres,
+        max_det,
+        classes,
+        agnostic_nms,
+        names,
+        save_dir,
+        save_img=not nosave,
+        save_txt=save_txt,
+        save_conf=save_conf,
+        save_json_file=save_json,
+        line_thickness=line_thickness,
+    )
     n_det = sum(len(r.det) for r in results)
     LOGGER.info(f"{len(results)} images, {n_det} detections. Results saved to {save_dir}")
     return save_dir, results

@@ -9,8 +9,9 @@ from typing import Any
 from sparseyolo.utils.errors import WeightsError
 
 
-def ort_session(model: str | Path | bytes, threads: int | None = None, device: str = "cpu",
-                label: str | Path | None = None) -> Any:
+def ort_session(
+    model: str | Path | bytes, threads: int | None = None, device: str = "cpu", label: str | Path | None = None
+) -> Any:
     """An ``onnxruntime.InferenceSession`` over a file path or serialized model bytes.
 
     All graph optimisations, sequential execution with ``threads`` intra-op threads (``None``/0 =

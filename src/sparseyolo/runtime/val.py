@@ -13,13 +13,32 @@ from sparseyolo.utils.io import increment_path
 from sparseyolo.utils.logging import LOGGER
 
 
-def run(weights: str | Path, data: str | Path, img_size: int = 416, batch_size: int = 32,
-        conf_thres: float = 0.001, iou_thres: float = 0.6, max_det: int = 300, task: str = "val",
-        device: str = "", single_cls: bool = False, verbose: bool = False, save_json: bool = False,
-        save_txt: bool = False, save_conf: bool = False, project: str | Path = "runs/val",
-        name: str = "exp", exist_ok: bool = False, rect: bool = True, half: bool = False,
-        cfg: str | None = None, workers: int = 8, plots: bool = True, agnostic: bool = False,
-        multi_label: bool = True) -> tuple[dict, np.ndarray, Path]:
+def run(
+    weights: str | Path,
+    data: str | Path,
+    img_size: int = 416,
+    batch_size: int = 32,
+    conf_thres: float = 0.001,
+    iou_thres: float = 0.6,
+    max_det: int = 300,
+    task: str = "val",
+    device: str = "",
+    single_cls: bool = False,
+    verbose: bool = False,
+    save_json: bool = False,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    project: str | Path = "runs/val",
+    name: str = "exp",
+    exist_ok: bool = False,
+    rect: bool = True,
+    half: bool = False,
+    cfg: str | None = None,
+    workers: int = 8,
+    plots: bool = True,
+    agnostic: bool = False,
+    multi_label: bool = True,
+) -> tuple[dict, np.ndarray, Path]:
     """``sparseyolo val``: load weights (``.pt``, Darknet ``.weights`` + ``cfg``, ``.onnx``), build
     the ``task`` split loader from the data YAML, validate, and write results into
     ``project/name``. Returns ``(metrics, maps, save_dir)``."""
@@ -36,12 +55,16 @@ def run(weights: str | Path, data: str | Path, img_size: int = 416, batch_size: 
     backend = load_backend(weights, dev, half=half, cfg=cfg)  # no nc: never rebuild the head
     names = data_cfg["names"]
     if not single_cls and len(backend.names) and len(backend.names) != len(names):
-        raise SparseYoloError(f"{weights} predicts {len(backend.names)} classes but {data} lists "
-                              f"{len(names)}; pass the matching data YAML (or --single-cls)")
+        raise SparseYoloError(
+            f"{weights} predicts {len(backend.names)} classes but {data} lists "
+            f"{len(names)}; pass the matching data YAML (or --single-cls)"
+        )
     if backend.fixed_shape is not None:
         if rect or max(backend.fixed_shape) != img_size:
-            LOGGER.info(f"{Path(weights).name} has a fixed {backend.fixed_shape[0]}x{backend.fixed_shape[1]} "
-                        "input: using square letterboxing at that size")
+            LOGGER.info(
+                f"{Path(weights).name} has a fixed {backend.fixed_shape[0]}x{backend.fixed_shape[1]} "
+                "input: using square letterboxing at that size"
+            )
         img_size, rect = max(backend.fixed_shape), False
     stride = backend.stride
     if img_size % stride:
@@ -51,13 +74,36 @@ def run(weights: str | Path, data: str | Path, img_size: int = 416, batch_size: 
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     if save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    loader, _ = create_dataloader(split, img_size, batch_size, stride, rect=rect, pad=0.5 if rect else 0.0,
-                                  workers=workers, prefix=f"{task}: ", nc=None if single_cls else len(names))
+    loader, _ = create_dataloader(
+        split,
+        img_size,
+        batch_size,
+        stride,
+        rect=rect,
+        pad=0.5 if rect else 0.0,
+        workers=workers,
+        prefix=f"{task}: ",
+        nc=None if single_cls else len(names),
+    )
     if isinstance(backend, TorchBackend) and dev.type != "cpu":
         backend.warmup((img_size, img_size))
-    metrics, maps = validate(backend, loader, conf_thres, iou_thres, max_det, names, save_dir, plots,
-                             save_json, half=half, verbose=verbose, single_cls=single_cls,
-                             save_txt=save_txt, save_conf=save_conf, agnostic=agnostic,
-                             multi_label=multi_label)
+    metrics, maps = validate(
+        backend,
+        loader,
+        conf_thres,
+        iou_thres,
+        max_det,
+        names,
+        save_dir,
+        plots,
+        save_json,
+        half=half,
+        verbose=verbose,
+        single_cls=single_cls,
+        save_txt=save_txt,
+        save_conf=save_conf,
+        agnostic=agnostic,
+        multi_label=multi_label,
+    )
     LOGGER.info(f"Results saved to {save_dir}")
     return metrics, maps, save_dir

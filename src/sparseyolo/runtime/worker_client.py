@@ -26,8 +26,14 @@ class WorkerClient:
         env.pop("PYTHONPATH", None)  # the worker must not pick up this venv's numpy 2 / onnx
         self._stderr = tempfile.TemporaryFile(mode="w+")
         try:
-            self.proc = subprocess.Popen([self.python, "-s", str(WORKER_SCRIPT)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env)
+            self.proc = subprocess.Popen(
+                [self.python, "-s", str(WORKER_SCRIPT)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                text=True,
+                env=env,
+            )
         except OSError as e:
             raise SparseYoloError(f"cannot start the deepsparse worker {self.python}: {e}") from None
 
@@ -64,7 +70,7 @@ class WorkerClient:
                 self.proc.wait()
         self._stderr.close()
 
-    def __enter__(self) -> "WorkerClient":
+    def __enter__(self) -> WorkerClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -78,10 +84,18 @@ class RemoteRunner(Runner):
         super().__init__(shapes, dtypes, seed)
         self.client = WorkerClient(python)
         try:
-            self.info = self.client.request({
-                "cmd": "load", "path": str(Path(path).resolve()), "batch_size": int(batch_size),
-                "threads": int(threads) if threads else None, "shapes": {k: list(v) for k, v in self.shapes.items()},
-                "dtypes": self.dtypes, "override_shapes": not static, "seed": seed})
+            self.info = self.client.request(
+                {
+                    "cmd": "load",
+                    "path": str(Path(path).resolve()),
+                    "batch_size": int(batch_size),
+                    "threads": int(threads) if threads else None,
+                    "shapes": {k: list(v) for k, v in self.shapes.items()},
+                    "dtypes": self.dtypes,
+                    "override_shapes": not static,
+                    "seed": seed,
+                }
+            )
         except SparseYoloError as e:
             self.client.close()
             raise SparseYoloError(f"{path}: deepsparse cannot compile the model: {e}") from None

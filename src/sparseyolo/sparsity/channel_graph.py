@@ -18,8 +18,9 @@ pass-through here must map zero channels to zero channels: that is what makes th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,22 +29,70 @@ from torch.overrides import TorchFunctionMode
 from sparseyolo.utils.errors import SparseYoloError
 
 # per-channel ops that map a zero channel to a zero channel and never mix channels
-_PASS_THROUGH = frozenset({
-    "relu", "relu_", "leaky_relu", "leaky_relu_", "silu", "silu_", "hardswish", "hardswish_", "relu6",
-    "gelu", "elu", "elu_", "mish", "tanh", "tanh_", "hardtanh", "hardtanh_", "dropout", "dropout2d",
-    "feature_dropout", "alpha_dropout", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
-    "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-    "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "contiguous", "clone", "to",
-    "float", "double", "half", "bfloat16", "detach", "max_pool2d_with_indices", "_max_pool2d",
-})
+_PASS_THROUGH = frozenset(
+    {
+        "relu",
+        "relu_",
+        "leaky_relu",
+        "leaky_relu_",
+        "silu",
+        "silu_",
+        "hardswish",
+        "hardswish_",
+        "relu6",
+        "gelu",
+        "elu",
+        "elu_",
+        "mish",
+        "tanh",
+        "tanh_",
+        "hardtanh",
+        "hardtanh_",
+        "dropout",
+        "dropout2d",
+        "feature_dropout",
+        "alpha_dropout",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_max_pool2d",
+        "interpolate",
+        "upsample",
+        "upsample_nearest",
+        "upsample_bilinear",
+        "contiguous",
+        "clone",
+        "to",
+        "float",
+        "double",
+        "half",
+        "bfloat16",
+        "detach",
+        "max_pool2d_with_indices",
+        "_max_pool2d",
+    }
+)
 _ADD_LIKE = frozenset({"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__isub__"})
 _MUL_LIKE = frozenset({"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "__truediv__", "div_"})
 _CONVS = frozenset({"conv1d", "conv2d", "conv3d"})
 _RESHAPES = frozenset({"flatten", "view", "reshape", "squeeze"})
 _IGNORED = frozenset({"__get__", "dim", "size", "numel", "__len__", "is_floating_point", "requires_grad_"})
 # elementwise ops that turn a parameter into its fake-quantized stand-in (QAT weights)
-_PARAM_ALIASES = frozenset({"fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine",
-                            "_fake_quantize_learnable_per_tensor_affine", "mul", "__mul__", "contiguous"})
+_PARAM_ALIASES = frozenset(
+    {
+        "fake_quantize_per_tensor_affine",
+        "fake_quantize_per_channel_affine",
+        "_fake_quantize_learnable_per_tensor_affine",
+        "mul",
+        "__mul__",
+        "contiguous",
+    }
+)
 
 
 @dataclass
@@ -108,7 +157,7 @@ class _Source:
     def __init__(self, size: int, fixed: str | None = None):
         self.size, self.slices, self.fixed, self.parent = size, [], fixed, self
 
-    def root(self) -> "_Source":
+    def root(self) -> _Source:
         node = self
         while node.parent is not node:
             node.parent = node.parent.parent
@@ -166,13 +215,14 @@ class _Tracer(TorchFunctionMode):
 
     def union(self, a: Segments, b: Segments, what: str) -> bool:
         """Tie two operands channel by channel; False (and both fixed) when they do not align."""
+
         def whole(segs: Segments) -> bool:
             return all(start == 0 and length == src.size for src, start, length in segs)
 
-        if len(a) != len(b) or not (whole(a) and whole(b)) or any(x[2] != y[2] for x, y in zip(a, b)):
+        if len(a) != len(b) or not (whole(a) and whole(b)) or any(x[2] != y[2] for x, y in zip(a, b, strict=False)):
             self.fix(a + b, f"{what}{self.where()} combines channel ranges that do not align")
             return False
-        for (sa, _, _), (sb, _, _) in zip(a, b):
+        for (sa, _, _), (sb, _, _) in zip(a, b, strict=False):
             ra, rb = sa.root(), sb.root()
             if ra is not rb:
                 rb.parent = ra
@@ -213,8 +263,13 @@ class _Tracer(TorchFunctionMode):
         elif name in _RESHAPES:
             # (N, C, 1, 1) -> (N, C) keeps the channel order: a classifier head after global pooling
             x = args[0]
-            ok = isinstance(out, torch.Tensor) and x.dim() >= 2 and out.dim() == 2 and \
-                out.shape[1] == x.shape[1] and x[0, 0].numel() == 1
+            ok = (
+                isinstance(out, torch.Tensor)
+                and x.dim() >= 2
+                and out.dim() == 2
+                and out.shape[1] == x.shape[1]
+                and x[0, 0].numel() == 1
+            )
             self._pass_or_fix(ok, x, out, f"{name}()")
         else:
             for t in tracked:
@@ -230,8 +285,10 @@ class _Tracer(TorchFunctionMode):
     def _module_of(self, param: Any, what: str) -> str:
         hit = self.params.get(id(param)) if isinstance(param, torch.Tensor) else None
         if hit is None:
-            raise SparseYoloError(f"channel trace: a {what}{self.where()} uses a weight that is not a parameter "
-                                  "of the model; structured pruning needs layers that own their weights")
+            raise SparseYoloError(
+                f"channel trace: a {what}{self.where()} uses a weight that is not a parameter "
+                "of the model; structured pruning needs layers that own their weights"
+            )
         return hit[0]
 
     def _conv(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
@@ -299,9 +356,18 @@ class _Tracer(TorchFunctionMode):
             return
         if dim % out.dim() == 1:  # some operands untracked (e.g. made inside forward): keep alignment
             merged: Segments = []
-            for p, s in zip(parts, segs):
-                merged += s if s is not None else [(self.new_source(p.shape[1], f"cat{self.where()} operand "
-                                                                   "made inside forward"), 0, p.shape[1])]
+            for p, s in zip(parts, segs, strict=False):
+                merged += (
+                    s
+                    if s is not None
+                    else [
+                        (
+                            self.new_source(p.shape[1], f"cat{self.where()} operand " "made inside forward"),
+                            0,
+                            p.shape[1],
+                        )
+                    ]
+                )
             self.track(out, merged)
             return
         for s in segs:
@@ -318,9 +384,11 @@ class _Tracer(TorchFunctionMode):
         scalar = b if sa is not None else a
         x_segs = sa if sa is not None else sb
         # x * s keeps zeros; x / s too (s on the right); x + s does not
-        zero_safe = is_mul and (isinstance(scalar, (int, float)) or
-                                (isinstance(scalar, torch.Tensor) and scalar.numel() == 1)) and \
-            not (name in ("div", "__truediv__", "div_") and sa is None)
+        zero_safe = (
+            is_mul
+            and (isinstance(scalar, (int, float)) or (isinstance(scalar, torch.Tensor) and scalar.numel() == 1))
+            and not (name in ("div", "__truediv__", "div_") and sa is None)
+        )
         if zero_safe:
             self.track(out, x_segs)
         else:
@@ -353,8 +421,10 @@ def example_input(model: nn.Module, size: int = 64) -> torch.Tensor:
             return torch.zeros(shape, device=p.device if p is not None else None)
         if isinstance(module, nn.Linear):
             return torch.zeros(1, module.in_features, device=p.device if p is not None else None)
-    raise SparseYoloError("structured pruning: the model has no conv or linear layer to infer an input from; "
-                          "pass example_inputs to manager.attach()")
+    raise SparseYoloError(
+        "structured pruning: the model has no conv or linear layer to infer an input from; "
+        "pass example_inputs to manager.attach()"
+    )
 
 
 @torch.no_grad()
@@ -367,8 +437,16 @@ def trace_channel_groups(model: nn.Module, example_inputs: Any = None) -> Channe
     tracer = _Tracer(model)
     for x in _flatten(inputs):
         if isinstance(x, torch.Tensor):
-            tracer.track(x, [(tracer.new_source(x.shape[1] if x.dim() > 1 else 1, "the model input"), 0,
-                              x.shape[1] if x.dim() > 1 else 1)])
+            tracer.track(
+                x,
+                [
+                    (
+                        tracer.new_source(x.shape[1] if x.dim() > 1 else 1, "the model input"),
+                        0,
+                        x.shape[1] if x.dim() > 1 else 1,
+                    )
+                ],
+            )
     handles = []
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(lambda m, a, n=name: tracer.module_stack.append(n)))

@@ -51,8 +51,17 @@ def kept_channels(size: int, sparsity: float, round_to: int = 1) -> int:
 class ChannelPruner:
     """Channel keep-masks for the groups that a set of recipe params selects."""
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph, params: list[str], structure: str,
-                 importance: str, round_to: int, where: str, explicit: set[str]):
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: ChannelGraph,
+        params: list[str],
+        structure: str,
+        importance: str,
+        round_to: int,
+        where: str,
+        explicit: set[str],
+    ):
         self.model, self.graph = model, graph
         self.structure, self.importance, self.round_to = structure, importance, round_to
         self.where = where
@@ -61,23 +70,27 @@ class ChannelPruner:
         modules = dict(model.named_modules())
         for pname in params:
             mod_name = pname.rpartition(".")[0]
-            if not isinstance(modules.get(mod_name), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or \
-                    not pname.endswith(".weight"):
+            if not isinstance(
+                modules.get(mod_name), (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+            ) or not pname.endswith(".weight"):
                 if pname in explicit:
-                    raise ConfigError(f"{where}: {pname} is not the weight of a conv or linear layer; "
-                                      f"mask_type {structure} prunes those")
+                    raise ConfigError(
+                        f"{where}: {pname} is not the weight of a conv or linear layer; "
+                        f"mask_type {structure} prunes those"
+                    )
                 continue
-            groups = ([graph.group_of_output(mod_name)] if structure == "filter"
-                      else graph.groups_of_input(mod_name))
+            groups = [graph.group_of_output(mod_name)] if structure == "filter" else graph.groups_of_input(mod_name)
             groups = [g for g in groups if g is not None]
             free = [g for g in groups if not g.fixed]
             if not free:
                 why = groups[0].fixed if groups else "no traced channels"
                 side = "output" if structure == "filter" else "input"
                 if pname in explicit:
-                    raise ConfigError(f"{where}: mask_type {structure} on {pname}: the {side} channels of "
-                                      f"{mod_name} cannot be removed ({groups[0].describe() if groups else mod_name} "
-                                      f"reaches {why})")
+                    raise ConfigError(
+                        f"{where}: mask_type {structure} on {pname}: the {side} channels of "
+                        f"{mod_name} cannot be removed ({groups[0].describe() if groups else mod_name} "
+                        f"reaches {why})"
+                    )
                 self.skipped.append(f"{pname} ({why})")
                 continue
             for g in free:
@@ -86,10 +99,13 @@ class ChannelPruner:
         if importance == "bn_gamma":
             for t in self.targets.values():
                 if not t.group.modules("norm"):
-                    raise ConfigError(f"{where}: importance bn_gamma needs a norm layer after "
-                                      f"{', '.join(t.params)}; {t.group.describe()} has none")
+                    raise ConfigError(
+                        f"{where}: importance bn_gamma needs a norm layer after "
+                        f"{', '.join(t.params)}; {t.group.describe()} has none"
+                    )
         self.keep: dict[int, torch.Tensor] = {
-            gi: torch.ones(t.group.size, dtype=torch.bool) for gi, t in self.targets.items()}
+            gi: torch.ones(t.group.size, dtype=torch.bool) for gi, t in self.targets.items()
+        }
         self.coupled: list[list[int]] = []
 
     def couple(self, params: list[str]) -> None:
@@ -112,7 +128,8 @@ class ChannelPruner:
                 raise ConfigError(
                     f"{self.where}: final_sparsity {final}{how} leaves {t.group.describe()} "
                     f"({', '.join(t.params[:3])}) with no channels ({t.group.size} * {1 - final:.3g} = "
-                    f"{t.group.size * (1 - final):.3g} kept); lower the sparsity or round_to")
+                    f"{t.group.size * (1 - final):.3g} kept); lower the sparsity or round_to"
+                )
 
     # -- scores and masks -------------------------------------------------------------------------
     @torch.no_grad()
@@ -124,7 +141,7 @@ class ChannelPruner:
             for s in t.group.slices:
                 if s.role == "norm" and modules[s.module].weight is not None:
                     g = modules[s.module].weight.detach().abs().float().cpu()
-                    total[s.start: s.start + s.length] += g[s.offset: s.offset + s.length]
+                    total[s.start : s.start + s.length] += g[s.offset : s.offset + s.length]
             return total
         if self.structure == "filter":
             picks = [(s, 0) for s in t.group.slices if s.role in ("out", "depthwise")]
@@ -132,9 +149,9 @@ class ChannelPruner:
             picks = [(s, 1) for s in t.group.slices if s.role == "in" and s.module == t.consumer]
         for s, dim in picks:
             w = modules[s.module].weight.detach().float().cpu()
-            w = w.transpose(0, dim).reshape(w.shape[dim], -1)[s.offset: s.offset + s.length]
+            w = w.transpose(0, dim).reshape(w.shape[dim], -1)[s.offset : s.offset + s.length]
             per = w.abs().mean(1) if self.importance == "l1" else w.pow(2).mean(1).sqrt()
-            total[s.start: s.start + s.length] += per
+            total[s.start : s.start + s.length] += per
         return total
 
     def update(self, target_of: dict[str, float], global_target: float | None = None) -> None:
@@ -155,14 +172,16 @@ class ChannelPruner:
             return
         order = list(self.targets)
         scores = [self.scores(gi) for gi in order]
-        flat = torch.cat([torch.where(self.keep[gi], s, torch.full_like(s, -math.inf)) for gi, s in zip(order, scores)])
+        flat = torch.cat(
+            [torch.where(self.keep[gi], s, torch.full_like(s, -math.inf)) for gi, s in zip(order, scores, strict=False)]
+        )
         k = round(global_target * flat.numel())
         pruned = torch.zeros(flat.numel(), dtype=torch.bool)
         pruned[torch.sort(flat, stable=True).indices[:k]] = True
         offset = 0
-        for gi, s in zip(order, scores):
+        for gi, s in zip(order, scores, strict=False):
             size = s.numel()
-            target = float(pruned[offset: offset + size].sum()) / size
+            target = float(pruned[offset : offset + size].sum()) / size
             n_keep = max(kept_channels(size, target, self.round_to), min(self.round_to, size), 1)
             self.keep[gi] = _select(s, self.keep[gi], n_keep)
             offset += size
@@ -183,8 +202,8 @@ class ChannelPruner:
                         continue
                     name = f"{s.module}.{attr}"
                     m = masks.setdefault(name, torch.ones_like(p, dtype=torch.bool))
-                    part = keep[s.start: s.start + s.length].to(p.device)
-                    m[s.offset: s.offset + s.length] &= part.view(-1, *([1] * (p.dim() - 1)))
+                    part = keep[s.start : s.start + s.length].to(p.device)
+                    m[s.offset : s.offset + s.length] &= part.view(-1, *([1] * (p.dim() - 1)))
         return masks
 
     def mask_params(self) -> list[tuple[str, nn.Parameter]]:
@@ -196,9 +215,16 @@ class ChannelPruner:
 
     def report(self) -> list[dict]:
         """One row per pruned group: its producers, channels before and kept."""
-        return [{"group": gi, "layers": t.group.producers or [t.consumer], "params": list(t.params),
-                 "channels": t.group.size, "kept": int(self.keep[gi].sum())}
-                for gi, t in self.targets.items()]
+        return [
+            {
+                "group": gi,
+                "layers": t.group.producers or [t.consumer],
+                "params": list(t.params),
+                "channels": t.group.size,
+                "kept": int(self.keep[gi].sum()),
+            }
+            for gi, t in self.targets.items()
+        ]
 
 
 def _select(scores: torch.Tensor, keep: torch.Tensor, n_keep: int) -> torch.Tensor:

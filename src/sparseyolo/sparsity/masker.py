@@ -13,7 +13,8 @@ A :class:`ParamMasker` owns a boolean keep-mask for each of its parameters and e
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class ParamMasker:
             handle.remove()
         self._handles.clear()
 
-    def thin(self, model: nn.Module, plan: "ThinningPlan") -> None:
+    def thin(self, model: nn.Module, plan: ThinningPlan) -> None:
         """Follow a thinned ``model``: re-bind the parameters by name and slice the masks by ``plan``."""
         enabled = self.enabled
         self.disable()  # the hooks sit on the old parameter objects

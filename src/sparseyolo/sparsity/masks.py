@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -65,8 +66,10 @@ def parse_mask_type(value: Any, where: str = "recipe") -> MaskType:
             if m < 1 or not 0 < n <= m:
                 raise ConfigError(f"{where}: mask_type {value!r} needs 0 < N <= M")
             return MaskType("nm", (1, m), n, m)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
     ):
         if tuple(value) == (1, 1):
             return MaskType("unstructured")
@@ -83,7 +86,10 @@ def check_shape(shape: Sequence[int], mask_type: MaskType, name: str, where: str
         return
     bo, bi = mask_type.block
     if len(shape) < 2:
-        raise ConfigError(f"{where}: mask_type {mask_type.to_recipe()} needs a 2-D or larger parameter; {name} has shape {list(shape)}")
+        raise ConfigError(
+            f"{where}: mask_type {mask_type.to_recipe()} needs a 2-D or larger parameter; "
+            f"{name} has shape {list(shape)}"
+        )
     if shape[0] % bo or shape[1] % bi:
         raise ConfigError(
             f"{where}: mask_type {mask_type.to_recipe()} does not tile {name} of shape {list(shape)} "
@@ -114,9 +120,7 @@ def from_groups(g: torch.Tensor, shape: Sequence[int], block: tuple[int, int]) -
     return x.permute(1, 2, 0).reshape(shape)
 
 
-def _candidates(
-    weight: torch.Tensor, mask: torch.Tensor, mask_type: MaskType
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidates(weight: torch.Tensor, mask: torch.Tensor, mask_type: MaskType) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the prunable units of one tensor and which of them are already pruned.
 
     Units are whole groups for unstructured/block patterns and single weights for N:M (where only
@@ -155,20 +159,20 @@ def magnitude_masks(
     """
     if global_sparsity:
         target = float(targets if not isinstance(targets, Sequence) else targets[0])
-        parts = [_candidates(w, m, mask_type) for w, m in zip(weights, masks)]
+        parts = [_candidates(w, m, mask_type) for w, m in zip(weights, masks, strict=False)]
         device = parts[0][0].device  # global ranking: gather the scores on one device
         scores = torch.cat([p[0].to(device) for p in parts])
         pruned = torch.cat([p[1].to(device) for p in parts])
         keep = _select(scores, pruned, target, mask_type)
         out, offset = [], 0
-        for w, (s, _) in zip(weights, parts):
-            out.append(_expand(keep[offset: offset + s.numel()], w, mask_type))
+        for w, (s, _) in zip(weights, parts, strict=False):
+            out.append(_expand(keep[offset : offset + s.numel()], w, mask_type))
             offset += s.numel()
         return out
     if not isinstance(targets, Sequence):
         targets = [float(targets)] * len(weights)
     out = []
-    for w, m, t in zip(weights, masks, targets):
+    for w, m, t in zip(weights, masks, targets, strict=False):
         scores, pruned = _candidates(w, m, mask_type)
         out.append(_expand(_select(scores, pruned, float(t), mask_type), w, mask_type))
     return out

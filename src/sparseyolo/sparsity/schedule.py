@@ -14,7 +14,7 @@ end points so that the final update reaches ``final`` exactly, as in SparseML.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from sparseyolo.utils.errors import ConfigError
 

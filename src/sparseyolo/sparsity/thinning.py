@@ -66,8 +66,9 @@ def _module_tensors(module: nn.Module, dims: dict[str, torch.Tensor], name: str)
         keep("weight", 0, out)
         keep("bias", 0, out)
         keep("weight", 1, inp)
-        out_attr, in_attr = ("out_channels", "in_channels") if isinstance(module, _CONV) else \
-            ("out_features", "in_features")
+        out_attr, in_attr = (
+            ("out_channels", "in_channels") if isinstance(module, _CONV) else ("out_features", "in_features")
+        )
         if out is not None:
             attrs[out_attr] = len(out)
         if inp is not None:
@@ -78,8 +79,10 @@ def _module_tensors(module: nn.Module, dims: dict[str, torch.Tensor], name: str)
             keep(attr, 0, idx)
         attrs["num_features"] = len(idx)
     else:
-        raise SparseYoloError(f"cannot thin {name} ({type(module).__name__}): only conv, linear and "
-                              "batch-norm layers can lose channels")
+        raise SparseYoloError(
+            f"cannot thin {name} ({type(module).__name__}): only conv, linear and "
+            "batch-norm layers can lose channels"
+        )
     return tensors, attrs
 
 
@@ -103,7 +106,7 @@ def plan_thinning(model: nn.Module, graph: ChannelGraph, keep: dict[int, torch.T
             module = modules[s.module]
             size = _channels(module, s.role)
             vec = flags.setdefault((s.module, s.role), torch.ones(size, dtype=torch.bool))
-            vec[s.offset: s.offset + s.length] &= mask[s.start: s.start + s.length]
+            vec[s.offset : s.offset + s.length] &= mask[s.start : s.start + s.length]
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for (name, role), vec in flags.items():
         by_module.setdefault(name, {})[role] = vec.nonzero().flatten()
@@ -145,8 +148,9 @@ def apply_thinning(model: nn.Module, plan: ThinningPlan) -> dict[int, nn.Paramet
 
 
 @torch.no_grad()
-def thin_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, plan: ThinningPlan,
-                   replaced: dict[int, nn.Parameter]) -> None:
+def thin_optimizer(
+    optimizer: torch.optim.Optimizer, model: nn.Module, plan: ThinningPlan, replaced: dict[int, nn.Parameter]
+) -> None:
     """Point ``optimizer`` at the thinned parameters and slice their state the same way."""
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
@@ -159,8 +163,9 @@ def thin_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, plan: Thi
             state = optimizer.state.pop(p, None)
             if state:
                 name = names[id(new)]
-                optimizer.state[new] = {k: plan.slice(name, v) if torch.is_tensor(v) and v.shape == p.shape else v
-                                        for k, v in state.items()}
+                optimizer.state[new] = {
+                    k: plan.slice(name, v) if torch.is_tensor(v) and v.shape == p.shape else v for k, v in state.items()
+                }
             params.append(new)
         group["params"] = params
 
@@ -207,8 +212,18 @@ def _resized(m: nn.Module, size: list[int], where: str) -> nn.Module:
         depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
         if m.groups > 1 and not (depthwise and cin == cout):
             raise SparseYoloError(f"{where}: grouped convolution cannot change size")
-        return type(m)(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, cin if depthwise else 1,
-                       m.bias is not None, m.padding_mode, **factory)
+        return type(m)(
+            cin,
+            cout,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            cin if depthwise else 1,
+            m.bias is not None,
+            m.padding_mode,
+            **factory,
+        )
     if isinstance(m, nn.Linear) and len(size) == 2:
         if [m.in_features, m.out_features] == size:
             return m

@@ -95,8 +95,15 @@ def box_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.
     return inter / (box_area(box1)[:, None] + box_area(box2)[None, :] - inter + eps)
 
 
-def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, GIoU: bool = False,
-             DIoU: bool = False, CIoU: bool = False, eps: float = 1e-7) -> torch.Tensor:
+def bbox_iou(
+    box1: torch.Tensor,
+    box2: torch.Tensor,
+    xywh: bool = True,
+    GIoU: bool = False,
+    DIoU: bool = False,
+    CIoU: bool = False,
+    eps: float = 1e-7,
+) -> torch.Tensor:
     """Element-wise IoU of matching boxes (..., 4) with optional GIoU / DIoU / CIoU terms.
 
     CIoU = IoU - rho^2 / c^2 - alpha * v (Zheng et al., 2020), the box loss of YOLOv3/v5.
@@ -111,8 +118,9 @@ def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, GIoU: bo
         w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1
         w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1
     h1, h2 = h1 + eps, h2 + eps
-    inter = (torch.min(b1_x2, b2_x2) - torch.max(b1_x1, b2_x1)).clamp(0) * \
-            (torch.min(b1_y2, b2_y2) - torch.max(b1_y1, b2_y1)).clamp(0)
+    inter = (torch.min(b1_x2, b2_x2) - torch.max(b1_x1, b2_x1)).clamp(0) * (
+        torch.min(b1_y2, b2_y2) - torch.max(b1_y1, b2_y1)
+    ).clamp(0)
     union = w1 * h1 + w2 * h2 - inter + eps
     iou = inter / union
     if not (GIoU or DIoU or CIoU):
@@ -120,10 +128,10 @@ def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, GIoU: bo
     cw = torch.max(b1_x2, b2_x2) - torch.min(b1_x1, b2_x1)  # enclosing box
     ch = torch.max(b1_y2, b2_y2) - torch.min(b1_y1, b2_y1)
     if CIoU or DIoU:
-        c2 = cw ** 2 + ch ** 2 + eps
+        c2 = cw**2 + ch**2 + eps
         rho2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2) ** 2 + (b2_y1 + b2_y2 - b1_y1 - b1_y2) ** 2) / 4
         if CIoU:
-            v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
+            v = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
             with torch.no_grad():
                 alpha = v / (v - iou + (1 + eps))
             return iou - (rho2 / c2 + v * alpha)

@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import os
 import re
-import socket
 import stat
 import tarfile
 import urllib.error
@@ -107,27 +106,40 @@ def _stream(url: str, part: Path, progress: bool, timeout: float) -> None:
             offset, mode, total = 0, "wb", length
 
         written = offset
-        with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=part.name[:-5], disable=not progress,
-                                         leave=False) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name[:-5],
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             try:
                 while block := resp.read(CHUNK):
                     f.write(block)
                     written += len(block)
                     bar.update(len(block))
-            except (OSError, socket.timeout, http.client.HTTPException) as e:
+            except (TimeoutError, OSError, http.client.HTTPException) as e:
                 # keep what arrived: the next call resumes from here
                 raise DownloadError(
                     f"download of {url} interrupted after {written} bytes ({e}); "
-                    f"partial data kept in {part}, run again to resume") from None
+                    f"partial data kept in {part}, run again to resume"
+                ) from None
     if total is not None and written < total:
         raise DownloadError(
             f"download of {url} was cut short: got {written} of {total} bytes; "
-            f"partial data kept in {part}, run again to resume")
+            f"partial data kept in {part}, run again to resume"
+        )
 
 
-def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True,
-             timeout: float = 30.0) -> Path:
+def download(
+    url: str, dest: str | os.PathLike, sha256: str | None = None, progress: bool = True, timeout: float = 30.0
+) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
     An existing ``dest`` is reused when it matches ``sha256`` (or when no hash is given; downloading
@@ -153,8 +165,10 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
         actual = sha256sum(part)
         if actual != sha256:
             part.unlink()
-            raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; "
-                                f"the downloaded file was removed")
+            raise DownloadError(
+                f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; "
+                f"the downloaded file was removed"
+            )
     os.replace(part, dest)
     return dest
 
@@ -206,15 +220,18 @@ def _walk_link(archive: Path, m: tarfile.TarInfo, rel: PurePosixPath, links: dic
             continue
         if part == "..":
             if not here:
-                raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r} "
-                                    f"pointing outside the destination")
+                raise DownloadError(
+                    f"{archive}: refusing link {m.name!r} -> {m.linkname!r} " f"pointing outside the destination"
+                )
             here.pop()
             continue
         here.append(part)
         via = links.get(_key(PurePosixPath(*here)))
         if via is not None:
-            raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r}: its target passes "
-                                f"through the link {via!r} of the same archive")
+            raise DownloadError(
+                f"{archive}: refusing link {m.name!r} -> {m.linkname!r}: its target passes "
+                f"through the link {via!r} of the same archive"
+            )
 
 
 def _check_tar(archive: Path, root: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -245,16 +262,19 @@ def _check_tar(archive: Path, root: Path, tar: tarfile.TarFile) -> list[tarfile.
         for parent in rel.parents:
             via = links.get(_key(parent))
             if via is not None:
-                raise DownloadError(f"{archive}: refusing member {m.name!r}: its path passes through the "
-                                    f"link {via!r} of the same archive")
+                raise DownloadError(
+                    f"{archive}: refusing member {m.name!r}: its path passes through the "
+                    f"link {via!r} of the same archive"
+                )
         if _is_link(m):
             _walk_link(archive, m, rel, links)
             # a link already on disk (left by an earlier archive, say) could still redirect the target
             base = root / rel.parent if m.issym() else root
             target = Path(os.path.realpath(base / m.linkname.replace("\\", "/")))
             if not _inside(root, target):
-                raise DownloadError(f"{archive}: refusing link {m.name!r} -> {m.linkname!r} "
-                                    f"pointing outside {root}")
+                raise DownloadError(
+                    f"{archive}: refusing link {m.name!r} -> {m.linkname!r} " f"pointing outside {root}"
+                )
     return members
 
 

@@ -6,7 +6,8 @@ a flag). The CLI prints its message without a traceback; library users can catch
 
 from __future__ import annotations
 
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 
 class SparseYoloError(Exception):

@@ -3,7 +3,8 @@ hooks share what happened through another, so no part reaches into another's att
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from sparseyolo.utils.errors import SparseYoloError
 

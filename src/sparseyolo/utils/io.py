@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sparseyolo.utils.errors import SparseYoloError
 
@@ -29,8 +30,11 @@ class DiskFullError(SparseYoloError, OSError):
 
     def __init__(self, message: str, path: str | os.PathLike | None = None, code: int = errno.ENOSPC):
         super().__init__(message)
-        self.errno, self.strerror, self.filename = code, _FULL.get(code, os.strerror(code)), \
-            (str(path) if path is not None else None)
+        self.errno, self.strerror, self.filename = (
+            code,
+            _FULL.get(code, os.strerror(code)),
+            (str(path) if path is not None else None),
+        )
 
     def __str__(self) -> str:  # OSError would print "[Errno 28] ..." instead of the message
         return str(self.args[0]) if self.args else ""

@@ -21,8 +21,9 @@ def _area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
-def nms_kernel(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float,
-               max_keep: int | None = None) -> torch.Tensor:
+def nms_kernel(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_keep: int | None = None
+) -> torch.Tensor:
     """Greedy NMS of xyxy ``boxes`` (N, 4); returns kept indices in descending score order.
 
     A box is suppressed when its IoU with an already kept, higher-scored box is > ``iou_thres``.
@@ -53,10 +54,17 @@ def nms_kernel(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float,
     return order[torch.stack(keep)]
 
 
-def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                        classes: list[int] | None = None, agnostic: bool = False, max_det: int = 300,
-                        multi_label: bool = False, max_nms: int = MAX_NMS,
-                        time_limit: float | None = None) -> list[torch.Tensor]:
+def non_max_suppression(
+    pred: torch.Tensor,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: list[int] | None = None,
+    agnostic: bool = False,
+    max_det: int = 300,
+    multi_label: bool = False,
+    max_nms: int = MAX_NMS,
+    time_limit: float | None = None,
+) -> list[torch.Tensor]:
     """Filter raw detections ``pred`` (bs, N, 5 + nc) to a list of (n, 6) tensors per image.
 
     ``pred`` rows are ``cx, cy, w, h`` (pixels), objectness and sigmoid-ed class probabilities; the

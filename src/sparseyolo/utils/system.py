@@ -8,8 +8,12 @@ from pathlib import Path
 
 
 def system_info() -> dict:
-    return {"platform": platform.platform(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version()}
+    return {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def _cpu_model() -> str:

@@ -21,7 +21,7 @@ from sparseyolo.utils.registry import Registry
 if TYPE_CHECKING:
     from sparseyolo.recipe.manager import RecipeManager
 
-MODIFIERS: Registry[type["Modifier"]] = Registry("modifier")
+MODIFIERS: Registry[type[Modifier]] = Registry("modifier")
 
 # SparseML keys that only steer its own loggers; accepted and ignored here
 LOGGING_KEYS = frozenset({"log_types", "constant_logging"})
@@ -47,8 +47,13 @@ class Modifier:
     ORDER: ClassVar[int] = 50
     tag: ClassVar[str] = "Modifier"
 
-    def __init__(self, args: dict[str, Any] | None = None, source: str = "recipe",
-                 line: int | None = None, key_lines: dict[str, int] | None = None):
+    def __init__(
+        self,
+        args: dict[str, Any] | None = None,
+        source: str = "recipe",
+        line: int | None = None,
+        key_lines: dict[str, int] | None = None,
+    ):
         args = dict(args or {})
         self.where = f"{source}:{line}" if line else source
         self.source = source
@@ -125,22 +130,22 @@ class Modifier:
         return max(self.start_epoch, self.end_epoch, 0.0)
 
     # --- lifecycle (the manager calls these) -----------------------------------------------------
-    def on_attach(self, manager: "RecipeManager") -> None:
+    def on_attach(self, manager: RecipeManager) -> None:
         """Check the recipe against the model; raise ConfigError early."""
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         """The start epoch was reached."""
 
-    def on_update(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_update(self, manager: RecipeManager, epoch: float) -> None:
         """Called on every manager tick while started and not ended."""
 
-    def on_end(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_end(self, manager: RecipeManager, epoch: float) -> None:
         """The end epoch was reached."""
 
-    def on_finalize(self, manager: "RecipeManager") -> None:
+    def on_finalize(self, manager: RecipeManager) -> None:
         """Training finished."""
 
-    def on_thinned(self, manager: "RecipeManager", plan: Any) -> None:
+    def on_thinned(self, manager: RecipeManager, plan: Any) -> None:
         """The model lost channels (``plan``: a :class:`~sparseyolo.sparsity.ThinningPlan`): re-bind
         anything held on its old parameters."""
 
@@ -148,7 +153,7 @@ class Modifier:
     def state_dict(self) -> dict[str, Any]:
         return {"tag": self.tag, "started": self.started, "ended": self.ended}
 
-    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+    def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
         if state.get("tag") != self.tag:
             raise ConfigError(
                 f"recipe state does not match the recipe: expected !{self.tag}, found !{state.get('tag')}"

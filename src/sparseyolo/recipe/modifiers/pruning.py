@@ -75,7 +75,7 @@ class PruningBase(Modifier):
     def masks_active(self) -> bool:
         return self.masker is not None and self.masker.enabled
 
-    def on_thinned(self, manager: "RecipeManager", plan: Any) -> None:
+    def on_thinned(self, manager: RecipeManager, plan: Any) -> None:
         if self.masker is not None:
             self.masker.thin(manager.model, plan)
 
@@ -90,7 +90,7 @@ class PruningBase(Modifier):
             state["enabled"] = self.masker.enabled
         return state
 
-    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+    def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
         super().load_state_dict(state, manager)
         if "masks" in state and self.masker is not None:
             missing = set(self.masker.params) ^ set(state["masks"])
@@ -107,11 +107,17 @@ class PruningBase(Modifier):
             return []
         rows = []
         for name, p in self.masker.params.items():
-            rows.append({
-                "name": name, "shape": list(p.shape), "numel": p.numel(),
-                "sparsity": tensor_sparsity(p.detach()), "mask_sparsity": self.masker.sparsity(name),
-                "target": self.current_target(name), "modifier": self.tag,
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "shape": list(p.shape),
+                    "numel": p.numel(),
+                    "sparsity": tensor_sparsity(p.detach()),
+                    "mask_sparsity": self.masker.sparsity(name),
+                    "target": self.current_target(name),
+                    "modifier": self.tag,
+                }
+            )
         return rows
 
     def current_target(self, name: str) -> float | None:
@@ -124,14 +130,23 @@ class MagnitudePruningModifier(PruningBase):
 
     tag = "MagnitudePruningModifier"
     FIELDS = {
-        "init_sparsity": REQUIRED, "final_sparsity": REQUIRED, "start_epoch": REQUIRED,
-        "end_epoch": REQUIRED, "update_frequency": REQUIRED, "params": None,
-        "inter_func": "linear", "leave_enabled": True, "mask_type": "unstructured",
+        "init_sparsity": REQUIRED,
+        "final_sparsity": REQUIRED,
+        "start_epoch": REQUIRED,
+        "end_epoch": REQUIRED,
+        "update_frequency": REQUIRED,
+        "params": None,
+        "inter_func": "linear",
+        "leave_enabled": True,
+        "mask_type": "unstructured",
         # legacy GMPruningModifier keys: one global threshold; the only score SparseML had here
-        "global_sparsity": False, "score_type": "magnitude",
+        "global_sparsity": False,
+        "score_type": "magnitude",
         # ours, for mask_type filter / channel: kept counts in multiples of round_to, the channel
         # score, and one ranking across layers (`global`, like GlobalMagnitudePruningModifier)
-        "round_to": 1, "importance": "l1", "global": None,
+        "round_to": 1,
+        "importance": "l1",
+        "global": None,
     }
     STRUCTURED_KEYS = ("round_to", "importance")
 
@@ -165,8 +180,10 @@ class MagnitudePruningModifier(PruningBase):
             self.mask = parse_mask_type(self.mask_type, self.where)
             given = [k for k in self.STRUCTURED_KEYS if k in self.given]
             if given:
-                raise ConfigError(f"{self.where_key(given[0])}: !{self.tag}: {given[0]} applies to mask_type "
-                                  f"filter or channel, not {self.mask.to_recipe()!r}")
+                raise ConfigError(
+                    f"{self.where_key(given[0])}: !{self.tag}: {given[0]} applies to mask_type "
+                    f"filter or channel, not {self.mask.to_recipe()!r}"
+                )
         if self.init_sparsity != FROM_PARAM_TOKEN:
             self.init_sparsity = _sparsity_value(self, "init_sparsity", self.init_sparsity)
         # final_sparsity: a number, or {sparsity: [params]}
@@ -200,26 +217,33 @@ class MagnitudePruningModifier(PruningBase):
     def _validate_structured(self) -> None:
         rt = self.round_to
         if isinstance(rt, bool) or not isinstance(rt, int) or rt < 1:
-            raise ConfigError(f"{self.where_key('round_to')}: !{self.tag}: round_to must be a positive integer, "
-                              f"got {rt!r}")
+            raise ConfigError(
+                f"{self.where_key('round_to')}: !{self.tag}: round_to must be a positive integer, " f"got {rt!r}"
+            )
         if self.importance not in IMPORTANCES:
-            raise ConfigError(f"{self.where_key('importance')}: !{self.tag}: importance must be one of "
-                              f"{', '.join(IMPORTANCES)}, got {self.importance!r}")
+            raise ConfigError(
+                f"{self.where_key('importance')}: !{self.tag}: importance must be one of "
+                f"{', '.join(IMPORTANCES)}, got {self.importance!r}"
+            )
         if self.init_sparsity == FROM_PARAM_TOKEN:
-            raise self.error(f"init_sparsity {FROM_PARAM_TOKEN} is for unstructured masks, not mask_type "
-                             f"{self.structure}")
+            raise self.error(
+                f"init_sparsity {FROM_PARAM_TOKEN} is for unstructured masks, not mask_type " f"{self.structure}"
+            )
         if not self.leave_enabled:
-            raise self.error(f"leave_enabled: false would let removed {self.structure}s grow back before "
-                             "they are cut out; structured masks stay until thinning")
+            raise self.error(
+                f"leave_enabled: false would let removed {self.structure}s grow back before "
+                "they are cut out; structured masks stay until thinning"
+            )
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def on_attach(self, manager: "RecipeManager") -> None:
+    def on_attach(self, manager: RecipeManager) -> None:
         named: list[tuple[str, torch.nn.Parameter]] = []
         explicit: set[str] = set()
         key = "params" if "params" in self.given else "final_sparsity"
         for final, specs in self.targets:
-            explicit.update(s for s in specs if not s.startswith("re:") and s.upper() not in
-                            (ALL_PRUNABLE_TOKEN, ALL_TOKEN))
+            explicit.update(
+                s for s in specs if not s.startswith("re:") and s.upper() not in (ALL_PRUNABLE_TOKEN, ALL_TOKEN)
+            )
             for name, p in resolve_params(manager.model, specs, self.where_key(key)):
                 if name in self.final_by_param:
                     continue
@@ -230,13 +254,20 @@ class MagnitudePruningModifier(PruningBase):
         if not self.structure:
             self.masker = ParamMasker(named)
         elif not self.thinned:  # a resumed run past thinning has nothing left to mask
-            self.pruner = ChannelPruner(manager.model, manager.channel_graph(), [n for n, _ in named],
-                                        self.structure, self.importance, self.round_to, self.where_key(key),
-                                        explicit)
+            self.pruner = ChannelPruner(
+                manager.model,
+                manager.channel_graph(),
+                [n for n, _ in named],
+                self.structure,
+                self.importance,
+                self.round_to,
+                self.where_key(key),
+                explicit,
+            )
             self.pruner.check_final(self.final_by_param)
             self.masker = ParamMasker(self.pruner.mask_params())
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         assert self.masker is not None
         for name, p in self.masker.params.items():
             if self.init_sparsity == FROM_PARAM_TOKEN:
@@ -249,14 +280,14 @@ class MagnitudePruningModifier(PruningBase):
         self._update_masks(manager, epoch)
         self.next_update = self.start_epoch + self.update_frequency
 
-    def on_update(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_update(self, manager: RecipeManager, epoch: float) -> None:
         if self.next_update is not None and epoch + EPS >= self.next_update:
             self._update_masks(manager, epoch)
             # next point of the grid start + k * update_frequency after this epoch
             k = int((epoch + EPS - self.start_epoch) // self.update_frequency) + 1
             self.next_update = self.start_epoch + k * self.update_frequency
 
-    def on_end(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_end(self, manager: RecipeManager, epoch: float) -> None:
         self._update_masks(manager, self.end_epoch)
         if not self.leave_enabled and self.masker is not None:
             self.masker.disable()
@@ -278,7 +309,7 @@ class MagnitudePruningModifier(PruningBase):
             return None
         return self.target_at(name, self.last_update)
 
-    def _update_masks(self, manager: "RecipeManager", epoch: float) -> None:
+    def _update_masks(self, manager: RecipeManager, epoch: float) -> None:
         if self.thinned:
             return
         assert self.masker is not None
@@ -293,15 +324,15 @@ class MagnitudePruningModifier(PruningBase):
         weights = [self.masker.params[n] for n in names]
         old = [self.masker.masks[n] for n in names]
         targets = [self.target_at(n, epoch) for n in names]
-        new = magnitude_masks(weights, old, targets if not self.global_sparsity else targets[0],
-                              self.mask, self.global_sparsity)
-        self.masker.set_masks(dict(zip(names, new)), manager.optimizer)
+        new = magnitude_masks(
+            weights, old, targets if not self.global_sparsity else targets[0], self.mask, self.global_sparsity
+        )
+        self.masker.set_masks(dict(zip(names, new, strict=False)), manager.optimizer)
         self.last_update = epoch
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(next_update=self.next_update, last_update=self.last_update,
-                     init_by_param=dict(self.init_by_param))
+        state.update(next_update=self.next_update, last_update=self.last_update, init_by_param=dict(self.init_by_param))
         if self.structure:
             state["thinned"] = self.thinned
             if self.pruner is not None:
@@ -312,7 +343,7 @@ class MagnitudePruningModifier(PruningBase):
         """Flags needed before :meth:`on_attach` when resuming (a thinned model has no channel masks)."""
         self.thinned = bool(state.get("thinned", False))
 
-    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+    def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
         super().load_state_dict(state, manager)
         self.next_update = state.get("next_update")
         self.last_update = state.get("last_update")
@@ -353,16 +384,16 @@ class ConstantPruningModifier(PruningBase):
         super().validate()
         self._param_specs()
 
-    def on_attach(self, manager: "RecipeManager") -> None:
+    def on_attach(self, manager: RecipeManager) -> None:
         self.masker = ParamMasker(resolve_params(manager.model, self._param_specs(), self.where_key("params")))
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         assert self.masker is not None
         masks = {n: p.detach() != 0 for n, p in self.masker.params.items()}
         self.masker.set_masks(masks, manager.optimizer)
         self.masker.enable()
 
-    def on_end(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_end(self, manager: RecipeManager, epoch: float) -> None:
         if self.masker is not None:
             self.masker.disable()
 

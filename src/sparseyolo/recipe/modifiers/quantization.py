@@ -35,16 +35,30 @@ class QuantizationModifier(Modifier):
     tag = "QuantizationModifier"
     ORDER = 40
     FIELDS = {
-        "start_epoch": -1.0, "end_epoch": -1.0, "submodules": None, "model_fuse_fn_name": None,
-        "freeze_bn_stats_epoch": None, "disable_quantization_observer_epoch": None,
-        "quantize_conv_activations": True, "quantize_linear_activations": True,
-        "activation_bits": 8, "weight_bits": 8, "reduce_range": False,
-        "exclude_module_types": None, "custom_quantizable_module_types": None,
-        "exclude_batchnorm": True, "tensorrt": False,
+        "start_epoch": -1.0,
+        "end_epoch": -1.0,
+        "submodules": None,
+        "model_fuse_fn_name": None,
+        "freeze_bn_stats_epoch": None,
+        "disable_quantization_observer_epoch": None,
+        "quantize_conv_activations": True,
+        "quantize_linear_activations": True,
+        "activation_bits": 8,
+        "weight_bits": 8,
+        "reduce_range": False,
+        "exclude_module_types": None,
+        "custom_quantizable_module_types": None,
+        "exclude_batchnorm": True,
+        "tensorrt": False,
     }
     EPOCH_KEYS = ("start_epoch", "end_epoch", "freeze_bn_stats_epoch", "disable_quantization_observer_epoch")
-    BOOLS = ("quantize_conv_activations", "quantize_linear_activations", "reduce_range",
-             "exclude_batchnorm", "tensorrt")
+    BOOLS = (
+        "quantize_conv_activations",
+        "quantize_linear_activations",
+        "reduce_range",
+        "exclude_batchnorm",
+        "tensorrt",
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -73,31 +87,36 @@ class QuantizationModifier(Modifier):
         if self.model_fuse_fn_name is not None and self.model_fuse_fn_name not in FUSE_MODES:
             shown = repr(self.model_fuse_fn_name)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            raise ConfigError(f"{self.where_key('model_fuse_fn_name')}: !{self.tag}: model_fuse_fn_name must be "
-                              f"one of {', '.join(repr(m) for m in FUSE_MODES)}, got {shown} (naming a model "
-                              f"method is not supported)")
+            raise ConfigError(
+                f"{self.where_key('model_fuse_fn_name')}: !{self.tag}: model_fuse_fn_name must be "
+                f"one of {', '.join(repr(m) for m in FUSE_MODES)}, got {shown} (naming a model "
+                f"method is not supported)"
+            )
         self.bn_frozen = False
         self.observers_disabled = False
 
     @property
     def last_epoch(self) -> float:
-        return max(self.start_epoch, self.freeze_bn_stats_epoch or 0.0,
-                   self.disable_quantization_observer_epoch or 0.0, 0.0)
+        return max(
+            self.start_epoch, self.freeze_bn_stats_epoch or 0.0, self.disable_quantization_observer_epoch or 0.0, 0.0
+        )
 
     def config_dict(self) -> dict[str, Any]:
         """Keyword arguments for ``QATConfig`` (JSON-able; stored in the manager state)."""
         return {
-            "weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
+            "weight_bits": self.weight_bits,
+            "activation_bits": self.activation_bits,
             "reduce_range": self.reduce_range,
             "quantize_conv_activations": self.quantize_conv_activations,
             "quantize_linear_activations": self.quantize_linear_activations,
             "exclude_module_types": tuple(self.exclude_module_types or ()),
             "custom_quantizable_module_types": tuple(self.custom_quantizable_module_types or ()),
-            "exclude_batchnorm": self.exclude_batchnorm, "tensorrt": self.tensorrt,
+            "exclude_batchnorm": self.exclude_batchnorm,
+            "tensorrt": self.tensorrt,
             "fuse": self.model_fuse_fn_name or "conv_bn_relus",
         }
 
-    def on_attach(self, manager: "RecipeManager") -> None:
+    def on_attach(self, manager: RecipeManager) -> None:
         if self.submodules:
             names = [n for n, _ in manager.model.named_modules() if n]
             known = set(names)
@@ -110,21 +129,24 @@ class QuantizationModifier(Modifier):
                         f"module of the model{hint}"
                     )
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         api = quantization_api()
         if not api.is_qat_model(manager.model):
             config = self.config_dict()
             api.prepare_qat(manager.model, submodules=self.submodules, config=api.QATConfig(**config))
         manager.record_qat(self.submodules, self.config_dict())
 
-    def on_update(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_update(self, manager: RecipeManager, epoch: float) -> None:
         api = None
         if self.freeze_bn_stats_epoch is not None and not self.bn_frozen and epoch + EPS >= self.freeze_bn_stats_epoch:
             api = api or quantization_api()
             api.freeze_bn_stats(manager.model)
             self.bn_frozen = True
-        if (self.disable_quantization_observer_epoch is not None and not self.observers_disabled
-                and epoch + EPS >= self.disable_quantization_observer_epoch):
+        if (
+            self.disable_quantization_observer_epoch is not None
+            and not self.observers_disabled
+            and epoch + EPS >= self.disable_quantization_observer_epoch
+        ):
             api = api or quantization_api()
             api.disable_observers(manager.model)
             self.observers_disabled = True
@@ -134,7 +156,7 @@ class QuantizationModifier(Modifier):
         state.update(bn_frozen=self.bn_frozen, observers_disabled=self.observers_disabled)
         return state
 
-    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+    def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
         super().load_state_dict(state, manager)
         if self.started:
             self.on_start(manager, manager.epoch)  # rebuilds the QAT structure if not there yet

@@ -35,21 +35,27 @@ class StructuredPruningModifier(MagnitudePruningModifier):
     """SparseML's filter / channel pruning modifier (a magnitude pruner with structured masks)."""
 
     tag = "StructuredPruningModifier"
-    FIELDS = {**MagnitudePruningModifier.FIELDS, "params": "__ALL_PRUNABLE__", "inter_func": "cubic",
-              "mask_type": "filter", "param_groups": None}
+    FIELDS = {
+        **MagnitudePruningModifier.FIELDS,
+        "params": "__ALL_PRUNABLE__",
+        "inter_func": "cubic",
+        "mask_type": "filter",
+        "param_groups": None,
+    }
 
     def validate(self) -> None:
         if str(self.mask_type).strip().lower() not in ("filter", "channel"):
             raise self.error(f"mask_type must be 'filter' or 'channel', got {self.mask_type!r}")
         groups = self.param_groups
-        if groups is not None and not (isinstance(groups, list) and all(
-                isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups)):
+        if groups is not None and not (
+            isinstance(groups, list) and all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups)
+        ):
             raise self.error(f"param_groups must be a list of lists of parameter names, got {groups!r}")
         super().validate()
         if groups and self.global_sparsity:
             raise self.error("param_groups cannot be combined with global ranking")
 
-    def on_attach(self, manager: "RecipeManager") -> None:
+    def on_attach(self, manager: RecipeManager) -> None:
         super().on_attach(manager)
         if self.pruner is None or not self.param_groups:
             return
@@ -66,8 +72,14 @@ class LayerThinningModifier(Modifier):
 
     tag = "LayerThinningModifier"
     ORDER = 35  # after the pruning modifiers that end at the same epoch
-    FIELDS = {"start_epoch": REQUIRED, "end_epoch": -1.0, "update_epochs": None,
-              "param_group_dependency_map": None, "structure_type": "filter", "strict": True}
+    FIELDS = {
+        "start_epoch": REQUIRED,
+        "end_epoch": -1.0,
+        "update_epochs": None,
+        "param_group_dependency_map": None,
+        "structure_type": "filter",
+        "strict": True,
+    }
 
     def validate(self) -> None:
         super().validate()
@@ -94,25 +106,27 @@ class LayerThinningModifier(Modifier):
     def last_epoch(self) -> float:
         return max(self.epochs + [self.end_epoch, 0.0])
 
-    def on_attach(self, manager: "RecipeManager") -> None:
+    def on_attach(self, manager: RecipeManager) -> None:
         for key, deps in (self.param_group_dependency_map or {}).items():
             names = [n.strip() for n in str(key).split(",")] + list(deps)
             resolve_params(manager.model, names, self.where_key("param_group_dependency_map"))
         structured = [m for m in manager.pruning_modifiers if getattr(m, "structure", None)]
         if self.strict and not any(m.end_epoch <= max(self.epochs) + EPS for m in structured):
-            raise self.error("no filter or channel pruning ends by its epochs, so there is nothing to thin "
-                             "(strict: false allows this)")
+            raise self.error(
+                "no filter or channel pruning ends by its epochs, so there is nothing to thin "
+                "(strict: false allows this)"
+            )
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         self._thin_due(manager, epoch)
 
-    def on_update(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_update(self, manager: RecipeManager, epoch: float) -> None:
         self._thin_due(manager, epoch)
 
     def ends_by(self, epoch: float) -> bool:
         return epoch + EPS >= self.last_epoch and len(self.done) == len(self.epochs)
 
-    def _thin_due(self, manager: "RecipeManager", epoch: float) -> None:
+    def _thin_due(self, manager: RecipeManager, epoch: float) -> None:
         due = [e for e in self.epochs if e not in self.done and epoch + EPS >= e]
         if due:
             self.done.extend(due)
@@ -121,7 +135,7 @@ class LayerThinningModifier(Modifier):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "done": list(self.done)}
 
-    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+    def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
         super().load_state_dict(state, manager)
         self.done = [float(e) for e in state.get("done", [])]
 
@@ -144,11 +158,14 @@ class BatchNormL1Modifier(Modifier):
         self._handles: list[Any] = []
         self.names: list[str] = []
 
-    def on_attach(self, manager: "RecipeManager") -> None:
+    def on_attach(self, manager: RecipeManager) -> None:
         specs = self.params if isinstance(self.params, list) else [self.params]
         if [str(s).upper() for s in specs] == [ALL_NORM_TOKEN]:
-            self.names = [f"{n}.weight" for n, m in manager.model.named_modules()
-                          if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None]
+            self.names = [
+                f"{n}.weight"
+                for n, m in manager.model.named_modules()
+                if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is not None
+            ]
             if not self.names:
                 raise self.error("the model has no BatchNorm layer with a scale")
         else:
@@ -162,7 +179,7 @@ class BatchNormL1Modifier(Modifier):
 
         return hook
 
-    def _register(self, manager: "RecipeManager") -> None:
+    def _register(self, manager: RecipeManager) -> None:
         self._remove()
         named = dict(manager.model.named_parameters())
         hook = self._hook()
@@ -175,17 +192,17 @@ class BatchNormL1Modifier(Modifier):
             h.remove()
         self._handles.clear()
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         self._register(manager)
 
-    def on_end(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_end(self, manager: RecipeManager, epoch: float) -> None:
         self._remove()
 
-    def on_thinned(self, manager: "RecipeManager", plan: Any) -> None:
+    def on_thinned(self, manager: RecipeManager, plan: Any) -> None:
         if self._handles:
             self._register(manager)
 
-    def load_state_dict(self, state: dict[str, Any], manager: "RecipeManager") -> None:
+    def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
         super().load_state_dict(state, manager)
         if self.started and not self.ended:
             self._register(manager)

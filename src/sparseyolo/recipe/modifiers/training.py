@@ -76,7 +76,7 @@ class SetLearningRateModifier(LRModifier):
         self.param_groups = _check_groups(self, self.param_groups)
         self.end_epoch = -1.0  # SparseML: unused
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         manager.set_lr(self.learning_rate, self.param_groups)
 
     def lr_at(self, epoch: float, steps_per_epoch: int) -> float:
@@ -87,9 +87,14 @@ class SetLearningRateModifier(LRModifier):
 class LearningRateFunctionModifier(LRModifier):
     tag = "LearningRateFunctionModifier"
     FIELDS = {
-        "lr_func": REQUIRED, "init_lr": REQUIRED, "final_lr": REQUIRED,
-        "start_epoch": REQUIRED, "end_epoch": REQUIRED, "cycle_epochs": -1.0,
-        "param_groups": None, "update_frequency": -1.0,
+        "lr_func": REQUIRED,
+        "init_lr": REQUIRED,
+        "final_lr": REQUIRED,
+        "start_epoch": REQUIRED,
+        "end_epoch": REQUIRED,
+        "cycle_epochs": -1.0,
+        "param_groups": None,
+        "update_frequency": -1.0,
     }
     FUNCS = ("linear", "cosine", "cyclic_linear")
 
@@ -127,10 +132,10 @@ class LearningRateFunctionModifier(LRModifier):
         pos = step % cycle
         return init - (pos / max(cycle - 1, 1)) * (init - final)
 
-    def on_update(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_update(self, manager: RecipeManager, epoch: float) -> None:
         manager.set_lr(self.lr_at(epoch, manager.steps_per_epoch), self.param_groups)
 
-    def on_end(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_end(self, manager: RecipeManager, epoch: float) -> None:
         # SparseML updates once more at end_epoch, leaving the lr at the schedule's end value
         manager.set_lr(self.lr_at(self.end_epoch, manager.steps_per_epoch), self.param_groups)
 
@@ -139,8 +144,12 @@ class LearningRateFunctionModifier(LRModifier):
 class LearningRateModifier(LRModifier):
     tag = "LearningRateModifier"
     FIELDS = {
-        "lr_class": REQUIRED, "lr_kwargs": REQUIRED, "init_lr": REQUIRED,
-        "start_epoch": REQUIRED, "end_epoch": -1.0, "update_frequency": -1.0,
+        "lr_class": REQUIRED,
+        "lr_kwargs": REQUIRED,
+        "init_lr": REQUIRED,
+        "start_epoch": REQUIRED,
+        "end_epoch": -1.0,
+        "update_frequency": -1.0,
     }
     CLASSES = ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingWarmRestarts")
     KWARGS = {
@@ -163,7 +172,9 @@ class LearningRateModifier(LRModifier):
         kw = dict(self.lr_kwargs)
         unknown = set(kw) - required - optional
         if unknown:
-            raise self.error(f"unknown lr_kwargs {sorted(unknown)} for {self.lr_class}; valid: {sorted(required | optional)}")
+            raise self.error(
+                f"unknown lr_kwargs {sorted(unknown)} for {self.lr_class}; valid: {sorted(required | optional)}"
+            )
         missing = required - set(kw)
         if missing:
             raise self.error(f"lr_kwargs for {self.lr_class} needs {sorted(missing)}")
@@ -204,8 +215,8 @@ class LearningRateModifier(LRModifier):
                 t_cur, t_i = t % self.t0, self.t0
             else:
                 n = int(math.log(t / self.t0 * (self.t_mult - 1) + 1, self.t_mult))
-                t_cur = t - self.t0 * (self.t_mult ** n - 1) / (self.t_mult - 1)
-                t_i = self.t0 * self.t_mult ** n
+                t_cur = t - self.t0 * (self.t_mult**n - 1) / (self.t_mult - 1)
+                t_i = self.t0 * self.t_mult**n
             return self.eta_min + (self.init_lr - self.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
         steps = max(round(epoch * steps_per_epoch) - round(start * steps_per_epoch), 0)
         if self.lr_class == "MultiStepLR":
@@ -215,9 +226,9 @@ class LearningRateModifier(LRModifier):
             size_epochs = 1.0 if self.lr_class == "ExponentialLR" else float(self.lr_kwargs["step_size"])
             size = max(round(size_epochs * steps_per_epoch), 1)
             passed = steps // size
-        return self.init_lr * self.gamma ** passed
+        return self.init_lr * self.gamma**passed
 
-    def on_update(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_update(self, manager: RecipeManager, epoch: float) -> None:
         manager.set_lr(self.lr_at(epoch, manager.steps_per_epoch), None)
 
 
@@ -234,7 +245,7 @@ class SetWeightDecayModifier(Modifier):
         self.param_groups = _check_groups(self, self.param_groups)
         self.end_epoch = -1.0
 
-    def on_start(self, manager: "RecipeManager", epoch: float) -> None:
+    def on_start(self, manager: RecipeManager, epoch: float) -> None:
         manager.set_weight_decay(self.weight_decay, self.param_groups)
 
 
