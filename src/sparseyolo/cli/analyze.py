@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparseyolo.cli.common import add_img_hw_argument
+
 HELP = "per-layer sparsity / FLOPs / quantization of a .pt or .onnx model; --sensitivity suggests a pruning recipe"
 
 
@@ -12,16 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None, metavar="W.pt|W.onnx", help="checkpoint or ONNX file")
     parser.add_argument("--weights", default=None, help="same as the positional argument")
     parser.add_argument("--cfg", default=None, help="model config for Darknet .weights")
-    parser.add_argument(
-        "--img",
-        "--img-size",
-        nargs="+",
-        type=int,
-        default=None,
-        dest="img",
-        metavar="PX",
-        help="input size for FLOPs: one value or H W (default 512, or an ONNX model's static size)",
-    )
+    add_img_hw_argument(parser, "input size for FLOPs: one value or H W (default 512, or an ONNX model's static size)")
     parser.add_argument("--save-dir", default=None, help="output folder (default runs/analyze/expN)")
     parser.add_argument("--no-plot", action="store_true", help="skip the sparsity bar chart")
     s = parser.add_argument_group("pruning sensitivity (.pt only)")

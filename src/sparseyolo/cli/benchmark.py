@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparseyolo.cli.common import add_engines_argument, add_img_hw_argument, add_timing_arguments
+
 HELP = "benchmark ONNX models (images/s, latency p50/p90/p99) on onnxruntime / openvino / deepsparse, interleaved"
 
 EPILOG = """\
@@ -24,30 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = _HelpFormatter
     parser.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX model files")
-    parser.add_argument(
-        "--engine",
-        "--engines",
-        action="append",
-        dest="engine",
-        metavar="NAME",
-        help="onnxruntime | openvino | deepsparse; repeat or comma-separate (default: onnxruntime)",
-    )
+    add_engines_argument(parser)
     parser.add_argument(
         "--batch-size", type=int, default=None, help="batch size (default 1 or the model's static batch)"
     )
-    parser.add_argument(
-        "--img",
-        "--img-size",
-        nargs="+",
-        type=int,
-        default=None,
-        dest="img",
-        metavar="PX",
-        help="input size: one value (square) or H W (default 512 or the model's static size)",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: engine's choice)")
-    parser.add_argument("--time", type=float, default=10.0, help="measured seconds per model and engine")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per model and engine")
+    add_img_hw_argument(parser, "input size: one value (square) or H W (default 512 or the model's static size)")
+    add_timing_arguments(parser, per="model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input data")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from sparseyolo.cli.common import add_engines_argument, add_timing_arguments
+
 HELP = "results table (mAP, gzip size, img/s per engine, epochs, wall time) for training runs, with a plot"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run folders (runs/train/expN)")
-    parser.add_argument(
-        "--engines",
-        "--engine",
-        action="append",
-        dest="engines",
-        metavar="NAME",
-        help="onnxruntime | openvino | deepsparse; repeat or comma-separate (default: onnxruntime)",
-    )
+    add_engines_argument(parser, dest="engines")
     parser.add_argument(
         "--img",
         "--img-size",
@@ -26,9 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="benchmark / export size (default: the ONNX file's own static size, 512 for exports)",
     )
     parser.add_argument("--batch-size", type=int, default=None, help="benchmark batch size (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine")
-    parser.add_argument("--time", type=float, default=10.0, help="measured seconds per run and engine")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per run and engine")
+    add_timing_arguments(parser, per="run")
     parser.add_argument("--baseline", default="first", help="first | last | run name | index")
     parser.add_argument("--data", default=None, help="re-validate each ONNX on this data YAML for mAP")
     parser.add_argument("--no-export", action="store_true", help="do not export runs that lack an .onnx file")

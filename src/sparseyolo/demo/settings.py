@@ -68,17 +68,7 @@ BASELINE_HYP: dict[str, Any] = {
 }
 # Recipe stages: the shipped hyp.pruned / hyp.pruned_quantized values but without their 40-epoch
 # warm-up (the runs are shorter than that) and with the same light augmentation as the baseline.
-SPARSE_HYP: dict[str, Any] = {
-    "lr0": 0.002,
-    "lrf": 0.1,
-    "warmup_epochs": 0.0,
-    "mosaic": 0.0,
-    "mixup": 0.0,
-    "scale": 0.25,
-    "translate": 0.1,
-    "degrees": 0.0,
-    "shear": 0.0,
-}
+SPARSE_HYP: dict[str, Any] = {**BASELINE_HYP, "lr0": 0.002, "degrees": 0.0, "shear": 0.0}
 
 FAST_OVERRIDES: dict[str, Any] = {
     "img": 64,

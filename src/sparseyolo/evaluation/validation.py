@@ -8,8 +8,9 @@ Boxes are matched in original-image pixels, as COCO evaluation does.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,52 +155,23 @@ def validate(
     ``compute_loss`` is given, and ``coco/*`` numbers when ``save_json``. ``maps`` (nc,) holds each
     class's mAP50-95, with the overall mAP50-95 for classes absent from the data (YOLOv5 convention).
     """
+    args = (dataloader, conf_thres, iou_thres, max_det, names, save_dir, plots, save_json, compute_loss, verbose)
+    args += (single_cls, save_txt, save_conf, agnostic, multi_label, coco91, desc)
     if isinstance(model, Backend):
-        return _validate(
-            model,
-            dataloader,
-            conf_thres,
-            iou_thres,
-            max_det,
-            names,
-            save_dir,
-            plots,
-            save_json,
-            compute_loss,
-            verbose,
-            single_cls,
-            save_txt,
-            save_conf,
-            agnostic,
-            multi_label,
-            coco91,
-            desc,
-        )
-    # a training model: leave its mode, precision and head flag as we found them
+        return _validate(model, *args)
+    with _module_backend(model, device, half) as backend:
+        return _validate(backend, *args)
+
+
+@contextlib.contextmanager
+def _module_backend(model: nn.Module, device: str | torch.device | None, half: bool) -> Iterator[TorchBackend]:
+    """A training model behind the backend interface; its mode, precision and head flag are left as
+    they were found."""
     was_training, raw_flag = model.training, getattr(model, "export_raw", None)
     dtype = next(model.parameters()).dtype
     dev = device if device is not None else next(model.parameters()).device
     try:
-        return _validate(
-            TorchBackend(model, dev, half),
-            dataloader,
-            conf_thres,
-            iou_thres,
-            max_det,
-            names,
-            save_dir,
-            plots,
-            save_json,
-            compute_loss,
-            verbose,
-            single_cls,
-            save_txt,
-            save_conf,
-            agnostic,
-            multi_label,
-            coco91,
-            desc,
-        )
+        yield TorchBackend(model, dev, half)
     finally:
         if next(model.parameters()).dtype != dtype:
             model.to(dtype)

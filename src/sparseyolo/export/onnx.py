@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sparseyolo.export import graph as G
+from sparseyolo.models.common import fold_batchnorm
 from sparseyolo.quantization import disable_observers, is_qat_model
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.io import atomic_write_bytes
@@ -40,37 +41,6 @@ def check_img_size(img_size: int | tuple[int, int] | list[int], stride: int) -> 
     if fixed != size:
         LOGGER.warning(f"image size {list(size)} is not a multiple of the max stride {stride}; using {list(fixed)}")
     return fixed  # type: ignore[return-value]
-
-
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every ``conv``+``bn`` pair into the conv (in place; use on a copy). Zeros stay zeros."""
-    n = 0
-    for m in model.modules():
-        conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
-        if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d):
-            continue
-        with torch.no_grad():
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            fused = nn.Conv2d(
-                conv.in_channels,
-                conv.out_channels,
-                conv.kernel_size,
-                conv.stride,
-                conv.padding,
-                conv.dilation,
-                conv.groups,
-                bias=True,
-                padding_mode=conv.padding_mode,
-            )
-            fused = fused.to(conv.weight.device, conv.weight.dtype)
-            fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-            bias = bn.bias - bn.running_mean * scale
-            if conv.bias is not None:
-                bias = bias + conv.bias * scale
-            fused.bias.copy_(bias)
-        m.conv, m.bn = fused, nn.Identity()
-        n += 1
-    return n
 
 
 def model_metadata(

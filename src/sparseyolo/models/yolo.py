@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparseyolo.models.common import Conv
+from sparseyolo.models.common import fold_batchnorm
 from sparseyolo.models.detect import DECODES, Detect
 from sparseyolo.models.parse import MODELS, load_model_yaml, parse_model
 from sparseyolo.sparsity.thinning import layer_widths, resize_layers
@@ -194,25 +194,9 @@ class DetectionModel(nn.Module):
         )
         return {"layers": layers, "parameters": n_p, "gradients": n_g, "gflops": gflops}
 
-    @torch.no_grad()
     def fuse(self) -> DetectionModel:
         """Fold each Conv's BatchNorm into its convolution for faster inference (in place)."""
-        for m in self.modules():
-            if isinstance(m, Conv) and isinstance(m.bn, nn.BatchNorm2d):
-                conv, bn = m.conv, m.bn
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv2d(
-                    conv.in_channels,
-                    conv.out_channels,
-                    conv.kernel_size,
-                    conv.stride,
-                    conv.padding,
-                    groups=conv.groups,
-                    bias=True,
-                ).to(conv.weight.device)
-                fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                fused.bias.copy_(bn.bias - bn.running_mean * scale)
-                m.conv, m.bn = fused, nn.Identity()
+        fold_batchnorm(self)
         return self
 
 
