@@ -53,9 +53,15 @@ def test_export_qat_checkpoint_writes_qdq_and_qlinear(tiny_model, tmp_path, caps
     for a, b in zip(*outs, strict=False):
         assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
     types = [n.op_type for n in onnx.load(qlin).graph.node]
+    # the default form converts Conv only (DeepSparse's fastest); the rest stays QDQ around float ops
     assert types.count("QLinearConv") == 11
+    assert not {"QLinearAdd", "QLinearLeakyRelu", "QLinearConcat"} & set(types) and "LeakyRelu" in types
     table = capsys.readouterr().out
     assert "q.qlinear.onnx" in table
+    all_ops = "Conv,Add,LeakyRelu,Concat,MaxPool,Resize,Pad"
+    assert main(["export", "--weights", str(weights), "--img-size", "64", "--qlinear-ops", all_ops]) == 0
+    types = [n.op_type for n in onnx.load(qlin).graph.node]
+    assert types.count("QLinearConv") == 11 and types.count("QLinearLeakyRelu") == 11
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
