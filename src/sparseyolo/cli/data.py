@@ -8,7 +8,10 @@ from sparseyolo.data.voc_download import DEFAULT_URL_BASE  # a constant; the mod
 
 HELP = "dataset tools: convert Pascal VOC to YOLO layout (voc2yolo), download PASCAL VOC (get-voc)"
 
-VOC2YOLO_HELP = "convert a Pascal VOC folder (Annotations/, JPEGImages/, ImageSets/Main/) to YOLO txt labels"
+VOC2YOLO_HELP = (
+    "convert VOC-style XML annotations to YOLO txt labels (Annotations/ + JPEGImages/, annotations/ + images/, "
+    "XML beside the images, or --images + --annotations)"
+)
 GET_VOC_HELP = (
     "download VOC2007 trainval+test and VOC2012 trainval, convert them "
     "(train = 07+12 trainval, val = 07 test) and write voc.yaml"
@@ -50,7 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Example: sparseyolo data voc2yolo --voc ../shared/data/bccd --out datasets/bccd "
         "--names RBC,WBC,Platelets",
     )
-    p.add_argument("--voc", required=True, help="VOC folder holding Annotations/ and JPEGImages/")
+    p.add_argument(
+        "--voc",
+        default=None,
+        help="dataset folder: Annotations/ + JPEGImages/ (+ ImageSets/Main/), annotations/ + images/, "
+        "or XML files beside the images",
+    )
+    p.add_argument("--images", default=None, help="image folder (with --annotations, instead of --voc)")
+    p.add_argument("--annotations", default=None, help="folder of VOC XML files (with --images)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="without split files: hold out this share of the images as val (e.g. 0.2; seeded by --seed). "
+        "Without it and without split files, train and val are the same images (a warning says so)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split")
     p.add_argument("--out", required=True, help="output folder: images/<split>/, labels/<split>/, data YAML")
     p.add_argument(
         "--names",
@@ -119,6 +137,10 @@ def _run_voc2yolo(args) -> int:
         test=args.test_split,
         yaml_name=args.yaml_name,
         progress=not args.quiet,
+        images=args.images,
+        annotations=args.annotations,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
     )
     print(f"classes ({len(report.names)}): {', '.join(report.names)}")
     _print_report(report)

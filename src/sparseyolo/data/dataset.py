@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -431,3 +432,9 @@ def create_dataloader(
         persistent_workers=nw > 0,
     )
     return loader, dataset
+
+
+def shared_images(a: Sequence[str | Path], b: Sequence[str | Path]) -> list[str]:
+    """Image files in both lists (symlinks resolved): a validation set that overlaps training."""
+    resolved = {os.path.realpath(f) for f in a}
+    return sorted(str(f) for f in b if os.path.realpath(f) in resolved)

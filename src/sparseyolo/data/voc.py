@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from sparseyolo.data.voc_layout import VocLayout, as_layout, check_val_fraction, detect_layout, random_split
 from sparseyolo.utils.errors import DataError
 from sparseyolo.utils.logging import LOGGER
 
@@ -47,7 +48,6 @@ VOC_NAMES = [
     "train",
     "tvmonitor",
 ]
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 STANDARD_SPLITS = ("train", "val", "trainval", "test")
 
 
@@ -64,6 +64,7 @@ class VocAnnotation:
     width: int | None
     height: int | None
     objects: list[VocObject]
+    filename: str | None = None  # the XML's <filename>, as the annotation tool wrote it
 
 
 @dataclass
@@ -84,6 +85,8 @@ class ConversionReport:
     zero_area: list[str] = field(default_factory=list)  # "file.xml: name (xmin,ymin,xmax,ymax)"
     missing_images: list[str] = field(default_factory=list)
     bad_annotations: list[str] = field(default_factory=list)  # "file.xml (reason)": unreadable or missing
+    filename_mismatch: list[str] = field(default_factory=list)  # "a.xml says b.jpg"
+    images_without_xml: list[str] = field(default_factory=list)
     clipped: int = 0
     yaml_path: Path | None = None
 
@@ -113,6 +116,13 @@ class ConversionReport:
                 + ", ".join(self.bad_annotations[:10])
                 + (f" and {len(self.bad_annotations) - 10} more" if len(self.bad_annotations) > 10 else "")
             )
+        for what, items in (
+            ("XML files whose <filename> names another file (converted by the XML's own name)", self.filename_mismatch),
+            ("images without an XML file, not converted", self.images_without_xml),
+        ):
+            if items:
+                more = f" and {len(items) - 10} more" if len(items) > 10 else ""
+                out.append(f"{what} ({len(items)}): {', '.join(items[:10])}{more}")
         if self.clipped:
             out.append(f"{self.clipped} boxes extended past the image and were clipped to it")
         if self.yaml_path:
@@ -149,7 +159,7 @@ def parse_voc_xml(xml_path: str | os.PathLike) -> VocAnnotation:
             raise DataError(f"{xml_path}: <object> #{k} ({name}) has a missing or non-numeric bndbox value") from None
         difficult = (_text(obj, "difficult") or "0") not in ("0", "false", "")
         objects.append(VocObject(name, difficult, box))
-    return VocAnnotation(xml_path, w or None, h or None, objects)
+    return VocAnnotation(xml_path, w or None, h or None, objects, _text(root, "filename"))
 
 
 def voc_box_to_yolo(
@@ -184,25 +194,13 @@ def parse_names(spec: str | list[str] | None, default: list[str] | None = VOC_NA
     return names
 
 
-def find_image(voc_root: Path, stem: str) -> Path | None:
-    folder = voc_root / "JPEGImages"
-    for ext in IMAGE_EXTS:
-        if (folder / f"{stem}{ext}").is_file():
-            return folder / f"{stem}{ext}"
-    return None
+def read_split_ids(voc_root: Path | VocLayout, split: str) -> list[str]:
+    return as_layout(voc_root).split_ids(split)
 
 
-def read_split_ids(voc_root: Path, split: str) -> list[str]:
-    f = voc_root / "ImageSets" / "Main" / f"{split}.txt"
-    if not f.is_file():
-        raise DataError(f"split {split!r} not found: {f}")
-    return [ln.split()[0] for ln in f.read_text().splitlines() if ln.strip()]
-
-
-def available_splits(voc_root: Path) -> list[str]:
+def available_splits(voc_root: Path | VocLayout) -> list[str]:
     """Standard split files present under ImageSets/Main (per-class lists are ignored)."""
-    main = voc_root / "ImageSets" / "Main"
-    return [s for s in STANDARD_SPLITS if (main / f"{s}.txt").is_file()]
+    return as_layout(voc_root).available_splits(STANDARD_SPLITS)
 
 
 def _image_size(ann: VocAnnotation, image: Path) -> tuple[int, int]:
@@ -249,7 +247,10 @@ def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
         os.symlink(src.resolve(), dst)
 
 
-def _read_annotations(jobs: dict[str, list[tuple[Path, list[str]]]]) -> tuple[dict[str, VocAnnotation], list[str]]:
+Jobs = dict[str, list[tuple[VocLayout, list[str]]]]
+
+
+def _read_annotations(jobs: Jobs) -> tuple[dict[str, VocAnnotation], list[str]]:
     """Every XML the jobs name, parsed: ``({path: annotation}, ["file.xml (reason)", ...])``.
 
     A broken or missing annotation is a dataset problem like a corrupt image: skipped and reported,
@@ -258,9 +259,9 @@ def _read_annotations(jobs: dict[str, list[tuple[Path, list[str]]]]) -> tuple[di
     anns: dict[str, VocAnnotation] = {}
     bad: dict[str, str] = {}
     for items in jobs.values():
-        for voc_root, ids in items:
+        for layout, ids in items:
             for i in ids:
-                key = str(voc_root / "Annotations" / f"{i}.xml")
+                key = str(layout.xml(i))
                 if key in anns or key in bad:
                     continue
                 if not Path(key).is_file():
@@ -276,7 +277,7 @@ def _read_annotations(jobs: dict[str, list[tuple[Path, list[str]]]]) -> tuple[di
 
 
 def convert_jobs(
-    jobs: dict[str, list[tuple[Path, list[str]]]],
+    jobs: dict[str, list[tuple[Path | VocLayout, list[str]]]],
     out: str | os.PathLike,
     names: list[str] | None,
     difficult: str = "drop",
@@ -292,6 +293,7 @@ def convert_jobs(
     if difficult not in ("drop", "keep"):
         raise DataError(f"--difficult must be 'drop' or 'keep', got {difficult!r}")
     out = Path(out)
+    jobs = {split: [(as_layout(root), ids) for root, ids in items] for split, items in jobs.items()}
     anns, bad = _read_annotations(jobs)
     names = _check_names(anns, names)
     index = {n: k for k, n in enumerate(names)}
@@ -305,18 +307,21 @@ def convert_jobs(
         used: set[str] = set()
         total = sum(len(ids) for _, ids in items)
         bar = tqdm(total=total, desc=f"voc2yolo {split}", disable=not progress or total < 500, leave=False)
-        for voc_root, ids in items:
+        for layout, ids in items:
             for i in ids:
                 bar.update()
-                ann = anns.get(str(voc_root / "Annotations" / f"{i}.xml"))
+                ann = anns.get(str(layout.xml(i)))
                 if ann is None:  # unreadable or missing: already in report.bad_annotations
                     continue
-                image = find_image(voc_root, i)
+                image = layout.image(i)
                 if image is None:
                     if str(ann.xml) not in seen_problems:
-                        report.missing_images.append(f"{i} (no image in {voc_root / 'JPEGImages'})")
+                        report.missing_images.append(f"{i} (no image in {layout.images})")
                         seen_problems.add(str(ann.xml))
                     continue
+                if ann.filename and ann.filename not in (image.name, i) and str(ann.xml) not in seen_problems:
+                    report.filename_mismatch.append(f"{ann.xml.name} says {ann.filename}")
+                    seen_problems.add(str(ann.xml))
                 w, h = _image_size(ann, image)
                 rows = []
                 for o in ann.objects:
@@ -339,7 +344,7 @@ def convert_jobs(
                         continue
                     rows.append(f"{index[o.name]} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
                     counts.per_class[o.name] += 1
-                stem = i if i not in used else f"{voc_root.name}_{i}"  # the same id from two VOC years
+                stem = i if i not in used else f"{layout.name}_{i}"  # the same id from two VOC years
                 used.add(stem)
                 _link_or_copy(image, img_dir / f"{stem}{image.suffix}", copy)
                 (lb_dir / f"{stem}.txt").write_text("".join(r + "\n" for r in rows))
@@ -373,7 +378,7 @@ def default_roles(splits: list[str]) -> tuple[str, str, str | None]:
 
 
 def convert_voc(
-    voc_dir: str | os.PathLike,
+    voc_dir: str | os.PathLike | None,
     out: str | os.PathLike,
     splits: list[str] | None = None,
     names: list[str] | None = VOC_NAMES,
@@ -384,31 +389,42 @@ def convert_voc(
     test: str | None = None,
     yaml_name: str = "data.yaml",
     progress: bool = True,
+    images: str | os.PathLike | None = None,
+    annotations: str | os.PathLike | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
 ) -> ConversionReport:
-    """Convert one VOC folder (Annotations/, JPEGImages/, optional ImageSets/Main/) to YOLO layout.
+    """Convert one VOC-style dataset (any layout :func:`detect_layout` knows) to YOLO layout.
 
-    ``splits`` default to the standard split files present; without ImageSets every annotated image
-    forms one split ``all``. ``names=None`` collects class names from the XMLs (sorted).
+    ``splits`` default to the standard split files present. Without split files, ``val_fraction``
+    holds out a seeded random share as ``val``; with neither, every annotated image forms one split
+    ``all`` used as both train and val, after a loud warning. ``names=None`` collects class names
+    from the XMLs (sorted).
     """
-    voc = Path(voc_dir)
-    if not (voc / "Annotations").is_dir():
-        raise DataError(f"not a Pascal VOC folder (no Annotations/): {voc}")
+    check_val_fraction(val_fraction)
+    layout = detect_layout(voc_dir, images, annotations)
+    where = voc_dir if voc_dir is not None else layout.annotations
+    LOGGER.info(f"{where}: {layout.kind} ({layout.annotations}, {layout.images})")
+    every = layout.xml_stems()
+    if not every:
+        raise DataError(f"{layout.annotations}: no annotations found")
     if not splits:
-        splits = available_splits(voc)
-    if not splits:
-        LOGGER.info(f"{voc}: no ImageSets/Main split files; converting every annotation as split 'all'")
-        jobs = {"all": [(voc, sorted(p.stem for p in (voc / "Annotations").glob("*.xml")))]}
-        splits = ["all"]
+        splits = layout.available_splits(STANDARD_SPLITS)
+    if splits and val_fraction is not None:
+        raise DataError(f"{where} has split files ({', '.join(splits)}); --val-fraction is for data without them")
+    if splits:
+        jobs: Jobs = {s: [(layout, layout.split_ids(s) if s != "all" else every)] for s in splits}
+    elif val_fraction is not None:
+        train_ids, val_ids = random_split(every, val_fraction, seed)
+        LOGGER.info(f"no split files: {len(train_ids)} train / {len(val_ids)} val images (seed {seed})")
+        jobs, splits = {"train": [(layout, train_ids)], "val": [(layout, val_ids)]}, ["train", "val"]
     else:
-        jobs = {}
-        for s in splits:
-            jobs[s] = (
-                [(voc, read_split_ids(voc, s))]
-                if s != "all"
-                else [(voc, sorted(p.stem for p in (voc / "Annotations").glob("*.xml")))]
-            )
-    if not any(ids for items in jobs.values() for _, ids in items):
-        raise DataError(f"{voc}: no annotations found")
+        LOGGER.warning(
+            f"WARNING: {where} has no split files and no --val-fraction was given: train and val are the "
+            f"same {len(every)} images, so validation will measure memorisation, not accuracy. "
+            "Pass --val-fraction 0.2 to hold images out."
+        )
+        jobs, splits = {"all": [(layout, every)]}, ["all"]
     d_train, d_val, d_test = default_roles(splits)
     train, val = train or d_train, val or d_val
     test = test if test is not None else d_test
@@ -416,5 +432,6 @@ def convert_voc(
         if s and s not in splits:
             raise DataError(f"--{role}-split {s!r} is not among the converted splits {splits}")
     report = convert_jobs(jobs, out, names, difficult, copy, progress)
+    report.images_without_xml = sorted(set(layout.image_stems()) - set(every))
     report.yaml_path = write_data_yaml(Path(out), report.names, train, val, test, yaml_name)
     return report

@@ -187,7 +187,7 @@ class Trainer(TrainerBase):
         self.val_loader = None
         if self.dist.main and self.data.get("val"):
             with _data_key(cfg.data, "val"):
-                self.val_loader, _ = create_dataloader(
+                self.val_loader, val_dataset = create_dataloader(
                     self.data["val"],
                     self.img_size,
                     batch * 2,
@@ -204,8 +204,20 @@ class Trainer(TrainerBase):
                     nc=int(self.data["nc"]),
                     pad=0.5,
                 )
+            self._warn_overlap(val_dataset.im_files)
         elif self.dist.main:
             LOGGER.warning(f"{cfg.data}: no 'val' set; metrics will be empty and best.pt follows last.pt")
+
+    def _warn_overlap(self, val_files: list[str]) -> None:
+        from sparseyolo.data.dataset import shared_images
+
+        both = shared_images(self.train_dataset.im_files, val_files)
+        if both:
+            LOGGER.warning(
+                f"WARNING: {len(both)} of the {len(val_files)} val images are also training images (e.g. "
+                f"{Path(both[0]).name}): val metrics will overstate accuracy. Hold images out, e.g. "
+                "`sparseyolo data voc2yolo ... --val-fraction 0.2`"
+            )
 
     def _setup_optimization(self, ckpt: dict | None) -> None:
         cfg, hyp = self.cfg, self.hyp
