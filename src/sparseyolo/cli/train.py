@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--recipe", default=None, help="SparseML-format recipe (path, YAML text or zoo: stub)")
     g.add_argument(
+        "--teacher",
+        default=None,
+        help="distillation teacher for a recipe's !DistillationModifier (default: the --weights the run "
+        "starts from, e.g. the dense baseline)",
+    )
+    g.add_argument(
         "--recipe-args",
         default=None,
         help="recipe variable overrides: JSON '{\"num_epochs\": 50}' or num_epochs=50,init_lr=0.01",
@@ -37,9 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--nbs",
         type=int,
-        default=64,
-        help="nominal batch size: gradients are accumulated to about this many images per "
-        "optimizer step (64 as in YOLOv3/v5); a smaller value gives small datasets more steps",
+        default=None,
+        help="nominal batch size: gradients are accumulated to about this many images per optimizer step. "
+        "Default: 64 (as in YOLOv3/v5); with --recipe, the batch size (one step per batch, so mask updates "
+        "fall between real optimizer steps on small datasets)",
     )
     g.add_argument(
         "--img-size",

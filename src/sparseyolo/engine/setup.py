@@ -28,7 +28,8 @@ class TrainConfig:
     recipe_args: dict = field(default_factory=dict)
     epochs: int = 300
     batch_size: int = 16
-    nbs: int = 64
+    nbs: int | None = None  # None: 64 (YOLOv3/v5), or one optimizer step per batch under a recipe
+    teacher: str | None = None  # distillation teacher (a recipe's DistillationModifier); None: --weights
     img_size: int = 640
     optimizer: str = "SGD"
     cos_lr: bool = False
@@ -66,6 +67,8 @@ class TrainConfig:
         minimum = {"epochs": 1, "batch_size": 1, "nbs": 1, "img_size": 1, "workers": 0, "freeze": 0, "patience": 0}
         for name, low in minimum.items():
             value = getattr(self, name)
+            if name == "nbs" and value is None:
+                continue
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
         if not 0.0 <= float(self.label_smoothing) < 1.0:

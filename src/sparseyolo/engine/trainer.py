@@ -34,7 +34,8 @@ from sparseyolo.engine.hooks import DDPBufferSyncHook, EMAHook, EvalHook, LRSche
 from sparseyolo.engine.hyp import load_hyp
 from sparseyolo.engine.logger import LoggerHook, progress_header
 from sparseyolo.engine.loss import YoloLoss
-from sparseyolo.engine.optim import accumulate_steps, build_optimizer, scaled_weight_decay
+from sparseyolo.engine.optim import NOMINAL_BATCH, accumulate_steps, build_optimizer, scaled_weight_decay
+from sparseyolo.engine.schedule_checks import recovery_note, schedule_warnings
 from sparseyolo.engine.setup import (
     TrainConfig,
     build_train_model,
@@ -43,7 +44,8 @@ from sparseyolo.engine.setup import (
     given_fields,
     merge_resume_config,
 )
-from sparseyolo.utils.errors import DataError, SparseYoloError, WeightsError, where
+from sparseyolo.recipe.modifiers.distillation import DistillationModifier
+from sparseyolo.utils.errors import ConfigError, DataError, SparseYoloError, WeightsError, where
 from sparseyolo.utils.io import atomic_write_text, increment_path
 from sparseyolo.utils.logging import LOGGER
 
@@ -219,11 +221,27 @@ class Trainer(TrainerBase):
                 "`sparseyolo data voc2yolo ... --val-fraction 0.2`"
             )
 
+    def _nominal_batch(self) -> int:
+        """``--nbs``, else one optimizer step per batch under a recipe (mask updates then fall between
+        real optimizer steps on small datasets: docs/recipes.md), else 64 as in YOLOv3/v5."""
+        cfg = self.cfg
+        if cfg.nbs is not None:
+            return cfg.nbs
+        if self.recipe is None:
+            return NOMINAL_BATCH
+        if self.dist.main:
+            LOGGER.info(
+                f"recipe run: one optimizer step per batch of {cfg.batch_size} (pass --nbs {NOMINAL_BATCH} to "
+                "accumulate gradients as plain training does)"
+            )
+        return cfg.batch_size
+
     def _setup_optimization(self, ckpt: dict | None) -> None:
         cfg, hyp = self.cfg, self.hyp
         batch = cfg.batch_size
-        self.accumulate = accumulate_steps(batch, cfg.nbs)
-        wd = scaled_weight_decay(hyp["weight_decay"], batch, self.accumulate, cfg.nbs)
+        nbs = self._nominal_batch()
+        self.accumulate = accumulate_steps(batch, nbs)
+        wd = scaled_weight_decay(hyp["weight_decay"], batch, self.accumulate, nbs)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, hyp["lr0"], hyp["momentum"], wd)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)
         self.loss_fn = YoloLoss(self.model, hyp, self.img_size, cfg.label_smoothing)
@@ -248,6 +266,15 @@ class Trainer(TrainerBase):
                     f"(--epochs {cfg.epochs} ignored)"
                 )
             self.max_epochs = int(math.ceil(self.manager.max_epochs))
+            if self.dist.main:
+                spe, bpe = self.steps_per_epoch, self.batches_per_epoch
+                for line in schedule_warnings(self.manager, spe, bpe, self.accumulate, batch):
+                    LOGGER.warning(line)
+                note = recovery_note(self.manager, spe)
+                if note:
+                    LOGGER.info(note)
+            if any(isinstance(m, DistillationModifier) for m in self.manager.modifiers):
+                self._setup_teacher()
         else:
             self.max_epochs = cfg.epochs
         self.ema = ModelEMA(self.model) if self.dist.main else None
@@ -256,6 +283,27 @@ class Trainer(TrainerBase):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+
+    def _setup_teacher(self) -> None:
+        """The recipe distills: from ``--teacher``, else from the ``--weights`` the run started from
+        (the dense model a pruning run begins with); from scratch, the modifier self-distills."""
+        path = self.cfg.teacher or self.cfg.weights
+        if not path:
+            LOGGER.warning("DistillationModifier without --teacher or --weights: distilling from the model's own "
+                           "weights at the modifier's start (self-distillation)")  # fmt: skip
+            return
+        from sparseyolo.models import load_model
+
+        teacher, _ = load_model(path, cfg=self.cfg.cfg or None)
+        student = de_parallel(self.model)
+        if int(getattr(teacher, "nc", -1)) != int(student.nc):
+            raise ConfigError(
+                f"--teacher {path} predicts {getattr(teacher, 'nc', '?')} classes, the model {student.nc}; "
+                "pass --teacher with a model trained on this data"
+            )
+        self.manager.set_teacher(teacher.float().to(self.device))
+        if self.dist.main:
+            LOGGER.info(f"distillation teacher: {path} (not saved in checkpoints or the EMA)")
 
     def _register_default_hooks(self) -> None:
         cfg = self.cfg
@@ -351,6 +399,8 @@ class Trainer(TrainerBase):
             with torch.autocast(self.device.type, enabled=self.amp):
                 preds = self.model(imgs)
                 loss, items = self.loss_fn(preds, targets)
+                if self.manager is not None and self.manager.distillation is not None:
+                    loss = self.manager.loss_update(loss, preds, self._teacher_outputs(imgs))
             if any_rank(not bool(torch.isfinite(loss).all()), self.dist, self.device):
                 self._non_finite(items)
             if self.dist.distributed:
@@ -365,6 +415,11 @@ class Trainer(TrainerBase):
             self.optimizer.zero_grad(set_to_none=True)
             self.stepped = True
         self.loss_items = items
+
+    @torch.no_grad()
+    def _teacher_outputs(self, imgs: torch.Tensor) -> Any:
+        out = self.manager.teacher(imgs)
+        return out[1] if isinstance(out, tuple) else out  # eval mode: (decoded, raw); raw is what trains
 
     def epoch_skipped_images(self) -> list[str]:
         """The training images that could not be read this epoch (replaced by others), all ranks."""

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from sparseyolo.recipe.modifiers import LRModifier, Modifier, PruningBase
+from sparseyolo.recipe.modifiers.distillation import DistillationModifier, frozen_teacher
 from sparseyolo.sparsity import prunable_param_names, tensor_sparsity
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
 from sparseyolo.sparsity.thinning import ThinningPlan, apply_thinning, plan_thinning, thin_optimizer
@@ -70,6 +71,7 @@ class RecipeManager:
         self._graph: ChannelGraph | None = None
         self._events = EventBus(EVENTS, owner="recipe event")
         self._phase_flags = (False, False, False)  # pruning active, pruning done, QAT active
+        self.teacher: nn.Module | None = None  # distillation teacher: never part of the model or its state
 
     # --- events ---------------------------------------------------------------------------------------
     def subscribe(self, event: str, callback: Callable[..., None]) -> None:
@@ -99,6 +101,25 @@ class RecipeManager:
     @property
     def epoch(self) -> float:
         return self.global_step / self.steps_per_epoch if self.steps_per_epoch else 0.0
+
+    # --- distillation -------------------------------------------------------------------------------
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """The model a ``DistillationModifier`` distills from (frozen, eval mode). Without one the
+        modifier freezes a copy of the student at its start (self-distillation)."""
+        self.teacher = frozen_teacher(teacher)
+
+    @property
+    def distillation(self) -> DistillationModifier | None:
+        """The distillation modifier in effect now, if any."""
+        return next((m for m in self.modifiers if isinstance(m, DistillationModifier) and m.active), None)
+
+    def loss_update(self, loss: torch.Tensor, student_outputs: Any, teacher_outputs: Any) -> torch.Tensor:
+        """``loss`` mixed with the distillation loss while a ``DistillationModifier`` is active (call
+        before ``backward``, with the teacher's outputs for the same inputs); ``loss`` otherwise."""
+        modifier = self.distillation
+        if modifier is None:
+            return loss
+        return modifier.total_loss(loss, modifier.distillation_loss(student_outputs, teacher_outputs))
 
     @property
     def pruning_modifiers(self) -> list[PruningBase]:

@@ -1,6 +1,7 @@
 """All recipe modifiers; importing this package fills the ``MODIFIERS`` registry."""
 
 from sparseyolo.recipe.modifiers.base import LOGGING_KEYS, MODIFIERS, REQUIRED, Modifier, register
+from sparseyolo.recipe.modifiers.distillation import DistillationModifier
 from sparseyolo.recipe.modifiers.pruning import (
     ConstantPruningModifier,
     GlobalMagnitudePruningModifier,
@@ -30,6 +31,7 @@ __all__ = [
     "Modifier",
     "register",
     "ConstantPruningModifier",
+    "DistillationModifier",
     "GlobalMagnitudePruningModifier",
     "GMPruningModifier",
     "MagnitudePruningModifier",
