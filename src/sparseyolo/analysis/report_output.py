@@ -8,6 +8,7 @@ from sparseyolo.analysis.report import RunInfo
 from sparseyolo.benchmark.output import markdown_table
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.plotting import save_figure
+from sparseyolo.utils.system import engines_line, machine_line, system_info
 
 
 def pick_baseline(runs: list[RunInfo], spec: str = "first") -> RunInfo:
@@ -87,13 +88,25 @@ def report_notes(runs: list[RunInfo], engines: list[str], base: RunInfo) -> str:
     sample = next((res for r in runs for res in r.bench.values() if res.status == "ok"), None)
     if sample is not None:
         lines.append(f"Input {sample.input_shapes}, threads {sample.threads or 'default'}.")
+    versions = engines_line(_engine_versions(runs, engines))
+    lines.append(f"Machine: {machine_line()}" + (f"; {versions}" if versions else "") + ".")
     return "\n".join(lines)
+
+
+def _engine_versions(runs: list[RunInfo], engines: list[str]) -> dict[str, str]:
+    """engine -> version the benchmark ran (DeepSparse may run in its own venv), else the one installed."""
+    from sparseyolo.utils.system import installed_engine_versions
+
+    measured = {res.engine: res.engine_version for r in runs for res in r.bench.values() if res.engine_version}
+    installed = installed_engine_versions()
+    return {e: measured.get(e) or installed.get(e, "") for e in engines if measured.get(e) or installed.get(e)}
 
 
 def report_json(runs: list[RunInfo], engines: list[str], base: RunInfo) -> dict:
     return {
         "baseline": base.name,
         "engines": engines,
+        "system": system_info(_engine_versions(runs, engines)),
         "runs": [
             {
                 "name": r.name,
@@ -135,21 +148,100 @@ def plot_report(runs: list[RunInfo], engines: list[str], base: RunInfo, path: st
         for x, y, name in pts:
             if name not in rightmost or x > rightmost[name][0]:
                 rightmost[name] = (x, y)
-    xs, ys = [x for x, _ in rightmost.values()], [y for _, y in rightmost.values()]
-    x_tol = 0.05 * ((max(xs) - min(xs)) or 1.0) if xs else 0.0
-    y_tol = 0.05 * ((max(ys) - min(ys)) or 1.0) if ys else 0.0
-    placed: list[tuple[float, float]] = []
-    for name, (x, y) in rightmost.items():
-        # stack labels whose points nearly coincide instead of printing them over each other
-        near = sum(abs(x - px) <= x_tol and abs(y - py) <= y_tol for px, py in placed)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 + 9 * near), fontsize=7)
-        placed.append((x, y))
     ax.margins(x=0.3, y=0.1)  # room for the run labels right of the fastest points
     ax.axvline(1.0, color="grey", lw=0.6)
     ax.set_xlabel(f"speed-up vs. {base.name} (images/s ratio, same engine)")
     ax.set_ylabel("mAP@0.5")
-    ax.set_title("accuracy vs. speed")
-    if ax.lines:
-        ax.legend(fontsize=8)
+    fig.suptitle("accuracy vs. speed", fontsize=11)
+    versions = engines_line(_engine_versions(runs, engines))
+    ax.set_title(machine_line() + (f"\n{versions}" if versions else ""), fontsize=7, color="dimgrey")
     ax.grid(alpha=0.3)
+    # labels go last, on the final layout: their places are measured in pixels of the saved figure
+    fig.tight_layout()
+    place_labels(ax, [(name, x, y) for name, (x, y) in rightmost.items()], fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=8)  # "best" location, which also avoids the placed labels
     return save_figure(fig, path)
+
+
+def place_labels(ax, labels: list[tuple[str, float, float]], fontsize: float = 7) -> list:
+    """Annotate each ``(text, x, y)`` data point so that no two labels overlap, and return the annotations.
+
+    Greedy placement in display pixels, measured with the figure's renderer: each label (in the order
+    given) takes the cheapest free slot right (else left) of its point, stepping a label height up or
+    down at a time, preferring slots that cover no marker and stay inside the axes. A label that had
+    to move away from its point gets a thin leader line to it. Call it after the layout is final
+    (``tight_layout``): the labels are kept out of later layout passes so the figure does not shift.
+    """
+    fig = ax.figure
+    ax.set_xlim(ax.get_xlim())  # freeze autoscaling: pixel positions must not move after placement
+    ax.set_ylim(ax.get_ylim())
+    renderer = fig.canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    pad = 1.0 * px_per_pt
+    to_px = ax.transData.transform
+    marker_boxes = []
+    for line in ax.lines:  # the plotted points are obstacles too (not the reference lines)
+        if line.get_linestyle() in ("None", "none", "", " ") and line.get_marker() not in (None, "None", ""):
+            r = (line.get_markersize() / 2 + 1) * px_per_pt
+            xy = to_px(line.get_xydata())
+            marker_boxes += [(px - r, py - r, px + r, py + r) for px, py in xy]
+    axbox = ax.get_window_extent(renderer).extents
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for text, x, y in labels:
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        bb = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = bb.width, bb.height
+        px, py = to_px((x, y))
+        best = None
+        for k in _steps(40):
+            for side in (1, -1):
+                gap = (4 if k == 0 else 10) * px_per_pt  # a leader line needs a little room
+                x0 = px + gap if side > 0 else px - gap - w
+                y0 = py + pad + k * (h + pad)  # k = 0: just above-right of the point, as before
+                box = (x0, y0, x0 + w, y0 + h)
+                if any(_overlap(box, b) for b in placed):
+                    continue
+                cost = abs(k) + (side < 0) * 0.5
+                cost += 3 * sum(_overlap(box, b) for b in marker_boxes)
+                inside = axbox[0] <= box[0] and box[2] <= axbox[2] and axbox[1] <= box[1] and box[3] <= axbox[3]
+                cost += 0 if inside else 50
+                if best is None or cost < best[0]:
+                    best = (cost, k, side, box)
+            if best is not None and k <= 0 and best[0] < abs(k) + 1:
+                break  # both sides of this step tried: nothing further away can be cheaper
+        if best is None:  # every slot within 40 steps taken (a crowd of labels): above them all
+            y0 = max(b[3] for b in placed) + pad
+            best = (0, 1, 1, (px + 10 * px_per_pt, y0, px + 10 * px_per_pt + w, y0 + h))
+        _, k, side, box = best
+        # a leader line leaves the label's left (right) middle, so the lines of stacked labels do not
+        # cross the labels between them and their points
+        leader = {"arrowstyle": "-", "lw": 0.5, "color": "grey", "shrinkA": 0, "shrinkB": 2}
+        ann = ax.annotate(
+            text,
+            (x, y),
+            textcoords="offset points",
+            xytext=(((box[0] if side > 0 else box[2]) - px) / px_per_pt, (box[1] - py) / px_per_pt),
+            ha="left" if side > 0 else "right",
+            va="bottom",
+            fontsize=fontsize,
+            arrowprops=None if k == 0 else leader | {"relpos": (0.0 if side > 0 else 1.0, 0.5)},
+        )
+        ann.set_in_layout(False)
+        placed.append(box)
+        out.append(ann)
+    return out
+
+
+def _steps(n: int):
+    """0, 1, -1, 2, -2, ... up to ``n``."""
+    yield 0
+    for i in range(1, n + 1):
+        yield i
+        yield -i
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sparseyolo.benchmark.runner import BenchResult
-from sparseyolo.utils.system import system_info
+from sparseyolo.utils.system import machine_line, system_info
 from sparseyolo.utils.tables import markdown_table
 
 
@@ -57,10 +57,10 @@ def results_table(results: list[BenchResult]) -> str:
 
 
 def results_notes(results: list[BenchResult]) -> str:
-    """One line per engine that is missing and per model an engine could not run (the table says only
-    'not installed' / 'error')."""
+    """The machine the figures were measured on (CPU, cores, int8 ISA flags), then one line per engine
+    that is missing and per model an engine could not run (the table says only 'not installed' / 'error')."""
     names = _short_names([r.model for r in results])
-    seen, lines = set(), []
+    seen, lines = set(), [f"Machine: {machine_line()}"]
     for r in results:
         if r.status == "unavailable" and r.engine not in seen:
             seen.add(r.engine)
@@ -75,6 +75,7 @@ def _ratio(x: float | None) -> str:
 
 
 def results_json(results: list[BenchResult], settings: dict) -> str:
-    """JSON document: settings, system info and one entry per (model, engine)."""
-    doc = {"settings": settings, "system": system_info(), "results": [r.to_dict() for r in results]}
+    """JSON document: settings, system info (CPU, ISA flags, engine versions) and one entry per (model, engine)."""
+    versions = {r.engine: r.engine_version for r in results if r.engine_version}
+    doc = {"settings": settings, "system": system_info(versions), "results": [r.to_dict() for r in results]}
     return json.dumps(doc, indent=2)

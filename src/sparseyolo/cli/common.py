@@ -7,6 +7,38 @@ import argparse
 ENGINE_CHOICES = "onnxruntime | openvino | deepsparse"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The help formatter of every ``sparseyolo`` command (``cli.main`` sets it on each subparser).
+
+    Appends "(default: X)" to an option's help only when it tells the reader something: not for
+    None / False / empty / SUPPRESS defaults, not for on/off flags, and not when the help text already
+    says what the default is (it mentions "default"), so no help line reads
+    "(default 1 or the model's static batch) (default: None)". A description or epilog written with
+    line breaks keeps them; one without is wrapped to the terminal as usual.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if "default" in help.lower() or not informative_default(action):
+            return help
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return help + " (default: %(default)s)"
+        return help
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return super()._fill_text(text, width, indent)  # the author's line breaks
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
+def informative_default(action: argparse.Action) -> bool:
+    """Whether "(default: X)" would tell the reader anything about ``action``."""
+    d = action.default
+    if action.nargs == 0 or d is None or d is False or d is argparse.SUPPRESS:
+        return False
+    return not (isinstance(d, str | list | tuple | dict) and len(d) == 0)
+
+
 def add_engines_argument(parser: argparse.ArgumentParser, dest: str = "engine") -> None:
     """``--engine`` / ``--engines``, repeatable or comma-separated; parse with ``parse_engines``."""
     parser.add_argument(

@@ -14,6 +14,7 @@ import os
 import sys
 
 from sparseyolo import __version__
+from sparseyolo.cli.common import HelpFormatter
 from sparseyolo.utils.errors import SparseYoloError
 
 # command name -> module under sparseyolo.cli
@@ -24,19 +25,21 @@ COMMANDS = {
     "export": "export",
     "benchmark": "benchmark",
     "analyze": "analyze",
+    "recipe": "recipe",
     "report": "report",
     "data": "data",
     "demo": "demo",
 }
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except for on/off flags and empty values where '(default: ...)' is noise."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.nargs == 0 or action.default in (None, "", [], argparse.SUPPRESS):
-            return action.help or ""
-        return super()._get_help_string(action)
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    """One help formatter for a command and its own subcommands (``data voc2yolo``), whatever a command
+    module set: every ``--help`` shows defaults the same way."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                _use_formatter(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         # every command is part of the package: a missing module is a broken installation, and must
         # fail here rather than leave the command out of --help as if it did not exist
         module = importlib.import_module(f"sparseyolo.cli.{module_name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(p)
+        _use_formatter(p)
         p.set_defaults(_run=module.run)
     return parser
 

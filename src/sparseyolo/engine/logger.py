@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +76,26 @@ class LoggerHook(HookBase):
                 LOGGER.info("TensorBoard not installed; pip install tensorboard to log there")
         if self._want_wandb:
             try:
-                import wandb  # optional
+                import wandb  # optional: pip install sparseyolo[wandb]
 
+                # a resumed run continues its W&B run: the id is kept next to results.csv (without it,
+                # resume="allow" made a new W&B run each time)
+                id_file = self.save_dir / "wandb_id.txt"
+                run_id = id_file.read_text().strip() if t.start_epoch > 0 and id_file.exists() else ""
                 self.wandb = wandb.init(
                     project=self.save_dir.parent.name,
                     name=self._run_name,
-                    dir=str(self.save_dir),
+                    id=run_id or None,  # None: a new W&B run
+                    dir=os.environ.get("WANDB_DIR") or str(self.save_dir),  # the user's WANDB_DIR wins
                     config=t.config_dict(),
                     resume="allow",
                 )
+                atomic_write_text(id_file, self.wandb.id + "\n")
             except ImportError:
-                LOGGER.warning("--wandb given but wandb is not installed (pip install wandb); skipping it")
+                LOGGER.warning("--wandb: wandb is not installed (pip install 'sparseyolo[wandb]'); training without it")
+            except Exception as e:  # no API key, no network, ...: W&B never stops training
+                LOGGER.warning(f"--wandb: wandb.init failed ({type(e).__name__}: {e}); training without W&B")
+                self.wandb = None
         if self.plots and t.start_epoch == 0:
             labels = getattr(t.train_dataset, "labels", None)
             if labels is not None and len(labels):
@@ -179,7 +189,7 @@ class LoggerHook(HookBase):
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=1 if t.failed else 0)  # a failed run shows as failed in W&B
 
     def state_dict(self) -> dict[str, Any]:
         return {}
