@@ -1,0 +1,113 @@
+"""`recipe suggest`: engine-measured channel savings, sensitivity, the greedy plan, its recipe, and --verify."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from sparseyolo.analysis.recipe_suggest import (
+    Suggestion,
+    prunable_groups,
+    recipe_text,
+    suggest,
+    thinned_copy,
+    verify,
+)
+from sparseyolo.models import build_model
+from sparseyolo.recipe import Recipe
+from sparseyolo.sparsity.channel_graph import trace_channel_groups
+
+
+@pytest.fixture(scope="module")
+def model(shapes_data):
+    torch.manual_seed(0)
+    m = build_model(shapes_data["cfg"], nc=3).eval()
+    with torch.no_grad():  # spread the BN scales so channel ranks differ
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5)
+    return m
+
+
+def _score(m):
+    """A stand-in for mAP that drops as channels vanish: the mean |output| of the raw head."""
+    with torch.no_grad():
+        m.eval()
+        out = m(torch.ones(1, 3, 64, 64) * 0.5)
+        return float(out[0].abs().mean())
+
+
+def test_groups_exclude_the_head_and_thinned_copies_shrink(model):
+    graph = trace_channel_groups(model, torch.zeros(1, 3, 64, 64))
+    groups = prunable_groups(model, graph)
+    head = {f"{n}.weight" for n, _ in model.model[-1].named_modules(prefix=f"model.{len(model.model) - 1}")}
+    assert groups and not any(set(g.params) & head for g in groups)
+    thin = thinned_copy(model, graph, {g.group: 0.5 for g in groups}, groups, round_to=2)
+    assert sum(p.numel() for p in thin.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
+    assert model(torch.zeros(1, 3, 64, 64))[0].shape == thin(torch.zeros(1, 3, 64, 64))[0].shape
+
+
+@pytest.fixture(scope="module")
+def suggestion(model, tmp_path_factory):
+    s = suggest(
+        model,
+        _score,
+        "dense.pt",
+        engine="onnxruntime",
+        target_speedup=1.3,
+        img=64,
+        round_to=2,
+        threads=1,
+        time_s=0.3,
+        fractions=(0.5, 0.75),
+    )
+    return s
+
+
+def test_suggestion_meets_the_target_with_measured_numbers(suggestion):
+    s = suggestion
+    removed = [c for c in s.groups if c.fraction]
+    assert removed and s.fp32_ms > 0 and s.predicted_ms > 0
+    assert s.predicted_speedup == pytest.approx(s.fp32_ms / s.predicted_ms)
+    assert all(set(c.saving_ms) == set(c.damage) for c in s.groups)
+    assert all(c.kept < c.channels for c in removed) and all(c.kept == c.channels for c in s.groups if not c.fraction)
+    # chosen only where thinning saves time on this engine
+    assert all(c.saving_ms[str(c.fraction)] > 0 for c in removed)
+
+
+def test_recipe_loads_and_prunes_what_was_chosen(suggestion, model):
+    text = recipe_text(suggestion, epochs=10)
+    assert f"predicted {suggestion.predicted_speedup:.2f}x" in text
+    recipe = Recipe.load(text)
+    manager = recipe.manager()
+    assert manager.max_epochs == 10
+    chosen = {p: c.fraction for c in suggestion.groups if c.fraction for p in c.params}
+    finals = {p: m.final_sparsity for m in manager.pruning_modifiers for p in m.params}
+    assert finals == chosen
+    int8 = recipe_text(Suggestion.from_dict({**suggestion.to_dict(), "int8": True}), epochs=20)
+    q = [m for m in Recipe.load(int8).manager().modifiers if m.tag == "QuantizationModifier"]
+    assert q and q[0].start_epoch == 15 and q[0].submodules[0] == "model.1"
+
+
+def test_verify_times_a_trained_run(suggestion, model, tmp_path):
+    """--verify: the run's best.pt (here: the thinned plan itself) against the dense FP32 model."""
+    from sparseyolo.models.checkpoint import save_checkpoint
+
+    graph = trace_channel_groups(model, torch.zeros(1, 3, 64, 64))
+    thin = thinned_copy(model, graph, {c.group: c.fraction for c in suggestion.groups}, suggestion.groups, 2)
+    thin.record_widths()
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    save_checkpoint(run / "weights/best.pt", model=thin, names=list(thin.names), model_yaml=thin.yaml)
+    dense = save_checkpoint(tmp_path / "dense.pt", model=model, names=list(model.names), model_yaml=model.yaml)
+    s = Suggestion.from_dict({**suggestion.to_dict(), "weights": str(dense)})
+    (tmp_path / "suggest.json").write_text(json.dumps(s.to_dict()))
+    (tmp_path / "recipe.md").write_text(recipe_text(s))
+    (run / "opt.yaml").write_text(yaml.safe_dump({"recipe": str(tmp_path / "recipe.md")}))
+    from sparseyolo.analysis.recipe_suggest import find_suggestion
+
+    assert find_suggestion(run) == tmp_path / "suggest.json"
+    v = verify(run, s, threads=1, time_s=1.0)
+    assert v.measured_speedup > 1.0  # the thinned architecture is faster, trained or not
+    assert abs(v.error) < 0.5  # same architecture as predicted; timing noise on a loaded 2-core box
