@@ -144,6 +144,38 @@ modifiers:
     assert manager.controls_lr
 
 
+def test_set_step_set_learning_rate_schedule():
+    """The lr pattern of SparseML's recipes: a set lr, a StepLR phase from epoch 2 to 4 (its own
+    init_lr), then another set lr at 4, where the StepLR phase ends."""
+    trace, manager = lr_trace(
+        """
+modifiers:
+  - !EpochRangeModifier {start_epoch: 0, end_epoch: 5}
+  - !SetLearningRateModifier {start_epoch: 0, learning_rate: 0.01}
+  - !LearningRateModifier
+    lr_class: StepLR
+    lr_kwargs: {step_size: 1, gamma: 0.5}
+    init_lr: 0.02
+    start_epoch: 2
+    end_epoch: 4
+    update_frequency: -1
+  - !SetWeightDecayModifier {start_epoch: 2, weight_decay: 0.0}
+  - !SetLearningRateModifier {start_epoch: 4, learning_rate: 0.003}
+""",
+        epochs=5,
+    )
+    for epoch, lr in trace.items():
+        if epoch < 2:
+            want = 0.01
+        elif epoch < 4:
+            want = 0.02 * 0.5 ** int(epoch - 2)
+        else:
+            want = 0.003
+        assert lr == pytest.approx(want, abs=1e-15), epoch
+    assert manager.controls_lr
+
+
+@pytest.mark.real_data
 def test_sparseml_test_recipe_lr_schedule(shared_dir):
     """The lr/wd part of the published test recipe: 0.0032, StepLR x0.985 per epoch from 2 to 4, reset at 4."""
     recipe = Recipe.load(shared_dir / "recipes/sparseml/yolov3-spp.test.md")
@@ -269,8 +301,8 @@ def test_resume_reproduces_an_uninterrupted_run():
     assert masks_a.keys() == masks_c.keys()
     for name in masks_a:
         assert torch.equal(masks_a[name], masks_c[name]), name
-    for (n, pa), (_, pc) in zip(model_a.named_parameters(), model_c.named_parameters(), strict=False):
-        assert torch.allclose(pa, pc, atol=1e-6), n
+    for (n, pa), (n_c, pc) in zip(model_a.named_parameters(), model_c.named_parameters(), strict=True):
+        assert n == n_c and torch.allclose(pa, pc, atol=1e-6), n
     assert opt_a.param_groups[0]["lr"] == opt_c.param_groups[0]["lr"] == 0.05 * 0.5**3
 
 
@@ -450,6 +482,7 @@ def test_qat_resume_rebuilds_structure_and_continues():
     man_c.attach(model_c, opt_c, steps_per_epoch=SPE, state_dict=ckpt["recipe"])
     assert man_c.qat_active and man_c.phase == "qat"
     train_steps(model_c, opt_c, man_c, data[SPE + 2 :])
-    for (n, pa), (_, pc) in zip(model_a.state_dict().items(), model_c.state_dict().items(), strict=False):
+    assert model_a.state_dict().keys() == model_c.state_dict().keys()
+    for (n, pa), (_, pc) in zip(model_a.state_dict().items(), model_c.state_dict().items(), strict=True):
         assert torch.allclose(pa.float(), pc.float(), atol=1e-5), n
     assert not restore_qat_structure(small_cnn(), {"modifiers": []})

@@ -45,7 +45,9 @@ def test_registry_names():
         build_model("yolov3-sp")
 
 
+@pytest.mark.real_data
 def test_recipe_params_match_yolov3_spp(models, shared_dir):
+    """SparseML's published recipe names our yolov3-spp parameters: its layer naming is the reference."""
     params = _recipe_params(shared_dir / "recipes" / "sparseml" / "yolov3-spp.pruned.md")
     assert len(params) > 60
     named = dict(models["yolov3-spp"].named_parameters())
@@ -54,6 +56,20 @@ def test_recipe_params_match_yolov3_spp(models, shared_dir):
     conv_weights = {n for n, p in named.items() if p.dim() == 4}
     unpruned = sorted(conv_weights - params - {"model.0.conv.weight"})
     assert not unpruned, f"conv weights not covered by the recipe: {unpruned}"
+
+
+@pytest.mark.parametrize("recipe", ["yolov3-tiny.pruned.md", "yolov3-tiny.pruned_quantized.md"])
+def test_bundled_recipe_params_match_yolov3_tiny(models, recipe):
+    """The package's SparseML-style recipes name real parameters: every conv but the first and the
+    Detect outputs."""
+    from sparseyolo.recipe.loader import RECIPE_DIR
+
+    params = _recipe_params(RECIPE_DIR / recipe)
+    named = dict(models["yolov3-tiny"].named_parameters())
+    missing = sorted(p for p in params if p not in named)
+    assert not missing, f"recipe names parameters the model lacks: {missing}"
+    conv_weights = {n for n, p in named.items() if p.dim() == 4}
+    assert conv_weights - params == {"model.0.conv.weight", "model.20.m.0.weight", "model.20.m.1.weight"}
 
 
 def test_reference_names_examples(models):

@@ -13,6 +13,117 @@ def _schedule(recipe):
     return [(m.tag, m.start_epoch, m.end_epoch, sorted(m.to_dict().items(), key=str)) for m in recipe.modifiers]
 
 
+# Laid out like SparseML's published recipes: a licence comment, YAML front matter whose variables are
+# anchors (one key named unlike its anchor), modifier groups, then Markdown.
+SPARSEML_STYLE = """\
+<!--
+Licensed under the Apache License, Version 2.0
+-->
+
+---
+num_epochs: &num_epochs 6
+init_lr: &init_lr 0.0032
+
+pruning_start_epoch: &pruning_start_epoch 0
+pruning_end_epoch: &pruning_end_epoch 3
+update_frequency: &pruning_update_frequency 0.5
+init_sparsity: &init_sparsity 0.05
+mask_type: &mask_type [1, 4]
+quantization_start_epoch: &quantization_start_epoch 5
+
+training_modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: *num_epochs
+
+  - !SetLearningRateModifier
+    start_epoch: 0.0
+    learning_rate: *init_lr
+
+  - !LearningRateModifier
+    constant_logging: False
+    end_epoch: *quantization_start_epoch
+    init_lr: *init_lr
+    lr_class: StepLR
+    lr_kwargs: {
+        'step_size': 1,
+        'gamma': 0.985
+      }
+    start_epoch: *pruning_end_epoch
+    update_frequency: -1.0
+
+  - !SetWeightDecayModifier
+    start_epoch: *pruning_end_epoch
+    weight_decay: 0.0
+
+pruning_modifiers:
+  - !GMPruningModifier
+    params:
+      - model.2.conv.weight
+      - model.4.conv.weight
+    init_sparsity: *init_sparsity
+    final_sparsity: 0.4
+    mask_type: *mask_type
+    start_epoch: *pruning_start_epoch
+    end_epoch: *pruning_end_epoch
+    update_frequency: *pruning_update_frequency
+
+  - !GMPruningModifier
+    params:
+      - model.13.conv.weight
+    init_sparsity: *init_sparsity
+    final_sparsity: 0.8
+    mask_type: *mask_type
+    start_epoch: *pruning_start_epoch
+    end_epoch: *pruning_end_epoch
+    update_frequency: *pruning_update_frequency
+
+quantization_modifiers:
+  - !QuantizationModifier
+    start_epoch: *quantization_start_epoch
+    submodules:
+      - model.0
+      - model.1
+---
+
+# A SparseML-style recipe
+
+Everything after the front matter is documentation: `epochs: 3` here is not a variable.
+"""
+
+
+@pytest.fixture
+def sparseml_style(tmp_path):
+    path = tmp_path / "sparseml-style.md"
+    path.write_text(SPARSEML_STYLE)
+    return path
+
+
+def test_sparseml_style_recipe_loads(sparseml_style):
+    recipe = Recipe.load(sparseml_style)
+    assert recipe.variables["num_epochs"] == 6 and recipe.variables["update_frequency"] == 0.5
+    assert recipe.max_epochs == 6
+    assert [m.tag for m in recipe.modifiers] == [
+        "EpochRangeModifier",
+        "SetLearningRateModifier",
+        "LearningRateModifier",
+        "SetWeightDecayModifier",
+        "GMPruningModifier",
+        "GMPruningModifier",
+        "QuantizationModifier",
+    ]
+    lr = next(m for m in recipe.modifiers if isinstance(m, LearningRateModifier))
+    assert (lr.lr_class, lr.start_epoch, lr.end_epoch, lr.init_lr) == ("StepLR", 3, 5, 0.0032)
+    assert lr.lr_kwargs == {"step_size": 1, "gamma": 0.985} and lr.ignored == {"constant_logging": False}
+    pruning = [m for m in recipe.modifiers if isinstance(m, GMPruningModifier)]
+    assert [m.final_sparsity for m in pruning] == [0.4, 0.8]
+    assert all((m.start_epoch, m.end_epoch, m.update_frequency) == (0, 3, 0.5) for m in pruning)
+    assert all(m.mask.kind == "block" and m.mask.block == (1, 4) for m in pruning)
+    quant = next(m for m in recipe.modifiers if isinstance(m, QuantizationModifier))
+    assert quant.start_epoch == 5 and quant.submodules == ["model.0", "model.1"]
+
+
+@pytest.mark.real_data
 def test_published_pruned_recipe_loads_unmodified(shared_dir):
     recipe = Recipe.load(shared_dir / "recipes/sparseml/yolov3-spp.pruned.md")
     assert recipe.variables["num_epochs"] == 300
@@ -26,6 +137,7 @@ def test_published_pruned_recipe_loads_unmodified(shared_dir):
     assert sum(len(m.params) for m in pruning) == 75
 
 
+@pytest.mark.real_data
 def test_published_test_recipe_loads_unmodified(shared_dir):
     recipe = Recipe.load(str(shared_dir / "recipes/sparseml/yolov3-spp.test.md"))
     assert recipe.max_epochs == 5
@@ -37,23 +149,38 @@ def test_published_test_recipe_loads_unmodified(shared_dir):
     assert all(m.mask.kind == "block" and m.mask.block == (1, 4) for m in prune)
     quant = next(m for m in recipe.modifiers if isinstance(m, QuantizationModifier))
     assert quant.start_epoch == 4 and quant.submodules[:2] == ["model.0", "model.1"] and len(quant.submodules) == 28
+    # serialised and read back, with overrides: the same schedule
+    recipe = Recipe.load(shared_dir / "recipes/sparseml/yolov3-spp.test.md", args="num_epochs=3,pruning_end_epoch=1")
+    again = Recipe.load(recipe.to_yaml())
+    assert _schedule(again) == _schedule(recipe)
+    assert again.max_epochs == recipe.max_epochs == 4  # the QAT start (epoch 4) is the last event
 
 
-def test_overrides_reach_every_alias(shared_dir):
-    path = shared_dir / "recipes/sparseml/yolov3-spp.pruned.md"
-    recipe = Recipe.load(path, args="num_epochs=3,pruning_end_epoch=2")
-    assert recipe.max_epochs == 3
-    assert recipe.modifiers[0].end_epoch == 3
-    assert all(m.end_epoch == 2 for m in recipe.modifiers if isinstance(m, GMPruningModifier))
-    recipe = Recipe.load(path, args='{"num_epochs": 100}')
+def test_overrides_reach_every_alias(sparseml_style):
+    recipe = Recipe.load(sparseml_style, args="num_epochs=8,pruning_end_epoch=2,quantization_start_epoch=7")
+    spans = [(m.tag, m.start_epoch, m.end_epoch) for m in recipe.modifiers]
+    assert spans == [
+        ("EpochRangeModifier", 0, 8),
+        ("SetLearningRateModifier", 0, -1),
+        ("LearningRateModifier", 2, 7),
+        ("SetWeightDecayModifier", 2, -1),
+        ("GMPruningModifier", 0, 2),
+        ("GMPruningModifier", 0, 2),
+        ("QuantizationModifier", 7, -1),
+    ]
+    assert recipe.max_epochs == 8
+    recipe = Recipe.load(sparseml_style, args='{"num_epochs": 100, "init_lr": 0.01}')
     assert recipe.max_epochs == 100
-    recipe = Recipe.load(path, args={"update_frequency": 0.25})
-    assert all(m.update_frequency == 0.25 for m in recipe.modifiers if isinstance(m, GMPruningModifier))
+    assert recipe.modifiers[1].learning_rate == 0.01 and recipe.modifiers[2].init_lr == 0.01
+    recipe = Recipe.load(sparseml_style, args={"update_frequency": 0.25, "mask_type": [2, 1]})
+    pruning = [m for m in recipe.modifiers if isinstance(m, GMPruningModifier)]
+    assert all(m.update_frequency == 0.25 for m in pruning)  # the key, not the anchor's name
+    assert all(m.mask.kind == "block" and m.mask.block == (2, 1) for m in pruning)
 
 
-def test_unknown_override_lists_variables(shared_dir):
+def test_unknown_override_lists_variables(sparseml_style):
     with pytest.raises(ConfigError, match=r"'num_epoch' is not a variable.*num_epochs.*pruning_end_epoch"):
-        Recipe.load(shared_dir / "recipes/sparseml/yolov3-spp.pruned.md", args="num_epoch=3")
+        Recipe.load(sparseml_style, args="num_epoch=3")
 
 
 def test_parse_recipe_args_forms():
@@ -179,13 +306,13 @@ def test_staged_recipe_runs_stages_one_after_another():
     assert _schedule(again) == _schedule(recipe)
 
 
-def test_to_yaml_round_trip(shared_dir):
-    recipe = Recipe.load(shared_dir / "recipes/sparseml/yolov3-spp.test.md", args="num_epochs=3,pruning_end_epoch=1")
+def test_to_yaml_round_trip(sparseml_style):
+    recipe = Recipe.load(sparseml_style, args="num_epochs=4,pruning_end_epoch=1")
     text = recipe.to_yaml()
     assert "!GMPruningModifier" in text and "!QuantizationModifier" in text
     again = Recipe.load(text)
     assert _schedule(again) == _schedule(recipe)
-    assert again.max_epochs == recipe.max_epochs == 4  # the QAT start (epoch 4) is the last event
+    assert again.max_epochs == recipe.max_epochs == 5  # the QAT start (epoch 5) is the last event
 
 
 def test_yaml_anchor_on_a_list_and_merge_keys():
@@ -221,7 +348,7 @@ def test_invalid_values_are_reported():
         )
 
 
-def test_zoo_stubs_and_builtin_names(tmp_path, monkeypatch, shared_dir):
+def test_zoo_stubs_and_builtin_names(tmp_path, monkeypatch, sparseml_style):
     from sparseyolo.recipe import loader
 
     recipes = tmp_path / "recipes"
@@ -234,14 +361,14 @@ def test_zoo_stubs_and_builtin_names(tmp_path, monkeypatch, shared_dir):
         textwrap.dedent(f"""\
         weights: {{a: b}}
         recipes:
-          yolov3-spp/pruned: {shared_dir / 'recipes/sparseml/yolov3-spp.pruned.md'}
+          yolov3-spp/pruned: {sparseml_style}
           tiny: {{path: recipes/tiny-prune.yaml}}
         """)
     )
     monkeypatch.setattr(loader, "CONFIG_DIR", tmp_path)
     monkeypatch.setattr(loader, "RECIPE_DIR", recipes)
     monkeypatch.setattr(loader, "ZOO_FILE", zoo)
-    assert Recipe.load("zoo:yolov3-spp/pruned", args="num_epochs=3,pruning_end_epoch=2").max_epochs == 3
+    assert Recipe.load("zoo:yolov3-spp/pruned", args="num_epochs=7,pruning_end_epoch=2").max_epochs == 7
     assert Recipe.load("zoo:tiny").max_epochs == 2
     assert Recipe.load("tiny-prune", args={"n": 5}).max_epochs == 5  # built-in name
     with pytest.raises(ConfigError, match="did you mean yolov3-spp/pruned"):

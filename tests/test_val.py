@@ -97,7 +97,9 @@ def test_oracle_gives_perfect_map(tiny_data, tmp_path, rect):
     assert metrics["mAP50-95"] > 0.99  # label rounding through letterbox and back
     assert metrics["precision"] == pytest.approx(1.0) and metrics["recall"] == pytest.approx(1.0)
     assert maps.shape == (3,)
-    assert set(metrics["ap_per_class"]) <= set(NAMES)
+    labels = (Path(tiny_data).parent / "labels" / "val").glob("*.txt")
+    present = {NAMES[int(row.split()[0])] for f in labels for row in f.read_text().splitlines()}
+    assert metrics["ap50_per_class"] == pytest.approx(dict.fromkeys(present, 1.0))  # every labelled class
     assert metrics["coco/mAP50"] == pytest.approx(1.0, abs=1e-6)
     # predictions.json: image ids from the numeric stems, boxes in original pixels
     recs = json.loads((tmp_path / "predictions.json").read_text())
@@ -238,13 +240,23 @@ def test_validate_real_model_with_loss(tiny_model, tiny_data, tmp_path):
 
     tiny_model.train()  # as the trainer hands it over; validate must evaluate in eval mode and restore
     bn_mean = tiny_model.model[0].bn.running_mean.clone()
-    metrics, maps = validate(tiny_model, _loader(tiny_data), compute_loss=fake_loss, save_dir=tmp_path)
+    metrics, maps = validate(
+        tiny_model, _loader(tiny_data), compute_loss=fake_loss, save_dir=tmp_path / "loss", save_json=True
+    )
     assert tiny_model.training is True
     tiny_model.eval()
     assert torch.equal(bn_mean, tiny_model.model[0].bn.running_mean)  # no BN statistics updated
     assert calls and calls[0] == (2, 6)
     assert metrics["box_loss"] == pytest.approx(0.1) and metrics["cls_loss"] == pytest.approx(0.3)
-    assert 0 <= metrics["mAP50"] <= 1 and set(metrics["speed"]) == {"preprocess", "inference", "nms"}
+    assert set(metrics["speed"]) == {"preprocess", "inference", "nms"}
+    # the loss pass changes nothing else: same detections and metrics as an eval-mode model without it
+    plain, plain_maps = validate(tiny_model, _loader(tiny_data), save_dir=tmp_path / "plain", save_json=True)
+    assert "box_loss" not in plain
+    dets = json.loads((tmp_path / "loss" / "predictions.json").read_text())
+    assert dets and dets == json.loads((tmp_path / "plain" / "predictions.json").read_text())
+    for k in ("precision", "recall", "mAP50", "mAP50-95"):
+        assert metrics[k] == plain[k], k
+    np.testing.assert_array_equal(maps, plain_maps)
 
 
 def test_cli_val_onnx(tiny_model, tiny_data, tmp_path, capsys):
@@ -287,6 +299,20 @@ def test_cli_val_onnx(tiny_model, tiny_data, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ acceptance
+@pytest.fixture
+def no_nms_time_limit(monkeypatch):
+    """NMS stops after a wall-clock limit (2 s + 0.1 s per image) and drops the rest of the batch: on
+    a loaded machine that cost coco128 0.07 mAP@0.5. Reference numbers must not depend on load."""
+    import functools
+
+    import sparseyolo.evaluation.backend as backend
+    from sparseyolo.utils.nms import non_max_suppression
+
+    monkeypatch.setattr(backend, "non_max_suppression", functools.partial(non_max_suppression, time_limit=1e9))
+
+
+@pytest.mark.real_data
+@pytest.mark.usefixtures("no_nms_time_limit")
 def test_yolov3_tiny_darknet_weights_coco128_map(shared_dir, tmp_path):
     """Official Darknet YOLOv3-tiny on coco128 val2017 vs the independent OpenCV reference
     (mAP@0.5 = 0.292, mAP@0.5:0.95 = 0.168): 416 square letterbox, conf 0.001, class-aware NMS at
@@ -325,6 +351,8 @@ def test_yolov3_tiny_darknet_weights_coco128_map(shared_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.usefixtures("no_nms_time_limit")
 def test_yolov3_tiny_onnx_matches_pytorch_map(shared_dir, tmp_path):
     """The same weights exported with raw head outputs give the same mAP through ONNX Runtime."""
     from sparseyolo.data.dataset import create_dataloader
@@ -368,7 +396,7 @@ def test_backends_on_sparseyolo_exports(tiny_model, tmp_path):
     assert e2e.end2end and e2e.fixed_shape == (128, 128)
     got = postprocess(e2e, e2e(imgs), 0.001, 0.45, max_det=20)
     want = postprocess(torch_be, ref, 0.001, 0.45, max_det=20)
-    for g, w in zip(got, want, strict=False):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape == (20, 6)
         torch.testing.assert_close(g[0], w[0], rtol=1e-3, atol=1e-3)
         assert torch.all(g[:-1, 4] >= g[1:, 4])
