@@ -260,3 +260,43 @@ def freeze_layers(model: nn.Module, n: int) -> list[str]:
             frozen.append(name)
     LOGGER.info(f"froze {len(frozen)} parameter tensors in the first {n} layers")
     return frozen
+
+
+def nominal_batch(cfg: TrainConfig, has_recipe: bool, log: bool = True) -> int:
+    """``--nbs``, else one optimizer step per batch under a recipe (mask updates then fall between
+    real optimizer steps on small datasets: docs/recipes.md), else 64 as in YOLOv3/v5."""
+    from sparseyolo.engine.optim import NOMINAL_BATCH
+
+    if cfg.nbs is not None:
+        return cfg.nbs
+    if not has_recipe:
+        return NOMINAL_BATCH
+    if log:
+        LOGGER.info(
+            f"recipe run: one optimizer step per batch of {cfg.batch_size} (pass --nbs {NOMINAL_BATCH} to "
+            "accumulate gradients as plain training does)"
+        )
+    return cfg.batch_size
+
+
+def load_teacher(cfg: TrainConfig, nc: int, log: bool = True) -> torch.nn.Module | None:
+    """The distillation teacher: ``--teacher``, else the ``--weights`` the run started from (the dense
+    model a pruning run begins with). None from scratch: the modifier then self-distills."""
+    path = cfg.teacher or cfg.weights
+    if not path:
+        LOGGER.warning(
+            "DistillationModifier without --teacher or --weights: distilling from the model's own "
+            "weights at the modifier's start (self-distillation)"
+        )
+        return None
+    from sparseyolo.models import load_model
+
+    teacher, _ = load_model(path, cfg=cfg.cfg or None)
+    if int(getattr(teacher, "nc", -1)) != int(nc):
+        raise ConfigError(
+            f"--teacher {path} predicts {getattr(teacher, 'nc', '?')} classes, the model {nc}; "
+            "pass --teacher with a model trained on this data"
+        )
+    if log:
+        LOGGER.info(f"distillation teacher: {path} (not saved in checkpoints or the EMA)")
+    return teacher.float()

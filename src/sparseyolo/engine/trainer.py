@@ -32,9 +32,10 @@ from sparseyolo.engine.ddp import (
 from sparseyolo.engine.ema import ModelEMA, de_parallel
 from sparseyolo.engine.hooks import DDPBufferSyncHook, EMAHook, EvalHook, LRScheduleHook, RecipeHook
 from sparseyolo.engine.hyp import load_hyp
+from sparseyolo.engine.loaders import build_loaders
 from sparseyolo.engine.logger import LoggerHook, progress_header
 from sparseyolo.engine.loss import YoloLoss
-from sparseyolo.engine.optim import NOMINAL_BATCH, accumulate_steps, build_optimizer, scaled_weight_decay
+from sparseyolo.engine.optim import accumulate_steps, build_optimizer, scaled_weight_decay
 from sparseyolo.engine.schedule_checks import recovery_note, schedule_warnings
 from sparseyolo.engine.setup import (
     TrainConfig,
@@ -42,10 +43,12 @@ from sparseyolo.engine.setup import (
     check_img_size,
     freeze_layers,
     given_fields,
+    load_teacher,
     merge_resume_config,
+    nominal_batch,
 )
 from sparseyolo.recipe.modifiers.distillation import DistillationModifier
-from sparseyolo.utils.errors import ConfigError, DataError, SparseYoloError, WeightsError, where
+from sparseyolo.utils.errors import SparseYoloError, WeightsError
 from sparseyolo.utils.io import atomic_write_text, increment_path
 from sparseyolo.utils.logging import LOGGER
 
@@ -161,85 +164,15 @@ class Trainer(TrainerBase):
             LOGGER.warning("--sync-bn needs DDP on CUDA (torchrun with GPUs); ignored")
 
     def _setup_data(self) -> None:
-        from sparseyolo.data.dataset import create_dataloader
-
-        cfg, world = self.cfg, self.dist.world_size
-        if not self.data.get("train"):
-            raise DataError(f"{cfg.data}: no 'train' images given")
-        batch = max(cfg.batch_size // world, 1)
-        with _data_key(cfg.data, "train"):
-            self.train_loader, self.train_dataset = create_dataloader(
-                self.data["train"],
-                self.img_size,
-                batch,
-                self.max_stride,
-                hyp=self.hyp,
-                augment=True,
-                cache=cfg.cache,
-                workers=cfg.workers,
-                shuffle=True,
-                rank=self.dist.rank,
-                seed=cfg.seed,
-                prefix="train: ",
-                nc=int(self.data["nc"]),
-            )
-        if len(self.train_dataset) == 0:
-            raise DataError(f"{cfg.data}: the training set {self.data['train']} has no usable images")
+        self.train_loader, self.train_dataset, self.val_loader = build_loaders(
+            self.cfg, self.data, self.img_size, self.max_stride, self.hyp, self.dist
+        )
         self.batches_per_epoch = len(self.train_loader)
-        self.val_loader = None
-        if self.dist.main and self.data.get("val"):
-            with _data_key(cfg.data, "val"):
-                self.val_loader, val_dataset = create_dataloader(
-                    self.data["val"],
-                    self.img_size,
-                    batch * 2,
-                    self.max_stride,
-                    hyp=self.hyp,
-                    augment=False,
-                    rect=True,
-                    cache=cfg.cache,
-                    workers=cfg.workers,
-                    shuffle=False,
-                    rank=-1,
-                    seed=cfg.seed,
-                    prefix="val: ",
-                    nc=int(self.data["nc"]),
-                    pad=0.5,
-                )
-            self._warn_overlap(val_dataset.im_files)
-        elif self.dist.main:
-            LOGGER.warning(f"{cfg.data}: no 'val' set; metrics will be empty and best.pt follows last.pt")
-
-    def _warn_overlap(self, val_files: list[str]) -> None:
-        from sparseyolo.data.dataset import shared_images
-
-        both = shared_images(self.train_dataset.im_files, val_files)
-        if both:
-            LOGGER.warning(
-                f"WARNING: {len(both)} of the {len(val_files)} val images are also training images (e.g. "
-                f"{Path(both[0]).name}): val metrics will overstate accuracy. Hold images out, e.g. "
-                "`sparseyolo data voc2yolo ... --val-fraction 0.2`"
-            )
-
-    def _nominal_batch(self) -> int:
-        """``--nbs``, else one optimizer step per batch under a recipe (mask updates then fall between
-        real optimizer steps on small datasets: docs/recipes.md), else 64 as in YOLOv3/v5."""
-        cfg = self.cfg
-        if cfg.nbs is not None:
-            return cfg.nbs
-        if self.recipe is None:
-            return NOMINAL_BATCH
-        if self.dist.main:
-            LOGGER.info(
-                f"recipe run: one optimizer step per batch of {cfg.batch_size} (pass --nbs {NOMINAL_BATCH} to "
-                "accumulate gradients as plain training does)"
-            )
-        return cfg.batch_size
 
     def _setup_optimization(self, ckpt: dict | None) -> None:
         cfg, hyp = self.cfg, self.hyp
         batch = cfg.batch_size
-        nbs = self._nominal_batch()
+        nbs = nominal_batch(cfg, self.recipe is not None, log=self.dist.main)
         self.accumulate = accumulate_steps(batch, nbs)
         wd = scaled_weight_decay(hyp["weight_decay"], batch, self.accumulate, nbs)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, hyp["lr0"], hyp["momentum"], wd)
@@ -274,7 +207,9 @@ class Trainer(TrainerBase):
                 if note:
                     LOGGER.info(note)
             if any(isinstance(m, DistillationModifier) for m in self.manager.modifiers):
-                self._setup_teacher()
+                teacher = load_teacher(cfg, de_parallel(self.model).nc, log=self.dist.main)
+                if teacher is not None:
+                    self.manager.set_teacher(teacher.to(self.device))
         else:
             self.max_epochs = cfg.epochs
         self.ema = ModelEMA(self.model) if self.dist.main else None
@@ -283,27 +218,6 @@ class Trainer(TrainerBase):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)
-
-    def _setup_teacher(self) -> None:
-        """The recipe distills: from ``--teacher``, else from the ``--weights`` the run started from
-        (the dense model a pruning run begins with); from scratch, the modifier self-distills."""
-        path = self.cfg.teacher or self.cfg.weights
-        if not path:
-            LOGGER.warning("DistillationModifier without --teacher or --weights: distilling from the model's own "
-                           "weights at the modifier's start (self-distillation)")  # fmt: skip
-            return
-        from sparseyolo.models import load_model
-
-        teacher, _ = load_model(path, cfg=self.cfg.cfg or None)
-        student = de_parallel(self.model)
-        if int(getattr(teacher, "nc", -1)) != int(student.nc):
-            raise ConfigError(
-                f"--teacher {path} predicts {getattr(teacher, 'nc', '?')} classes, the model {student.nc}; "
-                "pass --teacher with a model trained on this data"
-            )
-        self.manager.set_teacher(teacher.float().to(self.device))
-        if self.dist.main:
-            LOGGER.info(f"distillation teacher: {path} (not saved in checkpoints or the EMA)")
 
     def _register_default_hooks(self) -> None:
         cfg = self.cfg
@@ -546,15 +460,6 @@ class Trainer(TrainerBase):
         if self.dist.main:
             LOGGER.info(f"results saved to {self.save_dir}")
         return self.save_dir
-
-
-@contextlib.contextmanager
-def _data_key(data_yaml: str, split: str):
-    """Prefix dataset errors with the data YAML and key they came from (the loader only knows the path)."""
-    try:
-        yield
-    except DataError as e:
-        raise DataError(f"{where(data_yaml, key=split)}: {e}") from None
 
 
 def train(config: TrainConfig | None = None, *, given: Iterable[str] | None = None, **kwargs) -> Path:
