@@ -10,8 +10,16 @@ It is a stateful training hook (see docs/architecture.md)::
             manager.step()     # advance the schedule, reapply masks, set lr / weight decay
     manager.finalize()
 
-The position is an integer step counter; the fractional epoch is ``step / steps_per_epoch``, so
-schedules are exact and a resumed run (``attach`` then ``load_state_dict``) continues identically.
+The position is an integer step counter; the fractional epoch is computed from it exactly as
+SparseML 1.8 computes it (:func:`~sparseyolo.sparsity.schedule.step_epoch`), so schedules are exact,
+every start, end, mask update and learning-rate change happens at the same optimizer step as in
+SparseML (tests/test_sparseml_parity.py), and a resumed run (``attach`` then ``load_state_dict``)
+continues identically.
+
+Timing, as in SparseML's optimizer wrapper: ``attach`` runs the update for step 0 (epoch 0), and
+``step()`` after optimizer step ``s`` runs the update for step ``s + 1``; so the learning rate, weight
+decay and masks that optimizer step ``s`` runs with are the ones SparseML's ``manager.update`` sets
+just before its step ``s``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from sparseyolo.recipe.modifiers import LRModifier, Modifier, PruningBase
 from sparseyolo.recipe.modifiers.distillation import DistillationModifier, frozen_teacher
 from sparseyolo.sparsity import prunable_param_names, tensor_sparsity
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
+from sparseyolo.sparsity.schedule import step_epoch
 from sparseyolo.sparsity.thinning import ThinningPlan, apply_thinning, plan_thinning, thin_optimizer
 from sparseyolo.utils.errors import ConfigError, SparseYoloError
 from sparseyolo.utils.events import EventBus
@@ -58,6 +67,7 @@ class RecipeManager:
     def __init__(self, modifiers: Sequence[Modifier], recipe: Recipe | None = None):
         # stable sort: by start epoch, then kind (epoch range, lr, wd, pruning, QAT), then recipe order
         self.modifiers: list[Modifier] = sorted(modifiers, key=lambda m: (max(m.start_epoch, -1.0), m.ORDER))
+        self._tick_order = _tick_order(self.modifiers)
         self.recipe = recipe
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -100,7 +110,7 @@ class RecipeManager:
 
     @property
     def epoch(self) -> float:
-        return self.global_step / self.steps_per_epoch if self.steps_per_epoch else 0.0
+        return step_epoch(self.global_step, self.steps_per_epoch) if self.steps_per_epoch else 0.0
 
     # --- distillation -------------------------------------------------------------------------------
     def set_teacher(self, teacher: nn.Module) -> None:
@@ -223,7 +233,7 @@ class RecipeManager:
 
     def _advance(self) -> None:
         epoch = self.epoch
-        for m in self.modifiers:
+        for m in self._tick_order:
             if not m.started and m.starts_by(epoch):
                 m.started = True
                 m.on_start(self, epoch)
@@ -421,6 +431,22 @@ class RecipeManager:
             f"RecipeManager({len(self.modifiers)} modifiers, epoch={self.epoch:.3f}, "
             f"max_epochs={self.max_epochs}, phase={self.phase!r})"
         )
+
+
+def _tick_order(modifiers: list[Modifier]) -> list[Modifier]:
+    """The order :meth:`RecipeManager._advance` visits modifiers in: ``modifiers`` (state order), with
+    the learning-rate modifiers among themselves in SparseML's manager order (end epoch, a modifier
+    that never ends last; then start epoch; then class name), so that when two of them set the lr
+    at the same step, the same one wins as in SparseML. Nothing else reads the lr within a step."""
+    slots = [i for i, m in enumerate(modifiers) if isinstance(m, LRModifier)]
+    ordered = sorted(
+        (modifiers[i] for i in slots),
+        key=lambda m: (math.inf if m.end_epoch < 0 else m.end_epoch, m.start_epoch, type(m).__name__),
+    )
+    tick = list(modifiers)
+    for i, m in zip(slots, ordered, strict=True):
+        tick[i] = m
+    return tick
 
 
 def restore_qat_structure(model: nn.Module, recipe_state: dict[str, Any] | None) -> bool:

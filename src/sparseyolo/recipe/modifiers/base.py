@@ -26,6 +26,8 @@ MODIFIERS: Registry[type[Modifier]] = Registry("modifier")
 # SparseML keys that only steer its own loggers; accepted and ignored here
 LOGGING_KEYS = frozenset({"log_types", "constant_logging"})
 
+# tolerance of epoch comparisons that are ours alone (QAT phases, thinning); the schedules SparseML
+# also has compare exactly, as SparseML does (see sparsity/schedule.py)
 EPS = 1e-9
 
 
@@ -119,10 +121,14 @@ class Modifier:
                     self.given[key] = float(value) + offset
 
     def starts_by(self, epoch: float) -> bool:
-        return self.start_epoch < 0 or epoch + EPS >= self.start_epoch
+        """SparseML's ``start_pending``: ``epoch >= start_epoch`` exactly (``epoch`` is the manager's
+        :func:`~sparseyolo.sparsity.schedule.step_epoch`), or a negative start (from the first step)."""
+        return self.start_epoch < 0 or epoch >= self.start_epoch
 
     def ends_by(self, epoch: float) -> bool:
-        return self.end_epoch >= 0 and epoch + EPS >= self.end_epoch
+        """SparseML's ``end_pending``: ``epoch >= end_epoch`` exactly; the step that reaches it still
+        runs the modifier's end update."""
+        return self.end_epoch >= 0 and epoch >= self.end_epoch
 
     @property
     def last_epoch(self) -> float:

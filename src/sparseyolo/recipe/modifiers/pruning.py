@@ -5,8 +5,10 @@ Semantics follow SparseML's ``GMPruningModifier`` / ``MagnitudePruningModifier``
 
 * the target sparsity follows :func:`sparseyolo.sparsity.interpolate` from ``init_sparsity`` at
   ``start_epoch`` to ``final_sparsity`` at ``end_epoch``;
-* masks are recomputed at ``start_epoch``, then each time the fractional epoch crosses
-  ``start_epoch + k * update_frequency``, and exactly at ``end_epoch`` (to ``final_sparsity``);
+* masks are recomputed when ``start_epoch`` is reached, then at the first step whose epoch is
+  ``>= last update's epoch + update_frequency`` (SparseML's rule: the grid follows the steps the
+  updates actually ran at, see :mod:`sparseyolo.sparsity.schedule`), and at the step that reaches
+  ``end_epoch`` (to ``final_sparsity``);
 * scores are ``|w|`` (block mean for blocks), masks are monotone and hit the target count exactly;
 * ``leave_enabled: False`` stops holding the zeros after ``end_epoch``.
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sparseyolo.recipe.modifiers.base import EPS, REQUIRED, Modifier, register
+from sparseyolo.recipe.modifiers.base import REQUIRED, Modifier, register
 from sparseyolo.sparsity import (
     ParamMasker,
     interpolate,
@@ -38,7 +40,7 @@ from sparseyolo.sparsity import (
 from sparseyolo.sparsity.channel_pruner import IMPORTANCES, STRUCTURES, ChannelPruner
 from sparseyolo.sparsity.masks import MaskType, check_shape
 from sparseyolo.sparsity.params import ALL_PRUNABLE_TOKEN, ALL_TOKEN
-from sparseyolo.sparsity.schedule import check_inter_func
+from sparseyolo.sparsity.schedule import check_inter_func, update_due
 from sparseyolo.utils.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -211,8 +213,7 @@ class MagnitudePruningModifier(PruningBase):
                 )
         self.final_by_param: dict[str, float] = {}
         self.init_by_param: dict[str, float] = {}
-        self.next_update: float | None = None
-        self.last_update: float | None = None
+        self.last_update: float | None = None  # epoch of the step the masks were last recomputed at
 
     def _validate_structured(self) -> None:
         rt = self.round_to
@@ -278,17 +279,15 @@ class MagnitudePruningModifier(PruningBase):
                 self.init_by_param[name] = float(self.init_sparsity)
         self.masker.enable()
         self._update_masks(manager, epoch)
-        self.next_update = self.start_epoch + self.update_frequency
 
     def on_update(self, manager: RecipeManager, epoch: float) -> None:
-        if self.next_update is not None and epoch + EPS >= self.next_update:
+        # SparseML's ScheduledUpdateModifier.update_ready: due at the first step whose epoch is
+        # >= the last update's epoch + update_frequency (exact floats, as SparseML compares them)
+        if update_due(epoch, self.start_epoch, self.last_update, self.update_frequency):
             self._update_masks(manager, epoch)
-            # next point of the grid start + k * update_frequency after this epoch
-            k = int((epoch + EPS - self.start_epoch) // self.update_frequency) + 1
-            self.next_update = self.start_epoch + k * self.update_frequency
 
     def on_end(self, manager: RecipeManager, epoch: float) -> None:
-        self._update_masks(manager, self.end_epoch)
+        self._update_masks(manager, epoch)  # epoch >= end_epoch: the target is final_sparsity
         if not self.leave_enabled and self.masker is not None:
             self.masker.disable()
         if self.pruner is not None and not manager.thinning_scheduled_after(self.end_epoch):
@@ -332,7 +331,7 @@ class MagnitudePruningModifier(PruningBase):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(next_update=self.next_update, last_update=self.last_update, init_by_param=dict(self.init_by_param))
+        state.update(last_update=self.last_update, init_by_param=dict(self.init_by_param))
         if self.structure:
             state["thinned"] = self.thinned
             if self.pruner is not None:
@@ -345,8 +344,7 @@ class MagnitudePruningModifier(PruningBase):
 
     def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
         super().load_state_dict(state, manager)
-        self.next_update = state.get("next_update")
-        self.last_update = state.get("last_update")
+        self.last_update = state.get("last_update")  # states from before the SparseML grid also had next_update
         self.init_by_param = dict(state.get("init_by_param", {}))
         if self.pruner is not None and "channel_keep" in state:
             for g, keep in state["channel_keep"].items():

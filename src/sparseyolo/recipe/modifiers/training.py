@@ -1,35 +1,52 @@
 """Training-schedule modifiers: epoch range, learning rate, weight decay.
 
-SparseML semantics (``sparseml.pytorch.sparsification.training.modifier_lr`` and
-``sparseml.optim.learning_rate``), implemented as pure functions of the fractional epoch so that a
-resumed run lands on exactly the same learning rate:
+SparseML 1.8 semantics (``sparseml.pytorch.sparsification.training.modifier_lr`` /
+``modifier_regularizer``), step for step: tests/test_sparseml_parity.py checks the learning rate and
+weight decay of every optimizer step against SparseML's own run. A modifier acts at the steps the
+manager visits it (see :mod:`sparseyolo.recipe.manager`): its start step (the first step whose epoch
+is ``>= start_epoch``), every step after that, and its end step (the first whose epoch is
+``>= end_epoch``). When two learning-rate modifiers act at the same step, the one SparseML's manager
+runs last wins (the one that ends later; one that never ends, last).
 
-* ``SetLearningRateModifier``: sets ``learning_rate`` once, at ``start_epoch``.
-* ``LearningRateFunctionModifier``: between ``start_epoch`` and ``end_epoch``, every step:
+* ``SetLearningRateModifier``: sets ``learning_rate`` once, at its start step.
+* ``LearningRateFunctionModifier``: from its start step to its end step, every step:
   ``linear``  lr = init + x * (final - init), x = (epoch - start) / (end - start);
-  ``cosine``  lr = final + (init - final) * (1 + cos(pi * x)) / 2 (when init < final the curve
-  rises: lr = init + (final - init) * (1 + cos(pi * (x + 1))) / 2);
-  ``cyclic_linear`` with ``cycle_epochs`` c: s = steps since start mod (c * steps_per_epoch),
-  lr = init - s / (c * steps_per_epoch - 1) * (init - final) (a linear ramp that restarts every
-  cycle; a last partial cycle uses its own length).
-* ``LearningRateModifier`` (``update_frequency`` must be -1: it updates every step). SparseML
-  converts epoch-based kwargs to optimizer steps: ``StepLR`` ``step_size`` -> round(step_size *
-  steps_per_epoch) steps; ``MultiStepLR`` ``milestones`` -> round((m - start) * steps_per_epoch)
-  steps after the start (milestones must lie inside (start, end)); ``ExponentialLR`` becomes a
-  StepLR with a step of one epoch (so ``gamma`` applies once per epoch, not per batch);
-  ``CosineAnnealingWarmRestarts`` is stepped with the fractional epoch since the start, so
-  ``cycle_epochs`` (alias ``T_0``) stays in epochs and ``lr_min`` (alias ``eta_min``) is the floor.
-  lr = init_lr * gamma ** (number of step boundaries passed). At ``end_epoch`` the modifier stops
-  and the learning rate keeps its last value (SparseML takes no extra scheduler step at the end).
-* ``SetWeightDecayModifier``: sets ``weight_decay`` once, at ``start_epoch``.
+  ``cosine``  lr = cos(pi * x + s) * r / 2 + r / 2 + b, with r = |init - final|, and (s, b) =
+  (0, final) when decaying, (pi, init) when rising;
+  ``cyclic_linear`` with ``cycle_epochs`` c (default 1.0, as in SparseML): s = steps since start
+  mod (c * steps_per_epoch), lr = init - s / (c * steps_per_epoch - 1) * (init - final) (a linear
+  ramp that restarts every cycle; a last partial cycle uses its own length).
+  Its end step sets the value at ``end_epoch`` exactly (see "Where we differ" below).
+* ``LearningRateModifier`` (``update_frequency`` must be -1: it acts every step) runs torch's
+  scheduler the way SparseML does. At its start step every param group gets ``init_lr``; the
+  scheduler starts counting there (a start of 0 counts from step 0). Epoch-based kwargs become
+  optimizer steps: ``StepLR`` ``step_size`` -> round(step_size * steps_per_epoch) steps;
+  ``MultiStepLR`` ``milestones`` -> round((m - start) * steps_per_epoch) steps after the start
+  (milestones must lie inside (start, end)); ``ExponentialLR`` becomes a StepLR with a step of one
+  epoch (so ``gamma`` applies once per epoch, not per batch). These are *chained* as in torch: at
+  each boundary every group's current lr is multiplied by ``gamma`` (so a group another modifier
+  changed in between keeps its own value and is decayed from there). ``CosineAnnealingWarmRestarts``
+  is set from the fractional epoch since the start, so ``cycle_epochs`` (alias ``T_0``) stays in
+  epochs and ``lr_min`` (alias ``eta_min``) is the floor. At ``end_epoch`` the scheduler takes no
+  further step: the learning rate keeps its last value.
+* ``SetWeightDecayModifier``: sets ``weight_decay`` once, at its start step.
+
+Where we differ from SparseML on purpose (only off the step grid, where SparseML misbehaves): a
+``LearningRateFunctionModifier`` whose ``end_epoch`` falls between two steps ends on the value at
+``end_epoch`` (SparseML extrapolates past ``final_lr``, even below zero), and
+``CosineAnnealingWarmRestarts`` always starts from ``init_lr`` (SparseML's starts from the lr of the
+first torch scheduler the optimizer ever had).
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from sparseyolo.recipe.modifiers.base import EPS, REQUIRED, Modifier, register
+from sparseyolo.sparsity.schedule import first_step_at
 
 if TYPE_CHECKING:
     from sparseyolo.recipe.manager import RecipeManager
@@ -57,6 +74,12 @@ def _check_groups(mod: Modifier, groups: Any) -> list[int] | None:
     if not isinstance(groups, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
         raise mod.error(f"param_groups must be a list of optimizer param-group indices, got {groups!r}")
     return groups
+
+
+def _snap(x: float) -> float:
+    """``x`` rounded to an integer when it is one up to float noise (a step count)."""
+    r = round(x)
+    return float(r) if abs(x - r) < 1e-9 else x
 
 
 class LRModifier(Modifier):
@@ -92,7 +115,7 @@ class LearningRateFunctionModifier(LRModifier):
         "final_lr": REQUIRED,
         "start_epoch": REQUIRED,
         "end_epoch": REQUIRED,
-        "cycle_epochs": -1.0,
+        "cycle_epochs": 1.0,  # SparseML's default; <= 0: one cycle over the whole span (ours)
         "param_groups": None,
         "update_frequency": -1.0,
     }
@@ -114,29 +137,35 @@ class LearningRateFunctionModifier(LRModifier):
         self.param_groups = _check_groups(self, self.param_groups)
 
     def lr_at(self, epoch: float, steps_per_epoch: int) -> float:
+        """The lr at ``epoch`` (clipped to the span), with SparseML's expressions in its order of
+        evaluation, so that the values agree to the last bit."""
         start = max(self.start_epoch, 0.0)
-        x = min(max((epoch - start) / (self.end_epoch - start), 0.0), 1.0)
+        epoch = min(max(epoch, start), self.end_epoch)
         init, final = self.init_lr, self.final_lr
+        x = (epoch - start) / (self.end_epoch - start)
         if self.lr_func == "linear":
             return init + x * (final - init)
         if self.lr_func == "cosine":
-            if init > final:
-                return final + (init - final) * 0.5 * (1.0 + math.cos(math.pi * x))
-            return init + (final - init) * 0.5 * (1.0 + math.cos(math.pi * (x + 1.0)))
-        # cyclic_linear
-        total = round((self.end_epoch - start) * steps_per_epoch)
-        cycle = max(round(self.cycle_epochs * steps_per_epoch), 1)
-        step = min(round((epoch - start) * steps_per_epoch), total)
-        if step >= (total // cycle) * cycle and total % cycle:
-            cycle = total % cycle  # the last, partial cycle
+            if final < init:
+                y_range, y_shift, x_shift = init - final, final, 0.0
+            else:
+                y_range, y_shift, x_shift = final - init, init, math.pi
+            return math.cos(x * math.pi + x_shift) * y_range / 2 + y_range / 2 + y_shift
+        # cyclic_linear, in (fractional) steps since the start
+        start_step, end_step = start * steps_per_epoch, self.end_epoch * steps_per_epoch
+        cycle = self.cycle_epochs * steps_per_epoch
+        step = _snap((epoch - start) * steps_per_epoch)
+        if step > int((end_step - start_step) / cycle) * cycle:
+            cycle = (end_step - start_step) % cycle  # the last, partial cycle
         pos = step % cycle
-        return init - (pos / max(cycle - 1, 1)) * (init - final)
+        return init - (pos / max(cycle - 1, 1.0)) * (init - final)
 
     def on_update(self, manager: RecipeManager, epoch: float) -> None:
         manager.set_lr(self.lr_at(epoch, manager.steps_per_epoch), self.param_groups)
 
     def on_end(self, manager: RecipeManager, epoch: float) -> None:
-        # SparseML updates once more at end_epoch, leaving the lr at the schedule's end value
+        # SparseML updates once more at the step that reaches end_epoch; with end_epoch on that step
+        # this is final_lr (cyclic: the cycle's start), between steps we stop at the end value
         manager.set_lr(self.lr_at(self.end_epoch, manager.steps_per_epoch), self.param_groups)
 
 
@@ -161,6 +190,7 @@ class LearningRateModifier(LRModifier):
 
     def validate(self) -> None:
         super().validate()
+        self._reset_scheduler()
         if self.lr_class not in self.CLASSES:
             raise self.error(f"lr_class {self.lr_class!r} is not one of {', '.join(self.CLASSES)}")
         if not isinstance(self.lr_kwargs, dict):
@@ -205,31 +235,98 @@ class LearningRateModifier(LRModifier):
             self.lr_kwargs = dict(self.lr_kwargs, milestones=[float(m) + offset for m in self.lr_kwargs["milestones"]])
             self.given["lr_kwargs"] = self.lr_kwargs
 
-    def lr_at(self, epoch: float, steps_per_epoch: int) -> float:
-        start = max(self.start_epoch, 0.0)
-        if self.end_epoch >= 0:
-            epoch = min(epoch, self.end_epoch)
-        if self.lr_class == "CosineAnnealingWarmRestarts":
-            t = max(epoch - start, 0.0)
+    # --- SparseML's LearningRateModifier.update, step for step ------------------------------------
+    def _reset_scheduler(self) -> None:
+        self.sched_created = False  # SparseML builds its torch scheduler at the first step past epoch 0
+        self.sched_steps = 0  # the global step the scheduler has been stepped up to
+        self.sched_epoch = 0  # the torch scheduler's last_epoch (steps since it was built)
+        self.steps_per_epoch = 0  # what sched_steps / sched_epoch count in
+
+    def _step_size(self, steps_per_epoch: int) -> int:
+        size = 1.0 if self.lr_class == "ExponentialLR" else float(self.lr_kwargs["step_size"])
+        return max(round(size * steps_per_epoch), 1)
+
+    def _milestones(self, steps_per_epoch: int) -> Counter:
+        return Counter(round((float(m) - self.start_epoch) * steps_per_epoch) for m in self.lr_kwargs["milestones"])
+
+    def _decay(self, steps_per_epoch: int) -> float | None:
+        """The factor torch's chained StepLR / MultiStepLR applies at ``sched_epoch`` (None: none)."""
+        n = self.sched_epoch
+        if self.lr_class == "MultiStepLR":
+            count = self._milestones(steps_per_epoch).get(n, 0)
+            return self.gamma**count if count else None
+        return self.gamma if n != 0 and n % self._step_size(steps_per_epoch) == 0 else None
+
+    def _cosine_lr(self, t: float) -> float:
+        """torch's CosineAnnealingWarmRestarts.step(t) from base lr ``init_lr``."""
+        t_cur, t_i = t, self.t0
+        if t >= self.t0:
             if self.t_mult == 1:
-                t_cur, t_i = t % self.t0, self.t0
+                t_cur = t % self.t0
             else:
                 n = int(math.log(t / self.t0 * (self.t_mult - 1) + 1, self.t_mult))
                 t_cur = t - self.t0 * (self.t_mult**n - 1) / (self.t_mult - 1)
                 t_i = self.t0 * self.t_mult**n
-            return self.eta_min + (self.init_lr - self.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
-        steps = max(round(epoch * steps_per_epoch) - round(start * steps_per_epoch), 0)
-        if self.lr_class == "MultiStepLR":
-            miles = [round((m - start) * steps_per_epoch) for m in self.lr_kwargs["milestones"]]
-            passed = sum(1 for m in miles if steps >= m)
-        else:
-            size_epochs = 1.0 if self.lr_class == "ExponentialLR" else float(self.lr_kwargs["step_size"])
-            size = max(round(size_epochs * steps_per_epoch), 1)
-            passed = steps // size
-        return self.init_lr * self.gamma**passed
+        return self.eta_min + (self.init_lr - self.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+
+    def _update(self, manager: RecipeManager, epoch: float) -> None:
+        spe = self.steps_per_epoch = manager.steps_per_epoch
+        if not self.sched_created:
+            manager.set_lr(self.init_lr, None)  # every group, at each step until the scheduler exists
+        if epoch <= sys.float_info.epsilon:
+            self.sched_steps -= 1  # so a schedule started at epoch 0 counts from step 0
+            return
+        if self.end_epoch >= 0 and abs(self.end_epoch - epoch) <= sys.float_info.epsilon:
+            return  # no scheduler step at end_epoch
+        if not self.sched_created:
+            self.sched_created, self.sched_epoch = True, 0
+            self.sched_steps += round(epoch * spe)
+        if self.lr_class == "CosineAnnealingWarmRestarts":
+            manager.set_lr(self._cosine_lr(epoch - self.start_epoch if self.start_epoch >= 0 else 0.0), None)
+            return
+        past_end = self.end_epoch >= 0 and epoch > self.end_epoch
+        step = round((self.end_epoch if past_end else epoch) * spe)
+        if step <= self.sched_steps:
+            return
+        groups = manager.optimizer.param_groups if manager.optimizer is not None else []
+        for _ in range(step - self.sched_steps):
+            self.sched_epoch += 1
+            factor = self._decay(spe)
+            if factor is not None:
+                for g, group in enumerate(groups):
+                    manager.set_lr(group["lr"] * factor, [g])
+        self.sched_steps = step
 
     def on_update(self, manager: RecipeManager, epoch: float) -> None:
-        manager.set_lr(self.lr_at(epoch, manager.steps_per_epoch), None)
+        self._update(manager, epoch)
+
+    def on_end(self, manager: RecipeManager, epoch: float) -> None:
+        self._update(manager, epoch)  # SparseML's end step: no scheduler step exactly at end_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            sched_created=self.sched_created,
+            sched_steps=self.sched_steps,
+            sched_epoch=self.sched_epoch,
+            sched_steps_per_epoch=self.steps_per_epoch,
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], manager: RecipeManager) -> None:
+        super().load_state_dict(state, manager)
+        self._reset_scheduler()
+        if "sched_steps" in state:
+            self.sched_created = bool(state["sched_created"])
+            self.sched_steps, self.sched_epoch = int(state["sched_steps"]), int(state["sched_epoch"])
+            saved = int(state.get("sched_steps_per_epoch") or manager.steps_per_epoch)
+            if saved != manager.steps_per_epoch:  # resumed with another batch size: keep the epoch position
+                scale = manager.steps_per_epoch / saved
+                self.sched_steps, self.sched_epoch = round(self.sched_steps * scale), round(self.sched_epoch * scale)
+        elif self.started and manager.global_step > 0:  # a state saved before the scheduler was kept
+            first = first_step_at(self.start_epoch, manager.steps_per_epoch)
+            self.sched_created, self.sched_steps = True, manager.global_step
+            self.sched_epoch = max(manager.global_step - first, 0)
 
 
 @register
