@@ -129,8 +129,7 @@ def main(argv=None) -> int:
     mid = (pruning[0].start_epoch + pruning[0].end_epoch) / 2
     manager.global_step = int(mid * args.steps_per_epoch)
     for m in pruning:
-        m._update_masks(manager, manager.epoch)
-        m.next_update = manager.epoch + m.update_frequency
+        m._update_masks(manager, manager.epoch)  # also sets the next update step
     freq = min(m.update_frequency for m in pruning)
     steps_between_updates = max(freq * args.steps_per_epoch, 1.0)
 
