@@ -406,3 +406,24 @@ def test_zoo_stub_with_url_downloads_through_loopback(tmp_path, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_mapping_holding_modifiers_is_a_stage_whatever_its_name():
+    """SparseML's rule: `pruning_phase: {pruning_modifiers: [...]}` is a stage, never a silently ignored variable."""
+    from sparseyolo.recipe import Recipe
+
+    text = (
+        "pruning_phase:\n  modifiers:\n    - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n"
+        "qat_phase:\n  modifiers:\n    - !EpochRangeModifier {start_epoch: 0, end_epoch: 3}\n"
+        "lr_kwargs: {step_size: 1}\n"
+    )
+    manager = Recipe.load(text).manager()
+    assert manager.max_epochs == 5 and len(manager.modifiers) == 2
+
+
+def test_gradual_pruning_defaults_to_sparsemls_cubic_schedule():
+    from sparseyolo.recipe import Recipe
+
+    text = "modifiers:\n  - !GMPruningModifier {params: [w], init_sparsity: 0.05, final_sparsity: 0.5, start_epoch: 0, end_epoch: 2, update_frequency: 1}\n"
+    (modifier,) = Recipe.load(text).manager().modifiers
+    assert modifier.inter_func == "cubic"

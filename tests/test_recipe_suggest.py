@@ -111,3 +111,13 @@ def test_verify_times_a_trained_run(suggestion, model, tmp_path):
     v = verify(run, s, threads=1, time_s=1.0)
     assert v.measured_speedup > 1.0  # the thinned architecture is faster, trained or not
     assert abs(v.error) < 0.5  # same architecture as predicted; timing noise on a loaded 2-core box
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from sparseyolo.cli.main import main
+
+    assert main(["recipe", "suggest", "--weights", "w.pt"]) == 2
+    assert "needs --weights (the trained dense model) and --data" in capsys.readouterr().err
+    assert main(["recipe", "suggest", "--verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a training run folder" in err[0]

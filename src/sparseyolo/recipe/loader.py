@@ -274,6 +274,16 @@ def _is_modifier_key(key: str) -> bool:
     return "modifiers" in key
 
 
+def _is_stage(key: str, node: yaml.Node) -> bool:
+    """A top-level mapping is a stage when named so or when it holds a modifier list (SparseML's rule:
+    ``pruning_phase: {pruning_modifiers: [...]}`` is a stage, not a variable to be ignored)."""
+    if not isinstance(node, yaml.MappingNode):
+        return False
+    return "stage" in key or any(
+        isinstance(k, yaml.ScalarNode) and _is_modifier_key(str(k.value)) for k, _ in node.value
+    )
+
+
 def _parse_mapping(loader: RecipeLoader, node: yaml.MappingNode, scope: str | None, top: bool) -> ParsedRecipe:
     loader.flatten_mapping(node)
     entries: list[tuple[str, yaml.Node, yaml.Node]] = []
@@ -284,7 +294,7 @@ def _parse_mapping(loader: RecipeLoader, node: yaml.MappingNode, scope: str | No
         entries.append((key, key_node, value_node))
     # first pass: register variable nodes so aliases anywhere resolve to references
     for key, _key_node, value_node in entries:
-        if _is_modifier_key(key) or (top and "stage" in key and isinstance(value_node, yaml.MappingNode)):
+        if _is_modifier_key(key) or (top and _is_stage(key, value_node)):
             continue
         loader.var_nodes.setdefault(id(value_node), VarRef(key, scope))
     variables: dict[str, Any] = {}
@@ -305,7 +315,7 @@ def _parse_mapping(loader: RecipeLoader, node: yaml.MappingNode, scope: str | No
                     )
                 specs.append(value)
             groups.append((key, specs))
-        elif top and "stage" in key and isinstance(value_node, yaml.MappingNode):
+        elif top and _is_stage(key, value_node):
             stages.append((key, _parse_mapping(loader, value_node, key, top=False)))
         elif key == "__metadata__":
             continue  # SparseML bookkeeping, not a variable

@@ -138,7 +138,7 @@ class MagnitudePruningModifier(PruningBase):
         "end_epoch": REQUIRED,
         "update_frequency": REQUIRED,
         "params": None,
-        "inter_func": "linear",
+        "inter_func": "cubic",  # SparseML's default
         "leave_enabled": True,
         "mask_type": "unstructured",
         # legacy GMPruningModifier keys: one global threshold; the only score SparseML had here
