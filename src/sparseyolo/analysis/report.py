@@ -166,17 +166,30 @@ def measure_size(run: RunInfo) -> None:
         run.size_gzip = gzip_size(run.onnx)
 
 
-def revalidate(run: RunInfo, data: str, img: int) -> None:
-    """mAP of the exported ONNX itself (``runtime.val.run``), replacing the training log's number."""
+def revalidate(run: RunInfo, data: str, img: int, engine: str | None = None) -> None:
+    """mAP of the exported ONNX itself (``runtime.val.run``), replacing the training log's number.
+
+    ``engine`` (default onnxruntime) runs it; the row's own file runs (``exact_file``: a report row
+    names one int8 form), and ``map_source`` says ``onnx`` or ``onnx/<engine>``."""
     import tempfile
 
     from sparseyolo.runtime.val import run as val_run
 
     with tempfile.TemporaryDirectory(prefix="sparseyolo-report-") as tmp:  # leave the run folder untouched
         metrics, _, _ = val_run(
-            run.onnx, data, img_size=img, batch_size=1, project=tmp, name="val", exist_ok=True, plots=False
+            run.onnx,
+            data,
+            img_size=img,
+            batch_size=1,
+            project=tmp,
+            name="val",
+            exist_ok=True,
+            plots=False,
+            engine=engine,
+            exact_file=True,
         )
-    run.map50, run.map50_95, run.map_source = float(metrics["mAP50"]), float(metrics["mAP50-95"]), "onnx"
+    run.map50, run.map50_95 = float(metrics["mAP50"]), float(metrics["mAP50-95"])
+    run.map_source = f"onnx/{engine}" if engine else "onnx"
 
 
 def build_report(
@@ -190,10 +203,19 @@ def build_report(
     export: bool = True,
     data: str | None = None,
     progress: bool = True,
+    map_engine: str | None = None,
 ) -> list[RunInfo]:
-    """Read every run, export missing ONNX files, optionally re-validate, benchmark all interleaved."""
+    """Read every run, export missing ONNX files, optionally re-validate (``data``; on ``map_engine``,
+    default onnxruntime), benchmark all interleaved. Each row's file is benchmarked as named (a run's
+    two int8 forms are two rows)."""
     if not run_dirs:
         raise SparseYoloError("no run folder given")
+    if map_engine is not None:
+        if not data:
+            raise SparseYoloError(f"--map-engine {map_engine} needs --data (the dataset to re-validate on)")
+        from sparseyolo.runtime.engines import require_engine
+
+        map_engine = require_engine(map_engine, "--map-engine").name  # fail before any export or benchmark
     runs = [read_run(d) for d in run_dirs]
     for run in runs:
         if export:
@@ -204,7 +226,7 @@ def build_report(
     for run in runs:
         measure_size(run)
         if data:
-            revalidate(run, data, img or 512)
+            revalidate(run, data, img or 512, map_engine)
     img_hw = (img, img) if img else None
     results = benchmark(
         [r.onnx for r in runs],
@@ -215,10 +237,11 @@ def build_report(
         time_s=time_s,
         warmup_s=warmup_s,
         progress=progress,
+        exact_files=True,
     )
     by_model = {}
     for res in results:
-        by_model.setdefault(res.model, {})[res.engine] = res
+        by_model.setdefault(res.given or res.model, {})[res.engine] = res
     for run in runs:
         run.bench = by_model.get(str(run.onnx), {})
     return runs

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sparseyolo.runtime.engines import Engine, EngineUnavailable, Runner, get_engine
+from sparseyolo.runtime.forms import int8_sibling, pick_int8_file
 from sparseyolo.runtime.onnx_info import ModelInfo, read_model_info, resolve_input_shapes
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
@@ -17,7 +18,10 @@ from sparseyolo.utils.logging import LOGGER
 
 @dataclass
 class BenchResult:
-    """One model on one engine. ``status`` is "ok", "unavailable" (engine not installed) or "error"."""
+    """One model on one engine. ``status`` is "ok", "unavailable" (engine not installed) or "error".
+
+    ``model`` is the file that ran; ``given`` the file the caller named (they differ when the engine
+    got the other int8 form of an export, which ``form_note`` explains)."""
 
     model: str
     engine: str
@@ -34,6 +38,8 @@ class BenchResult:
     latency_ms: dict[str, float] = field(default_factory=dict)  # mean, p50, p90, p99, min
     ratio: float | None = None  # images/s vs. the first model on the first engine
     ratio_same_engine: float | None = None  # images/s vs. the first model on this engine
+    given: str = ""
+    form_note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,25 +67,44 @@ def benchmark(
     warmup_s: float = 2.0,
     seed: int = 0,
     progress: bool = True,
+    exact_files: bool = False,
 ) -> list[BenchResult]:
     """Benchmark every model on every engine, interleaved; returns one result per (model, engine).
 
     ``batch_size`` / ``img`` of None mean "flag not given" (defaults 1 / 512, and a model's static
     shape wins with a warning); an explicit value that conflicts with a static shape raises.
     A missing engine or a model an engine cannot compile gives a non-"ok" row, not an exception.
+
+    An int8 export named alone (``W.onnx`` without ``W.qlinear.onnx`` in ``models``, or the other way
+    round) runs on each engine in the form that engine runs fastest (:mod:`sparseyolo.runtime.forms`),
+    logged; when both forms are listed, or with ``exact_files``, every file runs as named.
     """
     if not models:
         raise SparseYoloError("no model given")
     infos = [read_model_info(m) for m in models]  # fail on bad files before loading anything
     shapes = [resolve_input_shapes(info, batch_size, img) for info in infos]
+    listed = {Path(m).resolve() for m in models}
+    known: dict[Path, tuple[ModelInfo, dict]] = {}
     results: list[BenchResult] = []
     runners: list[tuple[BenchResult, Runner]] = []
     try:
         for eng_name in engines:
             engine = get_engine(eng_name)
             ok, version = engine.available()
-            for info, shp in zip(infos, shapes, strict=False):
+            for given, given_shp in zip(infos, shapes, strict=False):
+                info, shp, note = given, given_shp, ""
+                if ok and not exact_files and int8_sibling(given.path).resolve() not in listed:
+                    path, note = pick_int8_file(given.path, eng_name, info=given)
+                    note = note or ""
+                    if note:
+                        LOGGER.info(note)
+                    if path != given.path:
+                        if path not in known:
+                            sub = read_model_info(path)
+                            known[path] = (sub, resolve_input_shapes(sub, batch_size, img))
+                        info, shp = known[path]
                 res = _new_result(info, shp, eng_name, threads)
+                res.given, res.form_note = str(given.path), note
                 results.append(res)
                 if not ok:
                     res.status, res.message = "unavailable", version
@@ -179,10 +204,10 @@ def _fill_ratios(results: list[BenchResult], engines: list[str]) -> None:
     ok = [r for r in results if r.status == "ok" and r.images_per_s]
     if not ok:
         return
-    first_model = results[0].model
+    first_model = results[0].given or results[0].model  # by the file named: an engine may run its sibling
     # the first model on the first engine that ran it (a missing first engine does not void the ratios)
-    base = next((r for e in engines for r in ok if r.model == first_model and r.engine == e), None)
+    base = next((r for e in engines for r in ok if (r.given or r.model) == first_model and r.engine == e), None)
     for r in ok:
-        same = next((b for b in ok if b.model == first_model and b.engine == r.engine), None)
+        same = next((b for b in ok if (b.given or b.model) == first_model and b.engine == r.engine), None)
         r.ratio = r.images_per_s / base.images_per_s if base else None
         r.ratio_same_engine = r.images_per_s / same.images_per_s if same else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sparseyolo.cli.common import add_engines_argument, add_img_hw_argument, add_timing_arguments
+from sparseyolo.cli.common import HelpFormatter, add_engines_argument, add_img_hw_argument, add_timing_arguments
 
 HELP = "benchmark ONNX models (images/s, latency p50/p90/p99) on onnxruntime / openvino / deepsparse, interleaved"
 
@@ -15,16 +15,15 @@ Shapes: dynamic input axes take --batch-size / --img (defaults 1 / 512). If a mo
 shape, it is used as is when the flag was not given (with a warning); an explicit flag that
 conflicts with it is an error naming the model and its shape. uint8-input (QLinear) models get
 uint8 data. DeepSparse 1.8 needs its own venv: scripts/setup_deepsparse.sh.
+int8 exports: a W.onnx (QDQ) or W.qlinear.onnx named alone runs on each engine in the form that
+engine runs fastest (DeepSparse: QLinear, OpenVINO: QDQ, ONNX Runtime: the file named), noted under
+the table; name both files, or pass --exact-file, to benchmark each file as named.
 """
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help and the epilog's line breaks kept."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.formatter_class = _HelpFormatter
+    parser.formatter_class = HelpFormatter  # informative defaults only; the epilog's line breaks kept
     parser.add_argument("models", nargs="+", metavar="MODEL.onnx", help="ONNX model files")
     add_engines_argument(parser)
     parser.add_argument(
@@ -33,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_img_hw_argument(parser, "input size: one value (square) or H W (default 512 or the model's static size)")
     add_timing_arguments(parser, per="model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input data")
+    parser.add_argument(
+        "--exact-file",
+        action="store_true",
+        help="benchmark each file as named: never swap an int8 export for its other form",
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -78,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         seed=args.seed,
         progress=not args.quiet,
+        exact_files=args.exact_file,
     )
     print(results_table(results))
+    swapped = list(dict.fromkeys(r.form_note for r in results if r.given and r.model != r.given))
+    if swapped:
+        print("\n" + "\n".join(swapped))
     notes = results_notes(results)
     if notes:
         print("\n" + notes)
@@ -99,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             "time_s": args.time,
             "warmup_s": args.warmup,
             "seed": args.seed,
+            "exact_files": args.exact_file,
         }
         atomic_write_text(args.json, results_json(results, settings))
         print(f"results written to {args.json}")

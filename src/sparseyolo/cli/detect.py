@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparseyolo.cli.val import add_onnx_engine_arguments
+
 HELP = "detect objects in an image, a folder or a glob with a .pt / Darknet .weights / .onnx model"
 
 
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     parser.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu (default: cuda if available)")
     parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
+    add_onnx_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,5 +63,7 @@ def run(args: argparse.Namespace) -> int:
         cfg=args.cfg,
         half=args.half,
         data=args.data,
+        engine=args.engine,
+        exact_file=args.exact_file,
     )
     return 0

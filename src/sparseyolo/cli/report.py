@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_timing_arguments(parser, per="run")
     parser.add_argument("--baseline", default="first", help="first | last | run name | index")
     parser.add_argument("--data", default=None, help="re-validate each ONNX on this data YAML for mAP")
+    parser.add_argument(
+        "--map-engine",
+        default=None,
+        metavar="NAME",
+        help="with --data: engine that runs the re-validation, onnxruntime | openvino | deepsparse "
+        "(default onnxruntime); each row's own file runs",
+    )
     parser.add_argument("--no-export", action="store_true", help="do not export runs that lack an .onnx file")
     parser.add_argument("--out", default=None, help="write the Markdown table here (e.g. docs/results.md)")
     parser.add_argument("--json", default=None, help="write all numbers as JSON here")
@@ -44,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
 
     check_positive(args)
     engines = parse_engines(args.engines)
+    map_engine = None
+    if args.map_engine:
+        from sparseyolo.utils.errors import SparseYoloError
+
+        names = parse_engines(args.map_engine)  # unknown names list close matches
+        if len(names) != 1:
+            raise SparseYoloError(f"--map-engine takes one engine, got {args.map_engine!r}")
+        map_engine = names[0]
+        if not args.data:
+            raise SparseYoloError(f"--map-engine {map_engine} needs --data (the dataset to re-validate on)")
     pick_baseline([SimpleNamespace(name=Path(d).name, dir=Path(d)) for d in args.runs], args.baseline)  # fail early
     runs = build_report(
         args.runs,
@@ -56,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         export=not args.no_export,
         data=args.data,
         progress=not args.quiet,
+        map_engine=map_engine,
     )
     base = pick_baseline(runs, args.baseline)
     text = report_table(runs, engines, base) + "\n\n" + report_notes(runs, engines, base) + "\n"

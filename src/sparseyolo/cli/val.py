@@ -6,6 +6,25 @@ import argparse
 
 HELP = "evaluate a model (.pt, Darknet .weights, .onnx) on a dataset: P, R, mAP@0.5, mAP@0.5:0.95"
 
+ONNX_ENGINES = ("onnxruntime", "openvino", "deepsparse")
+
+
+def add_onnx_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine`` (one runtime for an .onnx file) and ``--exact-file``; shared by val and detect."""
+    parser.add_argument(
+        "--engine",
+        type=str.lower,
+        choices=ONNX_ENGINES,
+        default=None,
+        help="runtime for .onnx files (default onnxruntime); an int8 export (W.onnx QDQ / W.qlinear.onnx) "
+        "runs in the form that engine runs fastest, and the log says which file ran",
+    )
+    parser.add_argument(
+        "--exact-file",
+        action="store_true",
+        help="run the .onnx file named, never its other int8 form",
+    )
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -52,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
     parser.add_argument("--noplots", action="store_true", help="do not save plots")
+    add_onnx_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,5 +101,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         plots=not args.noplots,
         multi_label=args.multi_label,
+        engine=args.engine,
+        exact_file=args.exact_file,
     )
     return 0

@@ -19,7 +19,10 @@ from sparseyolo.utils.nms import non_max_suppression
 
 class Backend:
     """Common attributes: ``names``, ``stride`` (max stride, int), ``device``, ``fixed_shape``
-    ((h, w) when the model only accepts one input size, else None), ``fixed_batch``."""
+    ((h, w) when the model only accepts one input size, else None), ``fixed_batch``,
+    ``static_shapes`` (the runtime compiles the model once per input size: callers should letterbox
+    every image to one square size rather than to rectangles that vary) and ``engine`` (the
+    inference runtime's name). ``close()`` frees the runtime (sessions, worker processes)."""
 
     names: list[str]
     stride: int = 32
@@ -27,6 +30,8 @@ class Backend:
     fixed_shape: tuple[int, int] | None = None
     fixed_batch: int | None = None
     kind: str = ""
+    engine: str = ""
+    static_shapes: bool = False
     end2end: bool = False  # forward() already returns NMS-ed (bs, max_det, 6) detections
 
     def preprocess(self, imgs: torch.Tensor) -> Any:
@@ -42,11 +47,15 @@ class Backend:
         h, w = self.fixed_shape or imgsz
         self(torch.zeros((self.fixed_batch or 1, 3, h, w), dtype=torch.uint8))
 
+    def close(self) -> None:
+        """Free what the backend holds outside this process' Python objects (no-op by default)."""
+
 
 class TorchBackend(Backend):
     """A ``DetectionModel`` (or any module whose eval forward returns ``(pred, raw)`` or ``pred``)."""
 
     kind = "pytorch"
+    engine = "pytorch"
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", half: bool = False):
         self.device = torch.device(device)

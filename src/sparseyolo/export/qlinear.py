@@ -29,8 +29,9 @@ from sparseyolo.utils.logging import LOGGER
 
 MS_DOMAIN = "com.microsoft"
 ALL_OPS = ("Conv", "Add", "LeakyRelu", "Concat", "MaxPool", "Resize", "Pad")
-# Conv only by default: DeepSparse 1.8 runs that form 2.4x faster than the all-ops one (docs/results.md,
-# "QLinear forms"), and ONNX Runtime runs both alike; the other ops stay QDQ around float kernels
+# Conv only by default: on VNNI / AMX CPUs DeepSparse 1.8 runs that form 2.4x faster than the all-ops
+# one, and ONNX Runtime runs both alike; the other ops stay QDQ around float kernels. On AVX2-only CPUs
+# DeepSparse prefers the QDQ file, which runtime/forms.py hands it (docs/results.md)
 DEFAULT_OPS = ("Conv",)
 _MOVERS = ("MaxPool", "Resize", "Pad")
 

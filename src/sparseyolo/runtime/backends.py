@@ -1,4 +1,8 @@
-"""Model runners over inference runtimes: an ONNX Runtime session behind the :class:`Backend` interface.
+"""ONNX exports behind the :class:`Backend` interface, run on ONNX Runtime, OpenVINO or DeepSparse.
+
+:class:`OnnxBackend` decodes; the engine registry (:mod:`sparseyolo.runtime.engines`) executes: each
+engine's ``Runner`` (an ONNX Runtime session, an OpenVINO compiled model, DeepSparse in this process or
+in its worker) takes the preprocessed batch and returns the graph outputs in order.
 
 ONNX files exported by ``sparseyolo export`` output, by default, the raw head tensors (one per
 level, ``(bs, na*no, ny, nx)`` or ``(bs, na, ny, nx, no)``) and carry metadata props ``names``,
@@ -23,8 +27,11 @@ import torch
 from torch import nn
 
 from sparseyolo.evaluation.backend import Backend, TorchBackend, postprocess
-from sparseyolo.runtime.sessions import ort_session
-from sparseyolo.utils.errors import WeightsError
+from sparseyolo.runtime.engines import Runner, require_engine
+from sparseyolo.runtime.forms import pick_int8_file
+from sparseyolo.runtime.onnx_info import ModelInfo, read_model_info
+from sparseyolo.utils.errors import SparseYoloError, WeightsError
+from sparseyolo.utils.logging import LOGGER
 
 __all__ = ["Backend", "TorchBackend", "OnnxBackend", "postprocess", "load_backend", "select_device"]
 
@@ -41,27 +48,77 @@ def _meta_json(meta: dict[str, str], key: str, path: Path) -> Any:
 
 
 class OnnxBackend(Backend):
-    """An ONNX Runtime session over a ``.onnx`` file (see the module docstring for the I/O forms)."""
+    """A ``.onnx`` file run on ``engine`` (see the module docstring for the I/O forms).
+
+    The model is compiled at construction (load errors surface there). Engines that take any input
+    size (ONNX Runtime, OpenVINO) keep one runner over the file's dynamic axes; DeepSparse compiles
+    one per input shape (``static_shapes``: ``val`` then letterboxes to one square size), keeping the
+    last ``MAX_RUNNERS``.
+    """
 
     kind = "onnx"
+    MAX_RUNNERS = 4
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        engine: str = "onnxruntime",
+        info: ModelInfo | None = None,
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise WeightsError(f"ONNX file not found: {self.path}")
         self.device = torch.device("cpu")  # outputs are returned as CPU tensors
-        self.session = ort_session(self.path, threads, device=str(device))
-        meta = self.session.get_modelmeta().custom_metadata_map
-        inp = self.session.get_inputs()[0]
+        self._engine = require_engine(engine)
+        self.engine = self._engine.name
+        self.threads = threads
+        self.run_device = str(device) if self.engine == "onnxruntime" else "cpu"
+        info = info or read_model_info(self.path)
+        inp = info.inputs[0]
         self.input_name = inp.name
-        self.uint8 = inp.type == "tensor(uint8)"
-        self.np_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        shape = inp.shape
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-        if len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape[2:]):
+        self.input_dtype = inp.dtype
+        self.uint8 = inp.dtype == "uint8"
+        self.np_dtype = np.float16 if inp.dtype == "float16" else np.float32
+        shape = inp.dims
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        if len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]):
             self.fixed_shape = (shape[2], shape[3])
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self._load_head_meta(meta)
+        self.static = all(i.static for i in info.inputs)
+        self.static_shapes = not self.static and not self._engine.dynamic_shapes
+        self.outputs = [o.name for o in info.outputs]
+        self.output_shapes = [o.dims for o in info.outputs]
+        self._runners: dict[tuple[int, ...] | None, Runner] = {}
+        self._load_head_meta(info.raw_metadata)
+        if not self.static_shapes:  # compile now: a file the engine cannot load fails here, not mid-run
+            self._runner(tuple(d if isinstance(d, int) else (1 if k == 0 else 64) for k, d in enumerate(shape)))
+
+    def _runner(self, shape: tuple[int, ...]) -> Runner:
+        """The runner for inputs of ``shape`` (one for all shapes unless ``static_shapes``)."""
+        key = tuple(shape) if self.static_shapes else None
+        runner = self._runners.get(key)
+        if runner is None:
+            if len(self._runners) >= self.MAX_RUNNERS:
+                self._runners.pop(next(iter(self._runners))).release()
+            if self.static_shapes:
+                LOGGER.info(f"{self.engine}: compiling {self.path.name} for input {list(shape)}")
+            runner = self._engine.load(
+                self.path,
+                int(shape[0]),
+                self.threads,
+                {self.input_name: tuple(shape)},
+                {self.input_name: self.input_dtype},
+                static=self.static,
+                dynamic=not self.static_shapes,
+                device=self.run_device,
+            )
+            self._runners[key] = runner
+        return runner
+
+    def close(self) -> None:
+        while self._runners:
+            self._runners.popitem()[1].release()
 
     def _load_head_meta(self, meta: dict[str, str]) -> None:
         names = _meta_json(meta, "names", self.path)
@@ -75,9 +132,9 @@ class OnnxBackend(Backend):
         if self.anchors is not None:
             self.anchors = self.anchors.view(len(self.strides or self.anchors), -1, 2)
         self.stride = int(max(self.strides)) if self.strides else 32
-        self.decoded_output = len(self.outputs) == 1 and len(self.session.get_outputs()[0].shape) == 3
+        self.decoded_output = len(self.outputs) == 1 and len(self.output_shapes[0]) == 3
         fmt = _meta_json(meta, "output_format", self.path)
-        last = self.session.get_outputs()[0].shape[-1]
+        last = self.output_shapes[0][-1] if self.output_shapes[0] else None
         self.end2end = self.decoded_output and (
             fmt == "nms" or (fmt is None and last == 6 and names is not None and len(names) != 1)
         )
@@ -91,7 +148,7 @@ class OnnxBackend(Backend):
         if names is None:
             no = None
             if self.anchors is not None:
-                shape = self.session.get_outputs()[0].shape
+                shape = self.output_shapes[0]
                 last = (
                     shape[-1]
                     if len(shape) in (3, 5)
@@ -114,7 +171,13 @@ class OnnxBackend(Backend):
                 f"got {x.shape[2]}x{x.shape[3]}; use --img {self.fixed_shape[1]} and no --rect"
             )
         step = self.fixed_batch or len(x)
-        chunks = [self.session.run(self.outputs, {self.input_name: x[i : i + step]}) for i in range(0, len(x), step)]
+        chunks = []
+        for i in range(0, len(x), step):
+            part = np.ascontiguousarray(x[i : i + step])
+            n = len(part)
+            if self.fixed_batch and n < self.fixed_batch:  # a static batch: pad the last chunk, drop the padding
+                part = np.concatenate([part, np.zeros((self.fixed_batch - n, *part.shape[1:]), part.dtype)])
+            chunks.append([o[:n] for o in self._runner(part.shape).run({self.input_name: part})])
         outs = [np.concatenate([c[k] for c in chunks], 0) for k in range(len(self.outputs))]
         if self.decoded_output:
             return torch.from_numpy(outs[0]).float()
@@ -155,15 +218,39 @@ def load_backend(
     half: bool = False,
     cfg: str | None = None,
     nc: int | None = None,
+    engine: str | None = None,
+    exact_file: bool = False,
+    threads: int | None = None,
 ) -> Backend:
     """A backend from a module, a ``.onnx`` file, or anything ``models.load_model`` accepts
-    (``.pt`` checkpoint, Darknet ``.weights`` with ``cfg``, URL, ``zoo:`` stub)."""
+    (``.pt`` checkpoint, Darknet ``.weights`` with ``cfg``, URL, ``zoo:`` stub).
+
+    ``engine`` (``.onnx`` only; default onnxruntime): onnxruntime, openvino or deepsparse; a missing
+    engine raises one line with its install hint. For an int8 export the form that engine runs
+    fastest is used (``W.onnx`` QDQ or ``W.qlinear.onnx``, see :mod:`sparseyolo.runtime.forms`), with
+    a log line; ``exact_file`` runs the file named.
+    """
     if isinstance(weights, Backend):
         return weights
     if isinstance(weights, nn.Module):
+        if engine:
+            raise SparseYoloError(f"--engine {engine}: engines apply to .onnx files, not to a PyTorch module")
         return TorchBackend(weights, device, half)
     if str(weights).lower().endswith(".onnx"):
-        return OnnxBackend(weights, device)
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"ONNX file not found: {path}")
+        name = require_engine(engine or "onnxruntime").name
+        info = read_model_info(path)
+        run_path, note = pick_int8_file(path, name, exact=exact_file, info=info)
+        if note:
+            LOGGER.info(note)
+        return OnnxBackend(run_path, device, threads, name, info=info if run_path == path else None)
+    if engine:
+        raise SparseYoloError(
+            f"--engine {engine}: engines apply to .onnx files and {weights} is not one; "
+            f"export it (sparseyolo export --weights {weights}) or drop --engine"
+        )
     from sparseyolo.models import load_model
 
     model, _ = load_model(weights, cfg=cfg, nc=nc)

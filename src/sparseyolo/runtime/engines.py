@@ -71,10 +71,15 @@ class Runner:
 
 
 class Engine:
-    """Base class: subclasses set ``name``/``install_hint`` and implement ``_version`` and ``load``."""
+    """Base class: subclasses set ``name``/``install_hint`` and implement ``_version`` and ``load``.
+
+    ``dynamic_shapes``: one compiled model takes inputs of any size along the file's dynamic axes
+    (``load(..., dynamic=True)``); otherwise a model is compiled for one input shape.
+    """
 
     name = ""
     install_hint = ""
+    dynamic_shapes = False
 
     def available(self) -> tuple[bool, str]:
         """(True, version) if usable here, else (False, reason with install hint)."""
@@ -101,11 +106,16 @@ class Engine:
         dtypes: Mapping[str, str] | None = None,
         static: bool | None = None,
         seed: int = 0,
+        dynamic: bool = False,
+        device: str = "cpu",
     ) -> Runner:
         """Compile ``path`` for ``batch_size`` using ``threads`` CPU threads (None = the engine's default).
 
         ``shapes`` / ``dtypes`` (per input name) default to the model's own, with dynamic axes set from
         ``batch_size`` and 512x512 images; ``static`` says whether the file's shapes are all fixed.
+        ``dynamic``: keep the file's dynamic axes (engines with ``dynamic_shapes``; ``shapes`` then only
+        size the random benchmark input). ``device``: ``cpu``, or a CUDA device for ONNX Runtime builds
+        that have it (the other engines run on the CPU).
         """
         if shapes is None or dtypes is None or static is None:
             from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
@@ -114,10 +124,22 @@ class Engine:
             shapes = shapes or resolve_input_shapes(info, batch_size, None)
             dtypes = dtypes or {i.name: i.dtype for i in info.inputs}
             static = all(i.static for i in info.inputs) if static is None else static
-        return self._compile(Path(path), int(batch_size), threads, dict(shapes), dict(dtypes), bool(static), seed)
+        options = {"dynamic": bool(dynamic and self.dynamic_shapes), "device": str(device)}
+        return self._compile(
+            Path(path), int(batch_size), threads, dict(shapes), dict(dtypes), bool(static), seed, **options
+        )
 
     def _compile(
-        self, path: Path, batch_size: int, threads: int | None, shapes: dict, dtypes: dict, static: bool, seed: int
+        self,
+        path: Path,
+        batch_size: int,
+        threads: int | None,
+        shapes: dict,
+        dtypes: dict,
+        static: bool,
+        seed: int,
+        dynamic: bool = False,
+        device: str = "cpu",
     ) -> Runner:
         raise NotImplementedError
 
@@ -125,6 +147,15 @@ class Engine:
 def get_engine(name: str) -> Engine:
     """An engine instance by registry name (unknown names list close matches)."""
     return ENGINES.get(name.strip().lower())()
+
+
+def require_engine(name: str, flag: str = "--engine") -> Engine:
+    """The engine ``name``, or one :class:`EngineUnavailable` line naming it and how to install it."""
+    engine = get_engine(name)
+    ok, text = engine.available()
+    if not ok:
+        raise EngineUnavailable(f"{flag} {engine.name}: {text}")
+    return engine
 
 
 def parse_engines(values: list[str] | str | None, default: str = "onnxruntime") -> list[str]:
@@ -164,16 +195,17 @@ class OnnxRuntimeEngine(Engine):
 
     name = "onnxruntime"
     install_hint = "pip install onnxruntime"
+    dynamic_shapes = True
 
     def _version(self) -> str:
         import onnxruntime
 
         return onnxruntime.__version__
 
-    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed):
+    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed, dynamic=False, device="cpu"):
         from sparseyolo.runtime.sessions import ort_session
 
-        session = ort_session(path, threads)
+        session = ort_session(path, threads, device=device)
         return _OrtRunner(session, shapes, dtypes, seed)
 
 
@@ -207,19 +239,20 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     precision = "f32"
     install_hint = "pip install openvino"
+    dynamic_shapes = True
 
     def _version(self) -> str:
         import openvino
 
         return openvino.get_version() if hasattr(openvino, "get_version") else openvino.__version__
 
-    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed):
+    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed, dynamic=False, device="cpu"):
         import openvino as ov
 
         core = ov.Core()
         try:
             model = core.read_model(str(path))
-            if not static:
+            if not static and not dynamic:
                 model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
             config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": self.precision}
             if threads:
@@ -342,7 +375,7 @@ class DeepSparseEngine(Engine):
             raise ImportError(where, name="deepsparse")
         return _worker_version(str(python))
 
-    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed):
+    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed, dynamic=False, device="cpu"):
         tmp = _deepsparse_copy(Path(path), shapes, static)
         try:
             # the copy has static shapes: DeepSparse must not override (and rewrite) them itself

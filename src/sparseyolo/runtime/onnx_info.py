@@ -47,9 +47,15 @@ class InputInfo:
 
 @dataclass
 class ModelInfo:
+    """``metadata``: JSON values decoded where they parse; ``raw_metadata``: the strings as stored.
+    ``outputs``: the graph outputs in order (``dtype`` is ``"?"`` for element types not listed above)."""
+
     path: Path
     inputs: list[InputInfo]
     metadata: dict[str, object] = field(default_factory=dict)
+    outputs: list[InputInfo] = field(default_factory=list)
+    raw_metadata: dict[str, str] = field(default_factory=dict)
+    op_types: set[str] = field(default_factory=set)  # op types of the main graph
 
 
 def check_onnx_path(path: str | Path) -> Path:
@@ -94,7 +100,24 @@ def read_model_info(path: str | Path) -> ModelInfo:
         inputs.append(InputInfo(vi.name, dtype, dims))
     if not inputs:
         raise SparseYoloError(f"{path}: the ONNX graph has no inputs")
-    return ModelInfo(path, inputs, parse_metadata(model))
+    outputs = [
+        InputInfo(vi.name, _ONNX_DTYPES.get(vi.type.tensor_type.elem_type, "?"), _dims(vi.type.tensor_type))
+        for vi in model.graph.output
+    ]
+    return ModelInfo(
+        path,
+        inputs,
+        parse_metadata(model),
+        outputs,
+        {p.key: p.value for p in model.metadata_props},
+        {n.op_type for n in model.graph.node},
+    )
+
+
+def _dims(tt) -> list[int | str | None]:
+    return [
+        int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tt.shape.dim
+    ]
 
 
 def parse_metadata(model) -> dict[str, object]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def predict(
 ) -> list[Prediction]:
     """Detect objects in ``files`` with ``backend``; optionally write outputs into ``save_dir``."""
     names = list(names if names is not None else backend.names)
-    auto = backend.fixed_shape is None  # minimal stride-multiple padding when the model allows it
+    # minimal stride-multiple padding when the model allows it; a runtime that compiles one size at a
+    # time (DeepSparse on a dynamic-shape file) gets every image padded to the same square
+    auto = backend.fixed_shape is None and not backend.static_shapes
     size = backend.fixed_shape or img_size
     results: list[Prediction] = []
     records: list[dict] = []
@@ -196,8 +199,11 @@ def run(
     cfg: str | None = None,
     half: bool = False,
     data: str | Path | None = None,
+    engine: str | None = None,
+    exact_file: bool = False,
 ) -> tuple[Path, list[Prediction]]:
-    """``sparseyolo detect``: returns the run folder and the per-image predictions."""
+    """``sparseyolo detect``: returns the run folder and the per-image predictions. ``engine`` /
+    ``exact_file``: which runtime runs an ``.onnx`` file, and in which int8 form (see ``load_backend``)."""
     files = list_sources(source)
     if img_size < 1:
         raise SparseYoloError(f"--img must be a positive image size, got {img_size}")
@@ -206,34 +212,35 @@ def run(
         from sparseyolo.data.config import load_data_config
 
         names = load_data_config(data)["names"]
-    backend = load_backend(weights, select_device(device), half=half, cfg=cfg)
-    if names is not None and len(backend.names) and len(names) != len(backend.names):
-        raise SparseYoloError(f"{weights} predicts {len(backend.names)} classes but {data} lists {len(names)}")
-    if backend.fixed_shape is not None and max(backend.fixed_shape) != img_size:
-        LOGGER.info(f"{Path(weights).name} has a fixed {backend.fixed_shape[0]}x{backend.fixed_shape[1]} input")
-    if img_size % backend.stride:
-        img_size = int(np.ceil(img_size / backend.stride) * backend.stride)
-        LOGGER.warning(f"WARNING: image size rounded up to {img_size}, a multiple of the stride {backend.stride}")
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-    if save_txt:
-        (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    results = predict(
-        backend,
-        files,
-        img_size,
-        conf_thres,
-        iou_thres,
-        max_det,
-        classes,
-        agnostic_nms,
-        names,
-        save_dir,
-        save_img=not nosave,
-        save_txt=save_txt,
-        save_conf=save_conf,
-        save_json_file=save_json,
-        line_thickness=line_thickness,
-    )
-    n_det = sum(len(r.det) for r in results)
-    LOGGER.info(f"{len(results)} images, {n_det} detections. Results saved to {save_dir}")
-    return save_dir, results
+    backend = load_backend(weights, select_device(device), half=half, cfg=cfg, engine=engine, exact_file=exact_file)
+    with closing(backend):  # sessions, DeepSparse worker processes
+        if names is not None and len(backend.names) and len(names) != len(backend.names):
+            raise SparseYoloError(f"{weights} predicts {len(backend.names)} classes but {data} lists {len(names)}")
+        if backend.fixed_shape is not None and max(backend.fixed_shape) != img_size:
+            LOGGER.info(f"{Path(weights).name} has a fixed {backend.fixed_shape[0]}x{backend.fixed_shape[1]} input")
+        if img_size % backend.stride:
+            img_size = int(np.ceil(img_size / backend.stride) * backend.stride)
+            LOGGER.warning(f"WARNING: image size rounded up to {img_size}, a multiple of the stride {backend.stride}")
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+        if save_txt:
+            (save_dir / "labels").mkdir(parents=True, exist_ok=True)
+        results = predict(
+            backend,
+            files,
+            img_size,
+            conf_thres,
+            iou_thres,
+            max_det,
+            classes,
+            agnostic_nms,
+            names,
+            save_dir,
+            save_img=not nosave,
+            save_txt=save_txt,
+            save_conf=save_conf,
+            save_json_file=save_json,
+            line_thickness=line_thickness,
+        )
+        n_det = sum(len(r.det) for r in results)
+        LOGGER.info(f"{len(results)} images, {n_det} detections. Results saved to {save_dir}")
+        return save_dir, results
