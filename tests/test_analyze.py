@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from helpers import export_onnx, tiny_cnn
 from onnx import TensorProto, helper, numpy_helper
-from test_benchmark import export_onnx, tiny_cnn
 
 from sparseyolo.analysis.layers import _ort_shapes, analyze_module, analyze_onnx
 from sparseyolo.analysis.layers_output import analysis_table, save_analysis
@@ -57,7 +57,7 @@ def test_onnx_matches_torch(tmp_path):
     a_pt = analyze_module(m, img=(32, 32))
     a_onnx = analyze_onnx(path, img=(32, 32))
     assert [l.op for l in a_onnx.layers] == ["Conv", "Conv", "Conv", "Gemm"]
-    for lp, lo in zip(a_pt.layers, a_onnx.layers, strict=False):
+    for lp, lo in zip(a_pt.layers, a_onnx.layers, strict=True):
         assert lo.shape == lp.shape
         assert lo.zeros == lp.zeros
         assert lo.flops == lp.flops
@@ -69,7 +69,6 @@ def _qdq_and_qlinear(tmp_path, sparsity=0.5):
     rng = np.random.default_rng(0)
     wq = rng.integers(-100, 100, size=(8, 3, 3, 3)).astype(np.int8)
     wq.flat[: int(sparsity * wq.size)] = 0
-    f32 = lambda v: numpy_helper.from_array(np.array(v, dtype=np.float32))  # noqa: E731
     inits = [
         numpy_helper.from_array(wq, "w_q"),
         numpy_helper.from_array(np.array(0.02, np.float32), "w_s"),
@@ -79,7 +78,6 @@ def _qdq_and_qlinear(tmp_path, sparsity=0.5):
         numpy_helper.from_array(np.array(0.05, np.float32), "y_s"),
         numpy_helper.from_array(np.array(128, np.uint8), "y_zp"),
     ]
-    del f32
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, "h", "w"])
     qdq_nodes = [
         helper.make_node("QuantizeLinear", ["images", "x_s", "x_zp"], ["xq"]),

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from test_darknet_thinned import thinned_model
+from helpers import thinned_model
 
 from sparseyolo.analysis.layers import analyze_module
 from sparseyolo.cli.main import main

@@ -6,6 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from voc_fixture import make_yolo_folder
 
 from sparseyolo.data.augment import augment_hsv, box_candidates, letterbox, random_flips, random_perspective
 from sparseyolo.data.dataset import YoloDataset
@@ -28,8 +29,21 @@ STRONG = {
 
 
 @pytest.fixture(scope="module")
-def coco_train(shared_dir):
-    return shared_dir / "data/coco128/images/train2017"
+def train_images(tmp_path_factory):
+    """16 generated images of varied sizes whose class id is the image's index: every box names its
+    source image, so a box from anywhere else is caught."""
+    root = tmp_path_factory.mktemp("augment")
+    img_dir = make_yolo_folder(root, "train", n=16, min_objects=3, max_objects=6)
+    for i, lb in enumerate(sorted((root / "labels/train").glob("*.txt"))):
+        rows = [ln.split() for ln in lb.read_text().splitlines()]
+        lb.write_text("".join(" ".join([str(i), *r[1:]]) + "\n" for r in rows))
+    return img_dir
+
+
+@pytest.fixture(scope="module")
+def val_images(tmp_path_factory):
+    """16 generated images, landscape, portrait and square (as coco128 val2017 mixes them)."""
+    return make_yolo_folder(tmp_path_factory.mktemp("letterbox"), "val", n=16, seed=1)
 
 
 class Recorder:
@@ -45,10 +59,10 @@ class Recorder:
 
 
 @pytest.mark.parametrize("hyp", [STRONG, {**STRONG, "mosaic": 0.0}], ids=["mosaic+mixup", "single"])
-def test_augmented_boxes_valid_and_from_source_images(coco_train, hyp):
+def test_augmented_boxes_valid_and_from_source_images(train_images, hyp):
     random.seed(0)
     np.random.seed(0)
-    ds = YoloDataset(coco_train, img_size=160, augment=True, hyp=hyp)
+    ds = YoloDataset(train_images, img_size=160, augment=True, hyp=hyp)
     rec = Recorder(ds)
     n_boxes = n_mixed = 0
     for k in range(150):
@@ -74,9 +88,10 @@ def test_augmented_boxes_valid_and_from_source_images(coco_train, hyp):
 
 
 @pytest.mark.parametrize("rect", [False, True])
-def test_letterbox_inverse_with_scale_boxes(shared_dir, rect):
-    ds = YoloDataset(shared_dir / "data/coco128/images/val2017", img_size=224, batch_size=8, rect=rect)
-    for i in range(0, len(ds), 9):
+def test_letterbox_inverse_with_scale_boxes(val_images, rect):
+    ds = YoloDataset(val_images, img_size=224, batch_size=8, rect=rect)
+    assert len({tuple(s) for s in ds.shapes}) > 8  # many sizes and aspect ratios
+    for i in range(len(ds)):
         img, labels, path, ((h0, w0), ratio_pad) = ds[i]
         if not len(labels):
             continue

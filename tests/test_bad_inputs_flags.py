@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_bad_inputs import _error, _train_args, cli, tiny  # noqa: F401,F811  (shared fixtures)
+from helpers import _error, _train_args
 
 
 @pytest.mark.parametrize(
@@ -18,26 +18,26 @@ from test_bad_inputs import _error, _train_args, cli, tiny  # noqa: F401,F811  (
         ("--freeze", "999", "--freeze 999 would freeze every layer of this 21-layer model; use at most 20"),
     ],
 )
-def test_unusable_train_flags(flag, value, needle, tiny, cli, tmp_path):
-    rc, log = cli(*_train_args(tiny, tmp_path, flag, value))
+def test_unusable_train_flags(flag, value, needle, bad_data, cli, tmp_path):
+    rc, log = cli(*_train_args(bad_data, tmp_path, flag, value))
     _error(rc, log, "train", needle)
     assert not list(tmp_path.glob("exp*"))  # nothing was started
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny) -> str:
-    """A 1-epoch checkpoint of the tiny model (in-process, no validation)."""
+def checkpoint(bad_data) -> str:
+    """A 1-epoch checkpoint of the quarter-width model on ``bad_data`` (in-process, no validation)."""
     from sparseyolo.engine.trainer import train
 
     run = train(
-        cfg=str(tiny["cfg"]),
-        data=str(tiny["data"]),
+        cfg=str(bad_data["cfg"]),
+        data=str(bad_data["data"]),
         epochs=1,
         img_size=64,
         batch_size=4,
         workers=0,
         device="cpu",
-        project=str(tiny["root"] / "runs"),
+        project=str(bad_data["root"] / "runs"),
         name="flags",
         noval=True,
         noplots=True,
@@ -55,7 +55,11 @@ def checkpoint(tiny) -> str:
         ("detect", "--img", "-32"),
     ],
 )
-def test_unusable_val_detect_flags(cmd, flag, value, checkpoint, tiny, cli, tmp_path):
-    where = ["--data", tiny["data"], "--workers", "0"] if cmd == "val" else ["--source", tiny["root"] / "val/images"]
+def test_unusable_val_detect_flags(cmd, flag, value, checkpoint, bad_data, cli, tmp_path):
+    where = (
+        ["--data", bad_data["data"], "--workers", "0"]
+        if cmd == "val"
+        else ["--source", bad_data["root"] / "val/images"]
+    )
     rc, log = cli(cmd, "--weights", checkpoint, *where, "--device", "cpu", "--project", tmp_path, flag, value)
     _error(rc, log, cmd, flag)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_bad_inputs import _error, cli  # noqa: F401,F811  (shared fixture)
+from helpers import _error
 
 
 def test_analyze_corrupt_files(cli, tmp_path):

@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+from helpers import export_onnx, tiny_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from sparseyolo.benchmark.runner import BenchResult, _run_interleaved, benchmark
@@ -21,45 +22,6 @@ from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
 from sparseyolo.utils.errors import SparseYoloError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_cnn(ch: int = 8, sparsity: float = 0.0, seed: int = 0) -> nn.Module:
-    """A small conv net; ``sparsity`` zeroes that fraction of each conv weight by magnitude."""
-    torch.manual_seed(seed)
-    m = nn.Sequential(
-        nn.Conv2d(3, ch, 3, 2, 1),
-        nn.ReLU(),
-        nn.Conv2d(ch, ch * 2, 3, 1, 1),
-        nn.ReLU(),
-        nn.Conv2d(ch * 2, 6, 1),
-        nn.Flatten(1),
-        nn.LazyLinear(4),
-    ).eval()
-    with torch.no_grad():
-        m(torch.zeros(1, 3, 32, 32))
-        if sparsity > 0:
-            for mod in m.modules():
-                if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                    w = mod.weight
-                    k = int(round(sparsity * w.numel()))
-                    idx = w.abs().flatten().argsort()[:k]
-                    w.view(-1)[idx] = 0.0
-    return m
-
-
-def export_onnx(model: nn.Module, path: Path, img: int = 32, dynamic: bool = True) -> Path:
-    axes = {"images": {0: "batch"}} if dynamic else None
-    torch.onnx.export(
-        model,
-        torch.zeros(1, 3, img, img),
-        str(path),
-        dynamo=False,
-        opset_version=13,
-        input_names=["images"],
-        output_names=["out"],
-        dynamic_axes=axes,
-    )
-    return path
 
 
 def fully_conv_onnx(path: Path, dynamic_hw: bool = True) -> Path:

@@ -5,41 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import BUILDS, thinned_model
 
 from sparseyolo.models import DetectionModel, build_model
 from sparseyolo.models.darknet import darknet_layout, load_darknet_weights, save_darknet
 from sparseyolo.models.darknet_cfg import parse_cfg
 from sparseyolo.models.weights import load_model
-from sparseyolo.recipe import Recipe
 from sparseyolo.utils.errors import WeightsError
-
-FILTER_PRUNING = """modifiers:
-  - !GMPruningModifier {params: __ALL_PRUNABLE__, init_sparsity: 0.5, final_sparsity: 0.5, mask_type: filter,
-                        round_to: 8, start_epoch: 0, end_epoch: 0, update_frequency: 1}
-"""
-# yolov3-spp at half width keeps the layout (SPP, shortcuts, three levels) at a quarter of the cost
-BUILDS = {"yolov3-tiny": {}, "yolov3-spp": {"width_multiple": 0.5}}
-
-
-def thinned_model(name: str):
-    """A random-weight ``name`` (nc=3) with half its filters removed, BN statistics randomised."""
-    torch.manual_seed(0)
-    model = build_model(name, nc=3, **BUILDS[name])
-    manager = Recipe.load(FILTER_PRUNING).manager()
-    manager.attach(
-        model, torch.optim.SGD(model.parameters(), lr=0.01), steps_per_epoch=1, example_inputs=torch.zeros(1, 3, 64, 64)
-    )
-    model.record_widths()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-        model.detect.anchors[0, 0] = torch.tensor([10.5, 13.25])  # non-integer anchors travel exactly
-    model.decode = "darknet"  # what a Darknet import decodes with
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDS))
@@ -63,7 +35,7 @@ def test_cfg_filters_are_the_thinned_widths(exported):
     assert len(cfg.convs) == len(layout)
     widths = model.yaml["widths"]
     checked = 0
-    for c, item in zip(cfg.convs, layout, strict=False):
+    for c, item in zip(cfg.convs, layout, strict=True):
         assert (c.filters, c.c_in) == (item.conv.out_channels, item.conv.in_channels), item.name
         recorded = widths.get(f"{item.name}.conv" if item.bn is not None else item.name)
         if recorded is not None:

@@ -45,13 +45,19 @@ def test_relative_path_root_resolves_against_yaml_folder(tmp_path):
     assert load_data_config(p)["val"] == str((tmp_path / "ds/images/val").resolve())
 
 
-def test_shared_coco128_style(tmp_path, shared_dir):
-    root = shared_dir / "data/coco128"
+def test_coco128_style_absolute_path_root(tmp_path):
+    root = tmp_path / "elsewhere/coco128"  # a dataset outside the YAML's folder
+    for split in ("train2017", "val2017"):
+        (root / "images" / split).mkdir(parents=True)
+    (tmp_path / "cfg").mkdir()
     p = _write(
-        tmp_path, f"path: {root}\ntrain: images/train2017\nval: images/val2017\nnames: {{0: person, 1: bicycle}}\n"
+        tmp_path / "cfg",
+        f"path: {root}\ntrain: images/train2017\nval: images/val2017\nnames: {{0: person, 1: bicycle}}\n",
     )
     cfg = load_data_config(p)
     assert Path(cfg["train"]).is_dir() and Path(cfg["val"]).is_dir()
+    assert cfg["train"] == str(root / "images/train2017") and cfg["val"] == str(root / "images/val2017")
+    assert cfg["names"] == ["person", "bicycle"] and cfg["nc"] == 2 and cfg["test"] is None
 
 
 @pytest.mark.parametrize(

@@ -32,18 +32,15 @@ def _worker(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
     t = Trainer(TrainConfig(**cfg))
     assert t.dist.world_size == world and len(t.train_dataset) == 8
     assert t.batches_per_epoch == 2  # 8 images / 2 ranks / 2 per rank
+    torch.save({k: v.clone() for k, v in de_parallel(t.model).state_dict().items()}, f"{out}/init{rank}.pt")
     t.train()
     torch.save({k: v.clone() for k, v in de_parallel(t.model).state_dict().items()}, f"{out}/rank{rank}.pt")
 
 
-def test_two_ranks_gloo_identical_weights(shared_dir, tmp_path):
-    coco = shared_dir / "data/coco128/images/train2017"
-    (tmp_path / "train.txt").write_text("\n".join(str(p) for p in sorted(coco.glob("*.jpg"))[:8]))
-    names = [f"c{i}" for i in range(80)]
-    data = tmp_path / "data.yaml"
-    data.write_text(
-        yaml.safe_dump({"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "train.txt"), "names": names})
-    )
+def test_two_ranks_gloo_identical_weights(tmp_path):
+    from sparseyolo.data.synthetic import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=2, img_size=64)
     model = yaml.safe_load((REPO / "src/sparseyolo/configs/models/yolov3-tiny.yaml").read_text())
     model["width_multiple"] = 0.25
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(model, sort_keys=False))
@@ -62,17 +59,17 @@ def test_two_ranks_gloo_identical_weights(shared_dir, tmp_path):
         hyp="finetune",
     )
     mp.spawn(_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
-    a, b = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
-    init = None
+    load = lambda name: torch.load(tmp_path / f"{name}.pt", weights_only=True)  # noqa: E731
+    a, b = load("rank0"), load("rank1")
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between ranks"
-    # only rank 0 wrote the run folder, and training moved the weights
+    # both ranks started from rank 0's weights, and training moved them
+    init0, init1 = load("init0"), load("init1")
+    assert all(torch.equal(init0[k], init1[k]) for k in init0)
+    assert not torch.equal(init0["model.0.conv.weight"], a["model.0.conv.weight"])
+    # only rank 0 wrote the run folder
     runs = list((tmp_path / "runs").iterdir())
     assert [p.name for p in runs] == ["exp"] and (runs[0] / "weights/last.pt").is_file()
-    from sparseyolo.models import DetectionModel
-
-    init = DetectionModel(str(tmp_path / "tiny.yaml"), nc=80).state_dict()
-    assert not torch.equal(init["model.0.conv.weight"], a["model.0.conv.weight"])
 
 
 def test_device_selection_and_env(monkeypatch):

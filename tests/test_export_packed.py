@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export import prune, randomize_bn, session
+from helpers import prune, randomize_bn, session
 
 from sparseyolo.export import (
     export_onnx,
@@ -22,12 +22,12 @@ from sparseyolo.utils.errors import SparseYoloError
 
 @pytest.fixture(scope="module")
 def sparse_onnx(tmp_path_factory):
-    """A yolov3-tiny (quarter width) pruned to 80% zeros, exported FP32, and its packed copy."""
+    """A yolov3-tiny (half width) pruned to 80% zeros, exported FP32, and its packed copy."""
     from sparseyolo.models import build_model
 
     torch.manual_seed(0)
     model = build_model("yolov3-tiny", nc=3, width_multiple=0.5).eval()
-    randomize_bn(model)
+    randomize_bn(model, seed=3, bias_halfwidth=0.5)
     prune(model, amount=0.8)
     d = tmp_path_factory.mktemp("packed")
     plain = export_onnx(model, d / "sparse.onnx", img_size=64)
@@ -47,7 +47,7 @@ def test_packed_file_runs_bit_identical_and_is_smaller(sparse_onnx):
     assert names == [w for w in convs if weights[w].size >= 1024]  # tiny tensors and dense biases stay
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     ref, got = (session(p).run(None, {"images": x}) for p in (plain, packed))
-    for a, b in zip(ref, got, strict=False):
+    for a, b in zip(ref, got, strict=True):
         np.testing.assert_array_equal(a, b)
     assert gzip_size(packed) < 0.9 * gzip_size(plain)
 
@@ -106,7 +106,7 @@ def test_openvino_runs_packed_file_identically(sparse_onnx):
         compiled = core.compile_model(str(path), "CPU")
         result = compiled(x)
         outs.append([result[o] for o in compiled.outputs])
-    for a, b in zip(*outs, strict=False):
+    for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -131,5 +131,5 @@ def test_cli_pack_sparse(tmp_path, capsys, caplog):
     assert "best.onnx" in table and "best.packed.onnx" in table
     x = np.random.default_rng(2).random((1, 3, 64, 64), dtype=np.float32)
     ref, got = (session(tmp_path / f).run(None, {"images": x}) for f in ("best.onnx", "best.packed.onnx"))
-    for a, b in zip(ref, got, strict=False):
+    for a, b in zip(ref, got, strict=True):
         np.testing.assert_array_equal(a, b)

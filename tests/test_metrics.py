@@ -1,4 +1,5 @@
-"""mAP machinery: unit cases and agreement with faster-coco-eval on coco128-derived detections."""
+"""mAP machinery: unit cases and agreement with faster-coco-eval, on generated and (real_data) coco128
+ground truth."""
 
 from pathlib import Path
 
@@ -142,10 +143,25 @@ def _faster_coco_eval(gt_dict, records):
     return ev.stats[1], ev.stats[0]  # mAP50, mAP50-95
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_agrees_with_faster_coco_eval(shared_dir, seed):
-    names = (shared_dir / "darknet-cfg" / "coco.names").read_text().split("\n")[:80]
-    items = _coco128_ground_truth(shared_dir / "data" / "coco128")
+def _generated_ground_truth(n_images: int = 64, seed: int = 0):
+    """coco128-like ground truth: varied image sizes, 0-12 boxes each, a few frequent classes among 80
+    (as person dominates COCO), boxes from a few pixels (COCO's small) to most of the image."""
+    rng = np.random.default_rng(seed)
+    frequent = rng.choice(80, 6, replace=False)
+    items = []
+    for k in range(n_images):
+        w, h = (int(v) for v in rng.choice([320, 427, 480, 500, 640], 2))
+        rows = []
+        for _ in range(rng.integers(0, 13)):
+            cls = rng.choice(frequent) if rng.random() < 0.6 else rng.integers(0, 80)
+            bw, bh = np.exp(rng.uniform(np.log(4), np.log([w * 0.9, h * 0.9])))
+            x1, y1 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            rows.append([cls, x1, y1, x1 + bw, y1 + bh])
+        items.append((Path(f"generated/{k + 1:012d}.jpg"), w, h, np.array(rows, np.float64).reshape(-1, 5)))
+    return items
+
+
+def _check_agreement(items, names, seed):
     dets = _fake_detections(items, seed)
     cat_ids = category_ids(80)
 
@@ -166,6 +182,20 @@ def test_agrees_with_faster_coco_eval(shared_dir, seed):
     print(f"ours {map50:.5f} {map5095:.5f} coco {ref50:.5f} {ref5095:.5f}")
     assert abs(map50 - ref50) < 0.005, (map50, ref50)
     assert abs(map5095 - ref5095) < 0.005, (map5095, ref5095)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_agrees_with_faster_coco_eval(seed):
+    items = _generated_ground_truth()
+    assert sum(len(gt) for *_, gt in items) > 300 and any(not len(gt) for *_, gt in items)
+    _check_agreement(items, [f"class{i}" for i in range(80)], seed)
+
+
+@pytest.mark.real_data  # the real coco128 labels (crowded scenes, tiny boxes) and darknet's coco.names
+@pytest.mark.parametrize("seed", [0, 1])
+def test_agrees_with_faster_coco_eval_on_coco128(shared_dir, seed):
+    names = (shared_dir / "darknet-cfg" / "coco.names").read_text().split("\n")[:80]
+    _check_agreement(_coco128_ground_truth(shared_dir / "data" / "coco128"), names, seed)
 
 
 def test_ap_per_class_without_predictions():

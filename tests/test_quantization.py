@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import randomize_bn
 from torch import nn
 
 from sparseyolo.quantization import (
@@ -71,18 +72,6 @@ class Net(nn.Module):
 
 
 SUBMODULES = ["body.c0", "body.pool", "body.c1", "body.r", "body.up", "body.c2"]
-
-
-def randomize_bn(model: nn.Module, seed: int = 1, bias_halfwidth: float = 0.2) -> None:
-    """Non-trivial BatchNorm statistics and affine terms, so that folding BN is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * (2 * bias_halfwidth) - bias_halfwidth)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_benchmark import export_onnx, tiny_cnn
+from helpers import export_onnx, tiny_cnn
 
 from sparseyolo.analysis.report import build_report, read_results_csv, read_run
 from sparseyolo.analysis.report_output import pick_baseline, report_table

@@ -1,4 +1,5 @@
-"""End-to-end training on a few coco128 images with a quarter-width YOLOv3-tiny at 64 pixels."""
+"""End-to-end training on a few generated shapes images (the ``tiny_data`` fixture: 80 class names) with a
+quarter-width YOLOv3-tiny at 64 pixels."""
 
 from __future__ import annotations
 
@@ -8,48 +9,22 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import stop_after_epoch
+from helpers import FAST, _load
 
 from sparseyolo.engine.setup import TrainConfig
 from sparseyolo.engine.trainer import NonFiniteLossError, Trainer, train
 from sparseyolo.utils.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
-FAST = dict(img_size=64, batch_size=4, workers=0, device="cpu", noplots=True, tensorboard=False)
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, shared_dir) -> dict:
-    """A dataset YAML over 8 train / 4 val coco128 images and a 1/4-width yolov3-tiny YAML."""
-    root = tmp_path_factory.mktemp("tiny")
-    coco = shared_dir / "data/coco128/images"
-    (root / "train.txt").write_text("\n".join(str(p) for p in sorted((coco / "train2017").glob("*.jpg"))[:8]))
-    (root / "val.txt").write_text("\n".join(str(p) for p in sorted((coco / "val2017").glob("*.jpg"))[:4]))
-    names = (shared_dir / "darknet-cfg/coco.names").read_text().split("\n")[:80]
-    data = root / "data.yaml"
-    data.write_text(yaml.safe_dump({"train": str(root / "train.txt"), "val": str(root / "val.txt"), "names": names}))
-    model = yaml.safe_load((REPO / "src/sparseyolo/configs/models/yolov3-tiny.yaml").read_text())
-    model["width_multiple"] = 0.25
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(model, sort_keys=False))
-    return {"data": str(data), "cfg": str(cfg), "root": root}
-
-
-def _load(path: Path) -> dict:
-    from sparseyolo.models.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
-
-
-def test_full_run_writes_every_output(tiny, tmp_path):
+def test_full_run_writes_every_output(tiny_data, tmp_path):
     save_dir = train(
-        cfg=tiny["cfg"],
-        data=tiny["data"],
+        cfg=tiny_data["cfg"],
+        data=tiny_data["data"],
         epochs=2,
         project=str(tmp_path),
         img_size=70,
@@ -86,13 +61,21 @@ def test_full_run_writes_every_output(tiny, tmp_path):
     assert last["hyp"]["lr0"] == 0.01 and last["train_args"]["epochs"] == 2
     # a second run increments the folder name
     assert (
-        train(cfg=tiny["cfg"], data=tiny["data"], epochs=1, project=str(tmp_path), noval=True, nosave=True, **FAST)
+        train(
+            cfg=tiny_data["cfg"],
+            data=tiny_data["data"],
+            epochs=1,
+            project=str(tmp_path),
+            noval=True,
+            nosave=True,
+            **FAST,
+        )
         == tmp_path / "exp2"
     )
 
 
-def test_resume_is_exact(tiny, tmp_path):
-    common = dict(cfg=tiny["cfg"], data=tiny["data"], epochs=3, project=str(tmp_path), noval=True, **FAST)
+def test_resume_is_exact(tiny_data, tmp_path):
+    common = dict(cfg=tiny_data["cfg"], data=tiny_data["data"], epochs=3, project=str(tmp_path), noval=True, **FAST)
     ref = train(name="ref", **common)
     t = Trainer(TrainConfig(name="cut", **common))
     t.register_hooks([stop_after_epoch(1)])
@@ -113,8 +96,10 @@ def test_resume_is_exact(tiny, tmp_path):
         train(resume=str(cut / "weights/last.pt"), device="cpu")
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(tiny, tmp_path):
-    t = Trainer(TrainConfig(cfg=tiny["cfg"], data=tiny["data"], epochs=3, project=str(tmp_path), noval=True, **FAST))
+def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path):
+    t = Trainer(
+        TrainConfig(cfg=tiny_data["cfg"], data=tiny_data["data"], epochs=3, project=str(tmp_path), noval=True, **FAST)
+    )
     real = t.loss_fn
 
     def poisoned(preds, targets):
@@ -130,26 +115,28 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny, tmp_path):
     assert last["epoch"] == 0 and last["optimizer"] is not None  # untouched, still resumable
 
 
-def test_errors(tiny, tmp_path):
+def test_errors(tiny_data, tmp_path):
     bad = tmp_path / "hyp.yaml"
     bad.write_text("lr0: 0.01\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"hyp.yaml:2 \(key 'learning_rate'\).*Valid keys"):
-        train(cfg=tiny["cfg"], data=tiny["data"], hyp=str(bad), project=str(tmp_path), **FAST)
+        train(cfg=tiny_data["cfg"], data=tiny_data["data"], hyp=str(bad), project=str(tmp_path), **FAST)
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)
     data = tmp_path / "empty.yaml"
     data.write_text(yaml.safe_dump({"train": str(empty / "images"), "val": str(empty / "images"), "names": ["a"]}))
     with pytest.raises(DataError):
-        train(cfg=tiny["cfg"], data=str(data), project=str(tmp_path), **FAST)
+        train(cfg=tiny_data["cfg"], data=str(data), project=str(tmp_path), **FAST)
     with pytest.raises(ConfigError, match="--weights.*--cfg"):
-        train(data=tiny["data"], project=str(tmp_path), **FAST)
+        train(data=tiny_data["data"], project=str(tmp_path), **FAST)
 
 
-def test_cli_transfer_freeze_and_unknown_hyp(tiny, tmp_path):
+def test_cli_transfer_freeze_and_unknown_hyp(tiny_data, tmp_path):
     """Fine-tune an 80-class checkpoint on a 3-class dataset through the CLI."""
     from sparseyolo.data.synthetic import make_shapes_dataset
 
-    src = train(cfg=tiny["cfg"], data=tiny["data"], epochs=1, project=str(tmp_path), name="src", noval=True, **FAST)
+    src = train(
+        cfg=tiny_data["cfg"], data=tiny_data["data"], epochs=1, project=str(tmp_path), name="src", noval=True, **FAST
+    )
     shapes = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4, img_size=64)
     cmd = [
         sys.executable,
@@ -197,13 +184,16 @@ def test_cli_transfer_freeze_and_unknown_hyp(tiny, tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_finetune_darknet_weights(shared_dir, tmp_path, caplog):
+def test_finetune_darknet_weights(tiny_darknet, tmp_path, caplog):
+    """Darknet .weights (80 classes; random values from ``save_darknet``) fine-tuned on a 3-class set:
+    transferred, and rescaled by default; a checkpoint made from them is left as it is."""
     from sparseyolo.data.synthetic import make_shapes_dataset
 
     shapes = make_shapes_dataset(tmp_path / "shapes", n_train=4, n_val=2, img_size=64)
     caplog.set_level("INFO")
     run = train(
-        weights=str(shared_dir / "weights/yolov3-tiny.weights"),
+        weights=str(tiny_darknet["weights"]),
+        cfg=str(tiny_darknet["cfg"]),
         data=str(shapes),
         epochs=1,
         project=str(tmp_path),
@@ -220,7 +210,7 @@ def test_finetune_darknet_weights(shared_dir, tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume(tiny, tmp_path):
+def test_sigkill_then_resume(tiny_data, tmp_path):
     """Kill -9 a CLI run mid-training, resume it, and check it finishes with intact files."""
     cmd = [
         sys.executable,
@@ -228,9 +218,9 @@ def test_sigkill_then_resume(tiny, tmp_path):
         "sparseyolo",
         "train",
         "--cfg",
-        tiny["cfg"],
+        tiny_data["cfg"],
         "--data",
-        tiny["data"],
+        tiny_data["data"],
         "--img",
         "96",
         "--batch-size",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import stop_after_epoch
-from test_train import FAST, _load, tiny  # noqa: F401,F811  (tiny: shared fixture)
+from helpers import FAST, _load
 
 from sparseyolo.engine.setup import TrainConfig
 from sparseyolo.engine.trainer import Trainer, train
@@ -14,11 +14,11 @@ PRUNED = "yolov3-tiny.pruned"
 PRUNED_QAT = "yolov3-tiny.pruned_quantized"
 
 
-def test_pruning_recipe_masks_ema_and_restarts_best(tiny, tmp_path):
+def test_pruning_recipe_masks_ema_and_restarts_best(tiny_data, tmp_path):
     t = Trainer(
         TrainConfig(
-            cfg=tiny["cfg"],
-            data=tiny["data"],
+            cfg=tiny_data["cfg"],
+            data=tiny_data["data"],
             recipe=PRUNED,
             epochs=99,
             project=str(tmp_path),
@@ -45,11 +45,11 @@ def test_pruning_recipe_masks_ema_and_restarts_best(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_qat_recipe_turns_off_ema_and_resumes(tiny, tmp_path):
+def test_qat_recipe_turns_off_ema_and_resumes(tiny_data, tmp_path):
     args = {"num_epochs": 3, "pruning_end_epoch": 1, "quantization_start_epoch": 2}
     common = dict(
-        cfg=tiny["cfg"],
-        data=tiny["data"],
+        cfg=tiny_data["cfg"],
+        data=tiny_data["data"],
         recipe=PRUNED_QAT,
         recipe_args=args,
         hyp="pruned_quantized",
@@ -74,7 +74,7 @@ def test_qat_recipe_turns_off_ema_and_resumes(tiny, tmp_path):
     assert model(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 85
 
 
-def test_qat_start_epoch_is_validated_as_float_and_never_chosen(tiny, tmp_path, caplog):
+def test_qat_start_epoch_is_validated_as_float_and_never_chosen(tiny_data, tmp_path, caplog):
     """QAT is applied after the last step of the epoch before its start and before that epoch's
     validation: the validation must not calibrate the new activation quantizers on validation
     images, and best.pt must come from an epoch that trained with QAT."""
@@ -84,8 +84,8 @@ def test_qat_start_epoch_is_validated_as_float_and_never_chosen(tiny, tmp_path, 
     args = {"num_epochs": 3, "pruning_end_epoch": 1, "quantization_start_epoch": 2}
     t = Trainer(
         TrainConfig(
-            cfg=tiny["cfg"],
-            data=tiny["data"],
+            cfg=tiny_data["cfg"],
+            data=tiny_data["data"],
             recipe=PRUNED_QAT,
             recipe_args=args,
             hyp="pruned_quantized",
