@@ -3,9 +3,17 @@
 ```python
 from sparseyolo.quantization import QATConfig, prepare_qat, freeze_bn_stats, disable_observers
 prepare_qat(model, ["model.0", "model.1"], QATConfig())   # in place, keeps the Parameters
+calibrate(model, batches, method="percentile")            # post-training: ranges, bias correction, frozen
 ```
 """
 
+from sparseyolo.quantization.calibration import (
+    CalibrationError,
+    CalibrationReport,
+    HistogramObserver,
+    calibrate,
+    correct_bias,
+)
 from sparseyolo.quantization.config import QATConfig
 from sparseyolo.quantization.fake_quant import ActivationQuantizer, WeightQuantizer
 from sparseyolo.quantization.modules import QATConv2d, QATConvBnAct, QATLinear
@@ -35,4 +43,9 @@ __all__ = [
     "QATConvBnAct",
     "QATConv2d",
     "QATLinear",
+    "calibrate",
+    "correct_bias",
+    "CalibrationError",
+    "CalibrationReport",
+    "HistogramObserver",
 ]
