@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from sparseyolo.benchmark import benchmark, parse_engines  # noqa: E402
+from sparseyolo.timing import benchmark, parse_engines  # noqa: E402
 from sparseyolo.utils.errors import run_script  # noqa: E402
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
 
-from sparseyolo.benchmark import benchmark, parse_engines, results_table  # noqa: E402
-from sparseyolo.benchmark.output import results_json, results_notes  # noqa: E402
+from sparseyolo.timing import benchmark, parse_engines, results_table  # noqa: E402
+from sparseyolo.timing.output import results_json, results_notes  # noqa: E402
 from sparseyolo.utils.errors import SparseYoloError, run_script  # noqa: E402
 
 

@@ -44,7 +44,7 @@ def test_analyze_checkpoint_cli(ckpt, tmp_path, capsys):
 
 
 def test_checkpoint_and_its_onnx_agree(ckpt, tmp_path):
-    import sparseyolo.export.onnx as export
+    import sparseyolo.exporters.onnx as export
 
     model, _ = load_torch_model(ckpt)
     a_pt = analyze_module(model, (64, 64))

@@ -1,4 +1,4 @@
-"""Tests for sparseyolo.benchmark (engines, interleaved runner, CLI) on tiny ONNX models made here."""
+"""Tests for sparseyolo.timing (engines, interleaved runner, CLI) on tiny ONNX models made here."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch.nn as nn
 from helpers import export_onnx, tiny_cnn
 from onnx import TensorProto, helper, numpy_helper
 
-from sparseyolo.benchmark.runner import BenchResult, _run_interleaved, benchmark
 from sparseyolo.cli.main import main
 from sparseyolo.runtime.engines import get_engine, parse_engines
 from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
+from sparseyolo.timing.runner import BenchResult, _run_interleaved, benchmark
 from sparseyolo.utils.errors import SparseYoloError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -222,7 +222,7 @@ def test_val_and_detect_log_the_file_used(exports, cli, tmp_path, openvino_prefe
 
 
 def test_benchmark_swaps_a_single_int8_file_only(exports, caplog, openvino_prefers_qdq):
-    from sparseyolo.benchmark.runner import benchmark
+    from sparseyolo.timing.runner import benchmark
 
     _need("openvino")
     kw = {"threads": 1, "time_s": 0.05, "warmup_s": 0, "progress": False}

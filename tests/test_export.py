@@ -15,7 +15,7 @@ from helpers import prune, session
 from helpers import randomize_bn as base_randomize_bn
 from torch import nn
 
-from sparseyolo.export import (
+from sparseyolo.exporters import (
     convert_to_qlinear,
     export_onnx,
     export_qlinear,
@@ -24,7 +24,7 @@ from sparseyolo.export import (
     gzip_size,
     size_table,
 )
-from sparseyolo.export.graph import MAX_IR_VERSION
+from sparseyolo.exporters.graph import MAX_IR_VERSION
 from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
 from sparseyolo.utils.errors import SparseYoloError
 

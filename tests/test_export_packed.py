@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import prune, randomize_bn, session
 
-from sparseyolo.export import (
+from sparseyolo.exporters import (
     export_onnx,
     gzip_size,
     pack_sparse_file,

@@ -20,13 +20,14 @@ RANK = {
     "evaluation": 4,
     "engine": 5,
     "runtime": 6,
-    "export": 6,
+    "exporters": 6,
     "analysis": 7,
-    "benchmark": 7,
-    "demo": 8,
-    "cli": 9,
+    "timing": 7,
+    "api": 8,
+    "demo": 9,
+    "cli": 10,
 }
-SAME_RANK_OK: set[tuple[str, str]] = {("analysis", "benchmark")}  # a report times its runs
+SAME_RANK_OK: set[tuple[str, str]] = {("analysis", "timing")}  # a report times its runs
 CORE = ("recipe", "sparsity", "quantization")
 YOLO = set(RANK) - set(CORE) - {"utils"}
 # "sparseyolo.x..." inside any string: importlib.import_module targets, lazy-export tables

@@ -11,7 +11,7 @@ import pytest
 from sparseyolo.analysis import report_output
 from sparseyolo.analysis.report import RunInfo
 from sparseyolo.analysis.report_output import plot_report, report_json, report_notes
-from sparseyolo.benchmark.runner import BenchResult
+from sparseyolo.timing.runner import BenchResult
 
 pytest.importorskip("matplotlib")
 

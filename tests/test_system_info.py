@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from sparseyolo.benchmark.output import results_json, results_notes
-from sparseyolo.benchmark.runner import BenchResult
+from sparseyolo.timing.output import results_json, results_notes
+from sparseyolo.timing.runner import BenchResult
 from sparseyolo.utils import system
 from sparseyolo.utils.system import isa_flags, machine_line, system_info
 

@@ -373,7 +373,7 @@ def test_yolov3_tiny_onnx_matches_pytorch_map(shared_dir, tmp_path):
 
 def test_backends_on_sparseyolo_exports(tiny_model, tmp_path):
     """`sparseyolo export` output: raw heads decode like PyTorch; an NMS-included graph is only filtered."""
-    from sparseyolo.export import export_onnx
+    from sparseyolo.exporters import export_onnx
     from sparseyolo.runtime.backends import postprocess
 
     imgs = torch.randint(0, 255, (2, 3, 128, 128), dtype=torch.uint8)

@@ -265,7 +265,7 @@ def analyze_onnx(path: str | Path, img: tuple[int, int] | None = None) -> ModelA
     import onnx
     from onnx import numpy_helper
 
-    from sparseyolo.export.packed import unpack_sparse_weights
+    from sparseyolo.exporters.packed import unpack_sparse_weights
     from sparseyolo.runtime.onnx_info import read_model_info, resolve_input_shapes
 
     info = read_model_info(path)

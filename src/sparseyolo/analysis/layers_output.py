@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from sparseyolo.analysis.layers import ModelAnalysis
-from sparseyolo.benchmark.output import markdown_table
+from sparseyolo.timing.output import markdown_table
 from sparseyolo.utils.io import atomic_write_text
 from sparseyolo.utils.plotting import save_figure
 

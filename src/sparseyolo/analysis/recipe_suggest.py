@@ -135,7 +135,7 @@ def _masked_score(
 def _export(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> Path:
     """An ONNX file of ``model`` in the deployed precision (int8: QDQ, or Conv-only QLinear for
     DeepSparse), with observer ranges from random inputs (latency does not depend on them)."""
-    from sparseyolo.export.onnx import export_onnx
+    from sparseyolo.exporters.onnx import export_onnx
 
     model = copy.deepcopy(model).float().eval()
     if int8:
@@ -148,7 +148,7 @@ def _export(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> 
         model.eval()
     out = export_onnx(model, path, img_size=(img, img))
     if int8 and engine == "deepsparse":
-        from sparseyolo.export.qlinear import export_qlinear
+        from sparseyolo.exporters.qlinear import export_qlinear
 
         out = export_qlinear(out, path.with_suffix(".qlinear.onnx"))
     return out
@@ -156,7 +156,7 @@ def _export(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> 
 
 def _time(files: list[Path], engine: str, img: int, threads: int | None, time_s: float) -> list[float]:
     """Median latency (ms) of each file on ``engine``, timed interleaved."""
-    from sparseyolo.benchmark.runner import benchmark
+    from sparseyolo.timing.runner import benchmark
 
     results = benchmark(
         [str(f) for f in files],
@@ -414,12 +414,12 @@ def verify(
 
 def _export_as_is(model: nn.Module, path: Path, s: Suggestion) -> Path:
     """``model`` exported in its own precision (a QAT model as QDQ, Conv-only QLinear for DeepSparse)."""
-    from sparseyolo.export.onnx import export_onnx
+    from sparseyolo.exporters.onnx import export_onnx
     from sparseyolo.quantization import is_qat_model
 
     out = export_onnx(model.float().eval(), path, img_size=(s.img, s.img))
     if is_qat_model(model) and s.engine == "deepsparse":
-        from sparseyolo.export.qlinear import export_qlinear
+        from sparseyolo.exporters.qlinear import export_qlinear
 
         out = export_qlinear(out, path.with_suffix(".qlinear.onnx"))
     return out

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sparseyolo.benchmark.runner import BenchResult, benchmark
+from sparseyolo.timing.runner import BenchResult, benchmark
 from sparseyolo.utils.errors import SparseYoloError, where
 from sparseyolo.utils.logging import LOGGER
 
@@ -143,13 +143,13 @@ def _metrics_from_checkpoint(run: RunInfo) -> None:
 
 
 def export_missing(run: RunInfo, img: int) -> None:
-    """Export ``weights/best.pt`` to ``weights/best.onnx`` (sparseyolo.export) when no ONNX exists."""
+    """Export ``weights/best.pt`` to ``weights/best.onnx`` (sparseyolo.exporters) when no ONNX exists."""
     if run.onnx is not None or run.weights is None:
         return
     from sparseyolo.runtime.loading import load_torch_model
 
     try:
-        from sparseyolo.export.onnx import export_onnx
+        from sparseyolo.exporters.onnx import export_onnx
     except ImportError as e:
         raise SparseYoloError(f"{run.dir}: no ONNX file and the exporter is unavailable ({e})") from None
     model, _ = load_torch_model(run.weights)
@@ -159,7 +159,7 @@ def export_missing(run: RunInfo, img: int) -> None:
 
 
 def measure_size(run: RunInfo) -> None:
-    from sparseyolo.export.size import gzip_size
+    from sparseyolo.exporters.size import gzip_size
 
     if run.onnx is not None:
         run.size_raw = run.onnx.stat().st_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparseyolo.analysis.report import RunInfo
-from sparseyolo.benchmark.output import markdown_table
+from sparseyolo.timing.output import markdown_table
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.plotting import save_figure
 from sparseyolo.utils.system import engines_line, machine_line, system_info

@@ -64,26 +64,18 @@ def check_positive(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.benchmark.output import results_json, results_notes, results_table
-    from sparseyolo.benchmark.runner import benchmark
+    import sparseyolo.api as api
+    from sparseyolo.cli.common import flags
     from sparseyolo.runtime.engines import parse_engines
+    from sparseyolo.timing.output import results_json, results_notes, results_table
     from sparseyolo.utils.io import atomic_write_text
 
     check_positive(args)
     engines = parse_engines(args.engine)
     img = parse_img(args.img)
-    results = benchmark(
-        args.models,
-        engines,
-        batch_size=args.batch_size,
-        img=img,
-        threads=args.threads,
-        time_s=args.time,
-        warmup_s=args.warmup,
-        seed=args.seed,
-        progress=not args.quiet,
-        exact_files=args.exact_file,
-    )
+    options = flags(args)
+    models, _ = options.pop("models"), options.pop("engine")
+    results = api.benchmark(models, engines, **{**options, "img": img})
     print(results_table(results))
     swapped = list(dict.fromkeys(r.form_note for r in results if r.given and r.model != r.given))
     if swapped:

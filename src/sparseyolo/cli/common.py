@@ -61,3 +61,8 @@ def add_timing_arguments(parser: argparse.ArgumentParser, per: str) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: engine's choice)")
     parser.add_argument("--time", type=float, default=10.0, help=f"measured seconds per {per} and engine")
     parser.add_argument("--warmup", type=float, default=2.0, help=f"warm-up seconds per {per} and engine")
+
+
+def flags(args: argparse.Namespace) -> dict:
+    """A command's flags as keyword arguments of its Python API function (argparse internals dropped)."""
+    return {k: v for k, v in vars(args).items() if k != "command" and not k.startswith("_")}

@@ -40,30 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.runtime.predict import run as detect_run
+    import sparseyolo.api as api
+    from sparseyolo.cli.common import flags
 
-    detect_run(
-        args.weights,
-        args.source,
-        img_size=args.img_size,
-        conf_thres=args.conf_thres,
-        iou_thres=args.iou_thres,
-        max_det=args.max_det,
-        classes=args.classes,
-        agnostic_nms=args.agnostic_nms,
-        save_txt=args.save_txt,
-        save_conf=args.save_conf,
-        save_json=args.save_json,
-        nosave=args.nosave,
-        line_thickness=args.line_thickness,
-        project=args.project,
-        name=args.name,
-        exist_ok=args.exist_ok,
-        device=args.device,
-        cfg=args.cfg,
-        half=args.half,
-        data=args.data,
-        engine=args.engine,
-        exact_file=args.exact_file,
-    )
+    options = flags(args)
+    api.detect(options.pop("weights"), options.pop("source"), **options)
     return 0

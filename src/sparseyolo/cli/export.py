@@ -1,4 +1,5 @@
-"""``sparseyolo export``: checkpoint -> ONNX (FP32, or QDQ + QLinearConv for a QAT checkpoint)."""
+"""``sparseyolo export``: checkpoint -> ONNX (FP32, or QDQ + QLinearConv for a QAT checkpoint; with
+``--int8 --data D.yaml``, post-training quantization of a float checkpoint)."""
 
 from __future__ import annotations
 
@@ -58,112 +59,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["onnx", "darknet"],
         help="onnx, or darknet: W.cfg + W.weights with the model's actual (thinned) filter counts",
     )
+    ptq = parser.add_argument_group(
+        "post-training quantization (--int8)",
+        "int8 without training: writes W.onnx (FP32), W.int8.onnx (QDQ) and W.int8.qlinear.onnx, calibrated "
+        "on images of --data, and compares FP32 and int8 mAP on its val split (docs/quantization.md)",
+    )
+    ptq.add_argument(
+        "--int8", action="store_true", help="post-training int8 quantization of a float checkpoint (needs --data)"
+    )
+    ptq.add_argument("--data", default=None, help="--int8: data YAML of the calibration images and the mAP check")
+    ptq.add_argument("--calib-images", type=int, default=128, help="--int8: number of calibration images")
+    ptq.add_argument(
+        "--calib-split", default="train", choices=["train", "val", "test"], help="--int8: split to calibrate on"
+    )
+    ptq.add_argument(
+        "--calib-method",
+        default="percentile",
+        choices=["percentile", "mse", "minmax"],
+        help="--int8: activation range from the calibration histograms: percentile (clip at --percentile), "
+        "mse (least expected quantization error) or minmax",
+    )
+    ptq.add_argument("--percentile", type=float, default=99.99, help="--int8 --calib-method percentile: the clip")
+    ptq.add_argument(
+        "--no-bias-correction",
+        action="store_true",
+        help="--int8: keep conv biases as they are (default: subtract each conv's mean output shift caused by "
+        "weight quantization, measured on the calibration images)",
+    )
+    ptq.add_argument(
+        "--weight-bits",
+        type=int,
+        default=8,
+        choices=[8, 7],
+        help="--int8: 7 keeps the int8 weights within -63..63, which ONNX Runtime's int8 convolutions on x86 "
+        "CPUs without VNNI/AMX compute exactly (with 8 they saturate there; docs/quantization.md)",
+    )
+    ptq.add_argument(
+        "--no-eval", action="store_true", help="--int8: skip the FP32 vs int8 mAP comparison on the val split"
+    )
+    ptq.add_argument("--workers", type=int, default=4, help="--int8: data loader processes (calibration, mAP)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from sparseyolo.api.exporting import MAP_HEADER, export_weights
+    from sparseyolo.cli.common import flags
+    from sparseyolo.exporters.size import size_table
+    from sparseyolo.utils.tables import markdown_table
 
-    from sparseyolo.export.onnx import export_onnx
-    from sparseyolo.export.qlinear import export_qlinear
-    from sparseyolo.export.size import size_table
-    from sparseyolo.quantization import is_qat_model
-    from sparseyolo.utils.errors import SparseYoloError
-    from sparseyolo.utils.logging import LOGGER
-
-    if len(args.img_size) not in (1, 2):
-        raise SparseYoloError(f"--img-size takes one or two integers, got {args.img_size}")
-    img_size = tuple(args.img_size) * (2 if len(args.img_size) == 1 else 1)
-    device = _device(args.device, torch)
-    weights, model = _load(args.weights, args.cfg)
-    model = model.to(device).float().eval()
-    if args.format == "darknet":
-        return _darknet(model, weights, img_size, is_qat_model(model), LOGGER)
-    out = weights.with_suffix(".onnx")
-    qat = is_qat_model(model)
-    export_onnx(
-        model,
-        out,
-        img_size=img_size,
-        batch_size=args.batch_size,
-        dynamic=args.dynamic,
-        simplify=args.simplify,
-        include_nms=args.include_nms,
-        opset=args.opset,
-        device=device,
-        uint8_input=args.uint8_input,
-        max_det=args.max_det,
-        conf_thres=args.conf_thres,
-        iou_thres=args.iou_thres,
-    )
-    files = [out]
-    if qat:
-        ops = [o.strip() for o in args.qlinear_ops.split(",") if o.strip()]
-        qlinear = weights.with_suffix(".qlinear.onnx")
-        export_qlinear(out, qlinear, ops)
-        files.append(qlinear)
-    if args.pack_sparse:
-        files += _pack(out, weights.with_suffix(".packed.onnx"), LOGGER)
-    LOGGER.info(f"export: wrote {', '.join(str(f) for f in files)}\n")
+    options = flags(args)
+    outcome = export_weights(options.pop("weights"), **options)
     # the seed's "size on disk" column is the ONNX file; gzip -9 of a large .pt would only add minutes
-    print(size_table(files))
+    onnx_files = [f for f in outcome.files if f.suffix == ".onnx"]
+    if onnx_files:
+        print(size_table(onnx_files))
+    if outcome.map_rows:
+        print("\nmAP on the val split (ONNX Runtime):\n" + markdown_table(MAP_HEADER, outcome.map_rows, align="llrrr"))
     return 0
-
-
-def _darknet(model, weights, img_size, qat: bool, logger) -> int:
-    from sparseyolo.models.darknet import save_darknet
-    from sparseyolo.utils.errors import SparseYoloError
-
-    if qat:
-        raise SparseYoloError(f"{weights}: a quantization-aware model has no Darknet form; export it to ONNX")
-    if model.decode != "darknet":
-        logger.warning(
-            f"export: {weights.name} decodes boxes as {model.decode!r}; Darknet's [yolo] layer decodes them "
-            "its own way, so Darknet itself will place this model's boxes differently (the weights and "
-            "raw outputs are exact; sparseyolo reads the pair back with --cfg)"
-        )
-    out = weights.with_suffix(".weights") if weights.suffix != ".weights" else weights.with_suffix(".export.weights")
-    cfg, written = save_darknet(model, out, img_size=max(img_size))
-    logger.info(f"export: wrote {cfg} and {written}")
-    return 0
-
-
-def _pack(src, dst, logger) -> list:
-    from sparseyolo.export.packed import MIN_SPARSITY, pack_sparse_file
-
-    packed = pack_sparse_file(src, dst)
-    if not packed:
-        logger.warning(
-            f"--pack-sparse: {src} has no float weight with at least {MIN_SPARSITY:.0%} zeros; "
-            f"{dst.name} not written (quantized files already store 1 byte per weight)"
-        )
-        return []
-    logger.info(f"--pack-sparse: packed {len(packed)} sparse weights into {dst}")
-    return [dst]
-
-
-def _device(spec: str, torch):
-    from sparseyolo.utils.errors import SparseYoloError
-
-    spec = str(spec).strip().lower()
-    if spec.isdigit():
-        spec = f"cuda:{spec}"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise SparseYoloError(f"--device {spec!r} is not a device (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SparseYoloError(f"--device {spec}: CUDA is not available on this machine")
-    return device
-
-
-def _load(spec: str, cfg):
-    """``(local weights path, model)`` from a checkpoint, Darknet weights, URL or zoo stub.
-
-    The loader re-applies the QAT structure recorded in a checkpoint and raises ``WeightsError``
-    for missing or corrupt files.
-    """
-    from sparseyolo.models.weights import load_model, resolve_weights
-
-    path = resolve_weights(spec)
-    model, _ckpt = load_model(path, cfg=cfg)
-    return path, model

@@ -127,19 +127,19 @@ def _recording(cls: type) -> type:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.engine.setup import TrainConfig
-    from sparseyolo.engine.trainer import train
+    import sparseyolo.api as api
+    from sparseyolo.cli.common import flags
     from sparseyolo.utils.errors import ConfigError
 
-    cfg = TrainConfig.from_dict(vars(args))
-    if args.recipe_args:
+    options = flags(args)
+    if options.get("recipe_args"):
         from sparseyolo.recipe.recipe import parse_recipe_args
 
-        cfg.recipe_args = parse_recipe_args(args.recipe_args)
+        options["recipe_args"] = parse_recipe_args(options["recipe_args"])
     else:
-        cfg.recipe_args = {}
-    if not cfg.resume and not cfg.data:
+        options["recipe_args"] = {}
+    if not options["resume"] and not options["data"]:
         raise ConfigError("train: --data is required (a dataset YAML with train/val/nc/names)")
     # on --resume, only the flags on the command line are compared with the run's saved settings
-    train(cfg, given=getattr(args, "_given", set()))
+    api.train(**options, _given=getattr(args, "_given", set()))
     return 0

@@ -75,33 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparseyolo.runtime.val import run as val_run
+    import sparseyolo.api as api
+    from sparseyolo.cli.common import flags
 
-    val_run(
-        args.weights,
-        args.data,
-        img_size=args.img_size,
-        batch_size=args.batch_size,
-        conf_thres=args.conf_thres,
-        iou_thres=args.iou_thres,
-        max_det=args.max_det,
-        task=args.task,
-        device=args.device,
-        single_cls=args.single_cls,
-        verbose=args.verbose,
-        save_json=args.save_json,
-        save_txt=args.save_txt,
-        save_conf=args.save_conf,
-        project=args.project,
-        name=args.name,
-        exist_ok=args.exist_ok,
-        rect=args.rect,
-        half=args.half,
-        cfg=args.cfg,
-        workers=args.workers,
-        plots=not args.noplots,
-        multi_label=args.multi_label,
-        engine=args.engine,
-        exact_file=args.exact_file,
-    )
+    options = flags(args)
+    api.val(options.pop("weights"), options.pop("data"), **options)
     return 0

@@ -209,7 +209,7 @@ def bench_name(path: Path, bench_img: int) -> Path:
 def export_run(run_dir: Path, img: int, bench_img: int) -> list[Path]:
     """``weights/best.pt`` -> ``best.onnx`` at ``img`` (FP32, or QDQ for QAT) and ``best.qlinear.onnx``
     (QAT), then the same at ``bench_img`` (``best-<bench_img>.onnx`` ...): same weights, larger input."""
-    from sparseyolo.export import export_onnx, export_qlinear
+    from sparseyolo.exporters import export_onnx, export_qlinear
     from sparseyolo.models.weights import load_model
     from sparseyolo.quantization import is_qat_model
 
@@ -240,8 +240,8 @@ def onnx_stats(path: Path) -> tuple[float, float | None]:
 
 
 def export_summary(onnx: dict[str, list[Path]], sparsity: dict[str, float], flops: dict[str, float]) -> str:
-    from sparseyolo.benchmark.output import markdown_table
-    from sparseyolo.export.size import file_size, human
+    from sparseyolo.exporters.size import file_size, human
+    from sparseyolo.timing.output import markdown_table
 
     rows = []
     for run, files in onnx.items():
@@ -267,7 +267,7 @@ def report_rows(run_dirs: list[Path], data: Path, cfg: DemoConfig) -> list[Any]:
     training size, then their ``best-<bench_img>`` twins (same weights) sized and benchmarked
     interleaved on ONNX Runtime at the benchmark size."""
     from sparseyolo.analysis.report import measure_size, read_run, revalidate, with_qlinear_rows
-    from sparseyolo.benchmark.runner import benchmark
+    from sparseyolo.timing.runner import benchmark
 
     runs = with_qlinear_rows([read_run(d) for d in run_dirs])
     print(

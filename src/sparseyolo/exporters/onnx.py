@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparseyolo.export import graph as G
+from sparseyolo.exporters import graph as G
 from sparseyolo.models.common import fold_batchnorm
 from sparseyolo.quantization import disable_observers, is_qat_model
 from sparseyolo.utils.errors import SparseYoloError
@@ -136,7 +136,7 @@ def export_onnx(
     img_size = check_img_size(img_size, stride)
     net = _export_copy(model, device, qat)
     if include_nms:
-        from sparseyolo.export.nms import DetectWithNMS
+        from sparseyolo.exporters.nms import DetectWithNMS
 
         net = DetectWithNMS(net, max_det=max_det, conf_thres=conf_thres, iou_thres=iou_thres)
     x = torch.zeros(batch_size, 3, *img_size, device=device)
@@ -170,7 +170,7 @@ def export_onnx(
     if simplify:
         proto = _simplify(proto)
     if uint8_input:
-        from sparseyolo.export.qlinear import make_uint8_input
+        from sparseyolo.exporters.qlinear import make_uint8_input
 
         make_uint8_input(proto)
     fmt = "qdq" if qat else "fp32"

@@ -67,7 +67,7 @@ def pack_sparse_weights(model, min_sparsity: float = MIN_SPARSITY, min_size: int
     50%, 14% at 80%); below 25% the gain is not worth another subgraph to fold at load time."""
     from onnx import TensorProto, helper
 
-    from sparseyolo.export.graph import Graph, set_metadata
+    from sparseyolo.exporters.graph import Graph, set_metadata
 
     if is_packed(model):
         raise SparseYoloError("this ONNX model's sparse weights are already packed")
@@ -154,7 +154,7 @@ def unpack_sparse_weights(model) -> int:
         dense[mask] = values[1:]
         restored.append(numpy_helper.from_array(dense.reshape(shape), node.output[0]))
     model.graph.initializer.extend(restored)
-    from sparseyolo.export.graph import remove_dead
+    from sparseyolo.exporters.graph import remove_dead
 
     names = {t.name for t in restored}
     kept = [n for n in model.graph.node if not (n.op_type == "Reshape" and n.output[0] in names)]
@@ -171,7 +171,7 @@ def pack_sparse_file(src: str | Path, dst: str | Path, min_sparsity: float = MIN
     """Write ``dst``: ``src`` with its sparse float weights packed; returns the names packed."""
     import onnx
 
-    from sparseyolo.export.onnx import save_onnx
+    from sparseyolo.exporters.onnx import save_onnx
 
     model = onnx.load(str(src))
     packed = pack_sparse_weights(model, min_sparsity=min_sparsity)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseyolo.export import graph as G
+from sparseyolo.exporters import graph as G
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 
@@ -212,7 +212,7 @@ def export_qlinear(src: str | Path, dst: str | Path, ops: tuple[str, ...] | list
     """Read a QDQ export, convert it to QOperator form and write it (metadata ``format: qlinear``)."""
     import onnx
 
-    from sparseyolo.export.onnx import save_onnx
+    from sparseyolo.exporters.onnx import save_onnx
 
     proto = onnx.load(str(src))
     proto, counts = convert_to_qlinear(proto, ops)

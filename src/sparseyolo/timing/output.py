@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sparseyolo.benchmark.runner import BenchResult
+from sparseyolo.timing.runner import BenchResult
 from sparseyolo.utils.system import machine_line, system_info
 from sparseyolo.utils.tables import markdown_table
 
