@@ -121,3 +121,7 @@ uptime
 $SY benchmark $D/dense.onnx $D/pruned_fp32.onnx $D/pruned_qat.qlinear.onnx \
     --engine onnxruntime,deepsparse --threads 1 --time 30 --warmup 5 --exact-file --json $D/spp_ds_1thread.json
 uptime
+# 9. where DeepSparse spends the time (per-layer, 1 core, 3 iterations; approximate on a busy machine)
+for f in pruned_fp32 pruned_qat.qlinear; do
+    .venv-deepsparse/bin/deepsparse.debug_analysis $D/$f.onnx -ncores 1 -wi 1 -bi 3 -b 1 > $D/debug_analysis.$f.txt 2>&1
+done
