@@ -92,8 +92,9 @@ def test_phases_targets_lr_and_final_sparsity(tiny):
     assert (r.recipe_epochs, r.epochs, r.steps_per_epoch, r.steps_per_epoch_assumed) == (5, 5, 4, False)
     assert [row.epoch for row in r.rows] == [0, 1, 2, 3, 4, 5]
     assert [row.phase for row in r.rows] == ["pruning", "pruning", "pruned", "qat", "qat", "qat"]
-    # targets at the last update: linear 0.05 -> 0.8 over 0-2 (updates every half epoch), cubic for P2
-    assert [row.targets["P1"] for row in r.rows[:3]] == pytest.approx([0.05, 0.425, 0.8])
+    # targets at the last update: 0.05 -> 0.8 over 0-2 (updates every half epoch), cubic for both
+    # cubic, SparseML's default: 0.05 + 0.75 * (1 - 0.5 ** 3) half way
+    assert [row.targets["P1"] for row in r.rows[:3]] == pytest.approx([0.05, 0.70625, 0.8])
     assert r.rows[1].targets["P2"] == pytest.approx(0.05 + 0.45 * (1 - 0.5**3))
     assert r.rows[-1].targets == pytest.approx({"P1": 0.8, "P2": 0.5})
     # lr of every param group (norm, weight, bias): set at 0, cosine 2 -> 3
