@@ -41,7 +41,7 @@ class ExportOptions:
     data: str | None = None
     calib_images: int = 128
     calib_split: str = "train"
-    calib_method: str = "percentile"
+    calib_method: str = "mse"
     percentile: float = 99.99
     no_bias_correction: bool = False
     no_eval: bool = False

@@ -10,7 +10,7 @@ an ordinary fake-quantized model: :func:`sparseyolo.exporters.onnx.export_onnx` 
 ```python
 from sparseyolo.exporters.ptq import calibration_loader, quantize_post_training
 loader = calibration_loader("bccd.yaml", img_size=416, n_images=128)
-qmodel = quantize_post_training(model, loader, method="percentile")   # model itself is not changed
+qmodel = quantize_post_training(model, loader, method="mse")   # model itself is not changed
 export_onnx(qmodel, "best.int8.onnx", img_size=416)
 ```
 """
@@ -134,7 +134,7 @@ def _image_batches(source: object, limit: int | None, device: torch.device) -> I
 def quantize_post_training(
     model: nn.Module,
     calib_loader_or_images: object,
-    method: str = "percentile",
+    method: str = "mse",
     percentile: float = DEFAULT_PERCENTILE,
     bias_correction: bool = True,
     n_images: int | None = None,
@@ -149,9 +149,10 @@ def quantize_post_training(
     - ``calib_loader_or_images``: a DataLoader (e.g. :func:`calibration_loader`; the first element of
       each batch is the image tensor), any iterable of image batches, or one ``(N, 3, H, W)`` tensor;
       uint8 pixels are divided by 255, float images are taken as already in [0, 1].
-    - ``method``: how activation ranges are chosen from the calibration histograms: ``percentile``
-      (clip at the ``100 - percentile`` / ``percentile`` quantiles; default 99.99), ``mse`` (the range
-      with the least expected quantization error) or ``minmax``.
+    - ``method``: how activation ranges are chosen from the calibration histograms: ``mse`` (the
+      range with the least expected quantization error; the best measured, docs/quantization.md),
+      ``percentile`` (clip at the ``100 - percentile`` / ``percentile`` quantiles; default 99.99) or
+      ``minmax``.
     - ``bias_correction``: subtract each quantized conv's mean output shift caused by weight
       quantization (measured on the calibration images) from its bias.
     - ``n_images``: use at most this many images of the source (None: all it yields).

@@ -3,7 +3,7 @@
 ```python
 from sparseyolo.quantization import QATConfig, prepare_qat, freeze_bn_stats, disable_observers
 prepare_qat(model, ["model.0", "model.1"], QATConfig())   # in place, keeps the Parameters
-calibrate(model, batches, method="percentile")            # post-training: ranges, bias correction, frozen
+calibrate(model, batches, method="mse")                   # post-training: ranges, bias correction, frozen
 ```
 """
 

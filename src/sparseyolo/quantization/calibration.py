@@ -377,7 +377,7 @@ def _batch_size(batch: object) -> int:
 def calibrate(
     model: nn.Module,
     batches: Iterable[object],
-    method: str = "percentile",
+    method: str = "mse",
     percentile: float = DEFAULT_PERCENTILE,
     bias_correction: bool = True,
     bins: int = DEFAULT_BINS,
