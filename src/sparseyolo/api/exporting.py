@@ -46,7 +46,7 @@ class ExportOptions:
     no_bias_correction: bool = False
     no_eval: bool = False
     workers: int = 4
-    weight_bits: int = 8
+    weight_bits: int = 7  # exact on every CPU; 8 for VNNI targets (docs/quantization.md)
 
 
 @dataclass

@@ -138,7 +138,7 @@ def quantize_post_training(
     percentile: float = DEFAULT_PERCENTILE,
     bias_correction: bool = True,
     n_images: int | None = None,
-    weight_bits: int = 8,
+    weight_bits: int = 7,
     config: QATConfig | None = None,
     submodules: list[str] | None = None,
     device: str | torch.device | None = None,
@@ -156,9 +156,9 @@ def quantize_post_training(
     - ``bias_correction``: subtract each quantized conv's mean output shift caused by weight
       quantization (measured on the calibration images) from its bias.
     - ``n_images``: use at most this many images of the source (None: all it yields).
-    - ``weight_bits``: 8, or 7 to keep the int8 weights within -63..63 (larger scales, same graph):
-      ONNX Runtime's int8 convolutions on x86 CPUs without VNNI/AMX then compute exactly instead of
-      saturating (see docs/quantization.md).
+    - ``weight_bits``: 7 (default) keeps the int8 weights within -63..63 (larger scales, same graph),
+      which every int8 kernel computes exactly; 8 uses -127..127, which ONNX Runtime's int8
+      convolutions on x86 CPUs without VNNI/AMX saturate (see docs/quantization.md).
     - ``config`` / ``submodules``: the quantization scheme and the layers to quantize; defaults
       :func:`ptq_config` and :func:`ptq_submodules` (everything but the Detect head).
     - ``inplace``: quantize ``model`` itself instead of a deep copy.
