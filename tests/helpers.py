@@ -71,6 +71,12 @@ def _error(rc: int, text: str, cmd: str, *needles: str) -> str:
     return msg
 
 
+def _val_args(weights, data_yaml, project: Path, *extra) -> list:
+    """``sparseyolo val`` arguments for a 64-px CPU run of ``weights`` on ``data_yaml``."""
+    return ["val", "--weights", weights, "--data", data_yaml, "--img", "64", "--workers", "0", "--device", "cpu",
+            "--project", project, *extra]  # fmt: skip
+
+
 def _train_args(data: dict, project: Path, *extra) -> list:
     """``sparseyolo train`` arguments for a 1-epoch, 64-px run on ``data`` (the ``bad_data`` fixture)."""
     return [
@@ -216,3 +222,21 @@ def thinned_model(name: str):
         model.detect.anchors[0, 0] = torch.tensor([10.5, 13.25])  # non-integer anchors travel exactly
     model.decode = "darknet"  # what a Darknet import decodes with
     return model.eval()
+
+
+# the columns results.csv and the loggers must carry, spelled out here (not imported from the logger)
+LOGGED_COLUMNS = (
+    "train/box_loss",
+    "train/obj_loss",
+    "train/cls_loss",
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP_0.5",
+    "metrics/mAP_0.5:0.95",
+    "val/box_loss",
+    "val/obj_loss",
+    "val/cls_loss",
+    "x/lr0",
+    "x/lr1",
+    "x/lr2",
+)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import _error, _proc, _recipe, _train_args
+from helpers import _error, _proc, _recipe, _train_args, _val_args
 
 
 @pytest.fixture(scope="module")
@@ -134,21 +134,7 @@ def test_detect_skips_corrupt_images(trained, bad_data, cli):
 
 
 def test_data_yaml_without_names(trained, bad_data, cli, tmp_path):
-    rc, log = cli(
-        "val",
-        "--weights",
-        trained["weights"],
-        "--data",
-        bad_data["root"] / "nonames.yaml",
-        "--img",
-        "64",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--project",
-        tmp_path,
-    )
+    rc, log = cli(*_val_args(trained["weights"], bad_data["root"] / "nonames.yaml", tmp_path))
     _error(rc, log, "val", "nonames.yaml", "'names'")
     rc, log = cli(*_train_args(dict(bad_data, data=bad_data["root"] / "nonames.yaml"), tmp_path))
     _error(rc, log, "train", "nonames.yaml", "'names'")
@@ -157,21 +143,7 @@ def test_data_yaml_without_names(trained, bad_data, cli, tmp_path):
 def test_data_yaml_syntax_error_names_line(trained, bad_data, cli, tmp_path):
     bad = tmp_path / "syntax.yaml"
     bad.write_text("train: [a\nnames: [x]\n")
-    rc, log = cli(
-        "val",
-        "--weights",
-        trained["weights"],
-        "--data",
-        bad,
-        "--img",
-        "64",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--project",
-        tmp_path,
-    )
+    rc, log = cli(*_val_args(trained["weights"], bad, tmp_path))
     msg = _error(rc, log, "val", f"{bad}:2", "invalid YAML")
     assert "<unicode string>" not in msg
 
@@ -190,41 +162,9 @@ def cut_weights(bad_data, tiny_darknet) -> tuple[Path, Path]:
 
 def test_truncated_darknet_weights(cut_weights, bad_data, cli, tmp_path):
     half, aligned = cut_weights
-    rc, log = cli(
-        "val",
-        "--weights",
-        half,
-        "--cfg",
-        bad_data["cfg"],
-        "--data",
-        bad_data["data"],
-        "--img",
-        "64",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--project",
-        tmp_path,
-    )
+    rc, log = cli(*_val_args(half, bad_data["data"], tmp_path, "--cfg", bad_data["cfg"]))
     _error(rc, log, "val", str(half))
-    rc, log = cli(
-        "val",
-        "--weights",
-        aligned,
-        "--cfg",
-        bad_data["cfg"],
-        "--data",
-        bad_data["data"],
-        "--img",
-        "64",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--project",
-        tmp_path,
-    )
+    rc, log = cli(*_val_args(aligned, bad_data["data"], tmp_path, "--cfg", bad_data["cfg"]))
     _error(rc, log, "val", str(aligned), "ran out")
     rc, log = cli(*_train_args(bad_data, tmp_path, "--weights", aligned))
     _error(rc, log, "train", str(aligned))
@@ -233,23 +173,7 @@ def test_truncated_darknet_weights(cut_weights, bad_data, cli, tmp_path):
 def test_truncated_darknet_weights_message_says_so(cut_weights, bad_data, cli, tmp_path):
     """Both cuts should tell the user the file is incomplete, not only that its size is odd."""
     for weights in cut_weights:
-        rc, log = cli(
-            "val",
-            "--weights",
-            weights,
-            "--cfg",
-            bad_data["cfg"],
-            "--data",
-            bad_data["data"],
-            "--img",
-            "64",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--project",
-            tmp_path,
-        )
+        rc, log = cli(*_val_args(weights, bad_data["data"], tmp_path, "--cfg", bad_data["cfg"]))
         msg = _error(rc, log, "val", str(weights))
         assert any(w in msg for w in ("truncated", "ran out", "too short", "incomplete", "cut short")), msg
 

@@ -10,29 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import export_onnx, tiny_cnn
+from helpers import LOGGED_COLUMNS, export_onnx, tiny_cnn
 
 from sparseyolo.analysis.report import build_report, read_results_csv, read_run
 from sparseyolo.analysis.report_output import pick_baseline, report_table
 from sparseyolo.cli.main import main
 from sparseyolo.utils.errors import SparseYoloError
 
-KEYS = [
-    "epoch",
-    "train/box_loss",
-    "train/obj_loss",
-    "train/cls_loss",
-    "metrics/precision",
-    "metrics/recall",
-    "metrics/mAP_0.5",
-    "metrics/mAP_0.5:0.95",
-    "val/box_loss",
-    "val/obj_loss",
-    "val/cls_loss",
-    "x/lr0",
-    "x/lr1",
-    "x/lr2",
-]
+KEYS = ["epoch", *LOGGED_COLUMNS]
 
 
 def make_run(

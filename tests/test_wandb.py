@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import stop_after_epoch
-from helpers import FAST
+from helpers import FAST, LOGGED_COLUMNS
 
 wandb = pytest.importorskip("wandb", reason="wandb is not installed (pip install 'sparseyolo[wandb]')")
 
@@ -24,22 +24,7 @@ from wandb.proto import wandb_internal_pb2  # noqa: E402
 from sparseyolo.engine.setup import TrainConfig  # noqa: E402
 from sparseyolo.engine.trainer import Trainer, train  # noqa: E402
 
-LOGGED = (  # what every epoch must log: losses, validation metrics, learning rates, the epoch
-    "train/box_loss",
-    "train/obj_loss",
-    "train/cls_loss",
-    "metrics/precision",
-    "metrics/recall",
-    "metrics/mAP_0.5",
-    "metrics/mAP_0.5:0.95",
-    "val/box_loss",
-    "val/obj_loss",
-    "val/cls_loss",
-    "x/lr0",
-    "x/lr1",
-    "x/lr2",
-    "epoch",
-)
+LOGGED = (*LOGGED_COLUMNS, "epoch")  # every epoch: losses, validation metrics, learning rates
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sparseyolo.cli.common import HelpFormatter
 from sparseyolo.data.voc_download import DEFAULT_URL_BASE  # a constant; the module imports no torch
 
 HELP = "dataset tools: convert Pascal VOC to YOLO layout (voc2yolo), download PASCAL VOC (get-voc)"
@@ -16,15 +17,6 @@ GET_VOC_HELP = (
     "download VOC2007 trainval+test and VOC2012 trainval, convert them "
     "(train = 07+12 trainval, val = 07 test) and write voc.yaml"
 )
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except the empty ones (None / False) whose meaning the help text explains."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -40,7 +32,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="<subcommand>")
-    fmt = _Formatter
+    fmt = HelpFormatter
 
     p = sub.add_parser(
         "voc2yolo",

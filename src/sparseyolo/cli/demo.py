@@ -17,21 +17,11 @@ About 3.5 minutes on 2 idle CPU cores; --fast is a smoke run of under a minute (
 """
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help (not for on/off flags or preset-dependent None), epilog line breaks kept."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.nargs == 0 or action.default is None:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sparseyolo.demo.settings import DemoConfig
 
     d = DemoConfig()
     parser.epilog = EPILOG
-    parser.formatter_class = _HelpFormatter
     parser.add_argument("--out", default=d.out, help="output folder (a previous demo there is replaced)")
     parser.add_argument("--epochs", type=int, default=None, help=f"baseline epochs (default {d.epochs})")
     parser.add_argument(
