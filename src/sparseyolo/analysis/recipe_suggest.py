@@ -137,10 +137,11 @@ def _export(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> 
     DeepSparse), with observer ranges from random inputs (latency does not depend on them)."""
     from sparseyolo.exporters.onnx import export_onnx
 
-    model = copy.deepcopy(model).float().eval()
+    model = model.float().eval()  # export_onnx folds BN on its own copy
     if int8:
         from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
 
+        model = copy.deepcopy(model)  # prepare_qat works in place
         prepare_qat(model, qat_submodules(model), QATConfig(weight_bits=8, activation_bits=8, fuse="conv_bn_relus"))
         freeze_bn_stats(model)
         model.train()
