@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from sparseyolo.analysis.recipe_check import check_recipe, format_check
+from sparseyolo.analysis.recipe_check import check_recipe
+from sparseyolo.analysis.recipe_check_output import format_check
 from sparseyolo.cli.main import main
 
 # quarter-width YOLOv3-tiny: prunes the conv weights 0-2 (unstructured) and [1, 4] blocks of two convs,

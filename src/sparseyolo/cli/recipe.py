@@ -75,7 +75,8 @@ def _run_check(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from sparseyolo.analysis.recipe_check import check_recipe, format_check, load_check_model
+    from sparseyolo.analysis.recipe_check import check_recipe, load_check_model
+    from sparseyolo.analysis.recipe_check_output import format_check
     from sparseyolo.cli.benchmark import parse_img
     from sparseyolo.utils.errors import ConfigError
     from sparseyolo.utils.io import atomic_write_text
