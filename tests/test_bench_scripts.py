@@ -91,3 +91,24 @@ def test_run_script_exit_codes(capsys):
     with pytest.raises(SystemExit) as e:
         run_script(lambda: None, "tool.py")
     assert e.value.code == 0
+
+
+def test_openvino_placement_writes_the_form_and_times_all_files(tmp_path, capsys):
+    pytest.importorskip("openvino")
+    import torch
+
+    from sparseyolo.exporters import export_onnx
+    from sparseyolo.models import build_model
+    from sparseyolo.quantization import QATConfig, prepare_qat
+
+    model = build_model("yolov3-tiny", nc=2, width_multiple=0.25).eval()
+    prepare_qat(model, [f"model.{i}" for i in range(len(model.model) - 1)], QATConfig())
+    model.train()
+    model(torch.rand(2, 3, 64, 64))  # observers see data
+    model.eval()
+    qdq = export_onnx(model, tmp_path / "q.onnx", img_size=64)
+    script = load_script("openvino_placement")
+    assert script.main([str(qdq), "--time", "0.2", "--warmup", "0.05", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "q.openvino.onnx").is_file()
+    assert "Q/DQ pairs bypassed" in out and "subgraphs" in out and "q.openvino.onnx" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import gzip
 import json
@@ -260,6 +261,42 @@ def test_qlinear_matches_qdq_and_uint8_input(qat_model, tmp_path):
         assert np.abs(o - r).max() <= 0.05 * np.abs(r).max()
     qlin_u8, _ = convert_to_qlinear(onnx.load(u8))
     assert qlin_u8.graph.node[0].op_type == "QLinearConv"  # pixels go straight into the first conv
+
+
+def test_openvino_form_bypasses_the_quantizers_openvino_cannot_fold(qat_model, tmp_path):
+    """NNCF's placement: no Q/DQ pair on a conv's output (before its activation) or a MaxPool's output;
+    every other quantizer, and the int8 weights, stay; the outputs move by rounding only."""
+    from sparseyolo.exporters.openvino_form import openvino_form
+
+    x = torch.rand(1, 3, 64, 64)
+    qdq = export_onnx(qat_model, tmp_path / "q.onnx", img_size=64)
+    proto = onnx.load(qdq)
+
+    def pairs(model) -> collections.Counter:
+        producer = {o: n for n in model.graph.node for o in n.output}
+        return collections.Counter(
+            producer[n.input[0]].op_type if n.input[0] in producer else "input"
+            for n in model.graph.node
+            if n.op_type == "QuantizeLinear"
+        )
+
+    before = pairs(proto)
+    assert before["Conv"] == 11 and before["MaxPool"] > 0  # the QDQ file quantizes each conv's output
+    removed = openvino_form(proto)
+    onnx.checker.check_model(proto)
+    after = pairs(proto)
+    assert removed == before["Conv"] + before["MaxPool"]
+    assert after["Conv"] == after["MaxPool"] == 0
+    assert {k: v for k, v in before.items() if k not in ("Conv", "MaxPool")} == dict(after)
+    int8 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8) == 11
+    out = tmp_path / "q.openvino.onnx"
+    onnx.save(proto, out)
+    ref = session(qdq).run(None, {"images": x.numpy()})
+    got = session(out).run(None, {"images": x.numpy()})
+    for o, r in zip(got, ref, strict=True):
+        assert np.abs(o - r).max() <= 0.05 * np.abs(r).max()
+        assert np.abs(o - r).mean() <= 0.005 * np.abs(r).max()
 
 
 def test_uint8_input_needs_qat(tiny, tmp_path):
