@@ -65,3 +65,15 @@ sparseyolo report runs/train/bccd-tiny-stage3 runs/train/bccd-tiny-pruned runs/t
     runs/train/bccd-tiny-pruned_quantized-80 \
     --engines onnxruntime,openvino,deepsparse --img 416 --threads 2 --time 10 --warmup 2 --data $D \
     --out bccd_report.md --json bccd_report.json --plot bccd_report.png
+
+# stop 19: a shorter rebuild of the baseline (stage 1 stopped at epoch 6, then 22 cosine epochs at stage 1's
+# hyp; mAP@0.5 0.810), PTQ on it (docs/quantization.md) and recipe suggest (docs/recipes.md)
+sparseyolo train --weights runs/train/bccd-tiny-rescaled/weights/last.pt $T --epochs 22 --cos-lr \
+    --hyp $E/hyp.bccd.yaml --name bccd-tiny-base19
+B19=runs/train/bccd-tiny-base19/weights/best.pt
+sparseyolo export --weights $B19 --img 416 --int8 --data $D --calib-images 128
+sparseyolo recipe suggest --weights $B19 --data $D --engine onnxruntime --target-speedup 2.0 --int8 --img 416 \
+    --epochs 12 --threads 2 --save-dir runs/suggest/bccd19
+sparseyolo train --weights $B19 --data $D --img 416 --batch-size 16 --workers 2 --cache ram --hyp pruned_quantized \
+    --recipe runs/suggest/bccd19/recipe.md --name bccd-tiny-suggested19
+sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested19 --threads 2
