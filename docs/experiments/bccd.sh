@@ -77,3 +77,8 @@ sparseyolo recipe suggest --weights $B19 --data $D --engine onnxruntime --target
 sparseyolo train --weights $B19 --data $D --img 416 --batch-size 16 --workers 2 --cache ram --hyp pruned_quantized \
     --recipe runs/suggest/bccd19/recipe.md --name bccd-tiny-suggested19
 sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested19 --threads 2
+# ... and at 24 epochs (runs/suggest/bccd19/recipe24.md: the same plan with num_epochs 24, pruning_end_epoch 14,
+# quantization_start_epoch 20, BN frozen at 22, observers off at 23, as `--epochs 24` writes it)
+sparseyolo train --weights $B19 --data $D --img 416 --batch-size 16 --workers 2 --cache ram --hyp pruned_quantized \
+    --recipe runs/suggest/bccd19/recipe24.md --name bccd-tiny-suggested19-24
+sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested19-24 --suggestion runs/suggest/bccd19/suggest.json
