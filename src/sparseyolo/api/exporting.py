@@ -82,21 +82,7 @@ def export_weights(weights: str | Path, **options: Any) -> ExportOutcome:
     if o.int8:
         return _int8(o, model, weights, img_size, device, LOGGER)
     out = weights.with_suffix(".onnx")
-    export_onnx(
-        model,
-        out,
-        img_size=img_size,
-        batch_size=o.batch_size,
-        dynamic=o.dynamic,
-        simplify=o.simplify,
-        include_nms=o.include_nms,
-        opset=o.opset,
-        device=device,
-        uint8_input=o.uint8_input,
-        max_det=o.max_det,
-        conf_thres=o.conf_thres,
-        iou_thres=o.iou_thres,
-    )
+    export_onnx(model, out, **_onnx_options(o, img_size, device), uint8_input=o.uint8_input)
     files = [out]
     if is_qat_model(model):
         qlinear = weights.with_suffix(".qlinear.onnx")
@@ -106,6 +92,22 @@ def export_weights(weights: str | Path, **options: Any) -> ExportOutcome:
         files += _pack(out, weights.with_suffix(".packed.onnx"), LOGGER)
     LOGGER.info(f"export: wrote {', '.join(str(f) for f in files)}\n")
     return ExportOutcome(files)
+
+
+def _onnx_options(o: ExportOptions, img_size, device) -> dict[str, Any]:
+    """The ``export_onnx`` keywords every ONNX file of one export shares (FP32, QAT and PTQ alike)."""
+    return dict(
+        img_size=img_size,
+        batch_size=o.batch_size,
+        dynamic=o.dynamic,
+        simplify=o.simplify,
+        include_nms=o.include_nms,
+        opset=o.opset,
+        device=device,
+        max_det=o.max_det,
+        conf_thres=o.conf_thres,
+        iou_thres=o.iou_thres,
+    )
 
 
 def _check_int8_flags(o: ExportOptions) -> None:
@@ -149,18 +151,7 @@ def _int8(o: ExportOptions, model, weights, img_size, device, logger) -> ExportO
         )
     stride = int(max(model.stride.tolist())) if hasattr(model, "stride") else 32
     img_size = check_img_size(img_size, stride)
-    common = dict(
-        img_size=img_size,
-        batch_size=o.batch_size,
-        dynamic=o.dynamic,
-        simplify=o.simplify,
-        include_nms=o.include_nms,
-        opset=o.opset,
-        device=device,
-        max_det=o.max_det,
-        conf_thres=o.conf_thres,
-        iou_thres=o.iou_thres,
-    )
+    common = _onnx_options(o, img_size, device)
     fp32 = export_onnx(model, weights.with_suffix(".onnx"), **common)
     loader = calibration_loader(
         o.data, max(img_size), o.calib_images, split=o.calib_split, stride=stride, workers=o.workers
