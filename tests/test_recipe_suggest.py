@@ -9,11 +9,11 @@ import yaml
 from sparseyolo.analysis.recipe_suggest import (
     Suggestion,
     prunable_groups,
-    recipe_text,
     suggest,
     thinned_copy,
     verify,
 )
+from sparseyolo.analysis.recipe_suggest_output import recipe_text
 from sparseyolo.models import build_model
 from sparseyolo.recipe import Recipe
 from sparseyolo.sparsity.channel_graph import trace_channel_groups
