@@ -1,6 +1,7 @@
 """`recipe suggest`: engine-measured channel savings, sensitivity, the greedy plan, its recipe, and --verify."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -121,3 +122,54 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["recipe", "suggest", "--verify", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a training run folder" in err[0]
+
+
+def _fake_engine(reward_zeros: bool):
+    """A deterministic stand-in for an engine's timing: latency proportional to the conv weights it
+    multiplies, all of them (ONNX Runtime, OpenVINO) or only the non-zero ones (DeepSparse)."""
+    import onnx
+    from onnx import numpy_helper
+
+    def time_files(files, engine, img, threads, time_s):
+        out = []
+        for f in files:
+            weights = [numpy_helper.to_array(t) for t in onnx.load(str(f)).graph.initializer if len(t.dims) == 4]
+            out.append(1e-3 * sum(int((w != 0).sum()) if reward_zeros else w.size for w in weights))
+        return out
+
+    return time_files
+
+
+def test_weight_sparsity_is_chosen_where_the_engine_rewards_zeros(model, monkeypatch):
+    import sparseyolo.analysis.recipe_suggest as rs
+
+    monkeypatch.setattr(rs, "_time", _fake_engine(reward_zeros=True))
+    s = suggest(model, _score, "dense.pt", engine="deepsparse", target_speedup=3.0, int8=True, img=64, round_to=4)
+    assert s.sparsity_gain == pytest.approx(1 / (1 - rs.PROBE_SPARSITY), rel=0.05)
+    assert s.mask_type == [1, 4] and s.layers and all(set(x.saving_ms) == {"0.5", "0.7", "0.85"} for x in s.layers)
+    sparse = {x.param: x.sparsity for x in s.layers if x.sparsity}
+    thinned = {p for c in s.groups if c.fraction for p in c.params}
+    assert sparse and not set(sparse) & thinned  # a weight is thinned or sparse, never both
+    assert s.predicted_speedup >= 3.0 and s.predicted_ms == pytest.approx(s.fp32_ms / s.predicted_speedup)
+    # the recipe prunes those weights in [1, 4] blocks to the chosen levels, and still loads
+    manager = Recipe.load(recipe_text(s, epochs=10)).manager()
+    blocks = {p: m.final_sparsity for m in manager.pruning_modifiers if m.mask_type == [1, 4] for p in m.params}
+    assert blocks == sparse
+    again = Suggestion.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again.layers == s.layers and again.mask_type == [1, 4]
+
+
+def test_engines_that_multiply_zeros_get_channels_only(model, monkeypatch, caplog):
+    import sparseyolo.analysis.recipe_suggest as rs
+
+    monkeypatch.setattr(rs, "_time", _fake_engine(reward_zeros=False))
+    kw = dict(engine="onnxruntime", target_speedup=1.3, img=64, round_to=2, fractions=(0.5, 0.75))
+    with caplog.at_level(logging.INFO, logger="sparseyolo"):
+        s = suggest(model, _score, "dense.pt", **kw)
+    assert s.sparsity_gain == pytest.approx(1.0) and s.layers == []
+    assert "does not reward weight sparsity" in caplog.text
+    assert any(c.fraction for c in s.groups) and "unstructured" not in recipe_text(s).split("---")[1]
+    off = suggest(model, _score, "dense.pt", weight_sparsity="off", **kw)
+    assert off.sparsity_gain is None and off.layers == []
+    with pytest.raises(Exception, match="--weight-sparsity must be one of"):
+        suggest(model, _score, "dense.pt", weight_sparsity="maybe", **kw)

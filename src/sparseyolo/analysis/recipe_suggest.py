@@ -1,18 +1,25 @@
-"""``recipe suggest``: a channel-pruning recipe for a speed-up target, from what the engine measures.
+"""``recipe suggest``: a pruning recipe for a speed-up target, from what the engine measures.
 
-For each prunable channel group (channels that must go together, from the model's traced graph):
+Two kinds of cut are measured, each on the chosen engine, in the deployed precision (FP32 or int8),
+interleaved with the unpruned model, so each saving is what that engine really gives, fixed costs and all:
 
-1. *latency*: the whole model, with only that group thinned to a few kept fractions, is exported and
-   timed on the chosen engine (interleaved with the unpruned model, FP32 or int8), so the saving of
-   each group is what that engine really gives, fixed costs and all;
-2. *sensitivity*: the group's channels (lowest L1 norm first) are zeroed in the trained model, and
-   the score (mAP@0.5 on a few validation images) is measured.
+1. *channels*, for each prunable channel group (channels that must go together, from the model's
+   traced graph): the whole model with only that group thinned to a few kept fractions;
+2. *weight sparsity* (unstructured in FP32, ``[1, 4]`` blocks in int8, the blocks int8 sparse kernels
+   use), for each conv / linear weight: the whole model with only that weight magnitude-pruned to a few
+   levels. Only engines that run zeros faster gain from this (DeepSparse; ONNX Runtime and OpenVINO
+   multiply them), so a probe first times the model with every candidate weight 80% zero. Below a
+   1.1x gain the per-layer levels are not measured and only channels are chosen (``--weight-sparsity``).
 
-A greedy search then removes channels where the measured saving per lost score is highest, until the
-predicted latency meets the target. The plan is then built for real (a thinned copy) and timed against
-the dense FP32 model; savings are rescaled and the search continued if it falls short. The predicted
-speed-up is thus a measured one of the thinned architecture (speed depends on layer widths, not on
-the trained weights); ``--verify`` compares it with the trained model's.
+Each cut's *sensitivity* is the score (mAP@0.5 on a few validation images) with the cut applied to the
+trained model: a group's channels (lowest L1 norm first) zeroed, or a weight magnitude-pruned.
+
+A greedy search then takes the cut with the highest measured saving per lost score, until the
+predicted latency meets the target; a weight is either thinned as a channel producer or made sparse,
+never both. The plan is then built for real (a thinned, sparsified copy) and timed against the dense
+FP32 model; savings are rescaled and the search continued if it falls short. The predicted speed-up is
+thus a measured one of the planned architecture and sparsity (speed depends on widths and zeros, not on
+the trained values); ``--verify`` compares it with the trained model's.
 """
 
 from __future__ import annotations
@@ -29,11 +36,18 @@ from torch import nn
 
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
 from sparseyolo.sparsity.channel_pruner import ChannelPruner, kept_channels
+from sparseyolo.sparsity.masks import MaskType, check_shape, magnitude_prune_, parse_mask_type
+from sparseyolo.sparsity.params import prunable_param_names
 from sparseyolo.sparsity.thinning import apply_thinning
-from sparseyolo.utils.errors import SparseYoloError
+from sparseyolo.utils.errors import ConfigError, SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 
 FRACTIONS = (0.25, 0.5, 0.75)  # channel fractions removed, per group
+LEVELS = (0.5, 0.7, 0.85)  # weight sparsities, per layer
+PROBE_SPARSITY = 0.8  # every candidate weight at once: does the engine gain from zeros at all?
+MIN_SPARSITY_GAIN = 1.1  # probe speed-up below which weight sparsity is not considered (auto)
+MIN_LAYER_WEIGHTS = 2048  # smaller weights save nothing measurable
+WEIGHT_SPARSITY_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -45,6 +59,30 @@ class GroupChoice:
     damage: dict[str, float] = field(default_factory=dict)  # fraction -> score lost
     fraction: float = 0.0
     kept: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"group {self.group}"
+
+
+@dataclass
+class LayerSparsity:
+    param: str
+    weights: int
+    saving_ms: dict[str, float] = field(default_factory=dict)  # sparsity -> measured latency saving
+    damage: dict[str, float] = field(default_factory=dict)  # sparsity -> score lost
+    sparsity: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.param
+
+    @property
+    def params(self) -> list[str]:
+        return [self.param]
+
+
+Cut = GroupChoice | LayerSparsity
 
 
 @dataclass
@@ -63,6 +101,9 @@ class Suggestion:
     round_to: int = 8
     qat_submodules: list[str] | None = None  # all but the first layer and the Detect head
     groups: list[GroupChoice] = field(default_factory=list)
+    mask_type: Any = "unstructured"  # of the weight sparsity, as a recipe writes it
+    sparsity_gain: float | None = None  # the probe's speed-up with every candidate weight 80% zero
+    layers: list[LayerSparsity] = field(default_factory=list)  # measured only where zeros pay
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +111,8 @@ class Suggestion:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Suggestion:
         groups = [GroupChoice(**g) for g in d.get("groups", [])]
-        return cls(**{**d, "groups": groups})
+        layers = [LayerSparsity(**x) for x in d.get("layers", [])]
+        return cls(**{**d, "groups": groups, "layers": layers})
 
 
 def prunable_groups(model: nn.Module, graph: ChannelGraph) -> list[GroupChoice]:
@@ -82,6 +124,19 @@ def prunable_groups(model: nn.Module, graph: ChannelGraph) -> list[GroupChoice]:
         if g.fixed or not producers or g.size < 2:
             continue
         out.append(GroupChoice(g.index, [f"{m}.weight" for m in producers], g.size))
+    return out
+
+
+def sparse_layers(model: nn.Module, mask_type: MaskType) -> list[LayerSparsity]:
+    """Conv / linear weights that ``mask_type`` tiles and that are large enough to matter."""
+    named = dict(model.named_parameters())
+    out = []
+    for name in prunable_param_names(model, min_numel=MIN_LAYER_WEIGHTS):
+        try:
+            check_shape(named[name].shape, mask_type, name)
+        except ConfigError:
+            continue  # e.g. a first conv with 3 input channels under [1, 4] blocks
+        out.append(LayerSparsity(name, named[name].numel()))
     return out
 
 
@@ -111,6 +166,22 @@ def thinned_copy(
         pruner.update({p: f for p in choice.params})
         apply_thinning(thin, pruner.plan())
     return thin
+
+
+def sparsified_(model: nn.Module, sparsities: dict[str, float], mask_type: MaskType) -> nn.Module:
+    """Magnitude-prune each named weight of ``model`` to its sparsity, in place; returns ``model``."""
+    named = dict(model.named_parameters())
+    for name, s in sparsities.items():
+        if s > 0:
+            magnitude_prune_(named[name].data, s, mask_type)
+    return model
+
+
+def planned_copy(model: nn.Module, graph: ChannelGraph, s: Suggestion, chosen: dict[str, float]) -> nn.Module:
+    """A copy of ``model`` with the ``chosen`` cuts (by :attr:`key`): groups thinned, then weights sparsified."""
+    thin = thinned_copy(model, graph, {c.group: chosen.get(c.key, 0.0) for c in s.groups}, s.groups, s.round_to)
+    sparsities = {x.param: chosen.get(x.key, 0.0) for x in s.layers}
+    return sparsified_(thin, sparsities, parse_mask_type(s.mask_type))
 
 
 @torch.no_grad()
@@ -188,22 +259,39 @@ def suggest(
     threads: int | None = None,
     time_s: float = 1.0,
     fractions: Sequence[float] = FRACTIONS,
+    weight_sparsity: str = "auto",
+    levels: Sequence[float] = LEVELS,
 ) -> Suggestion:
-    """Per-group channel fractions that meet ``target_speedup`` (vs. the dense FP32 model on
-    ``engine``) at the least measured score loss."""
+    """Per-group channel fractions and, where ``engine`` runs zeros faster, per-layer weight sparsities
+    that meet ``target_speedup`` (vs. the dense FP32 model on ``engine``) at the least measured score
+    loss. ``weight_sparsity``: ``auto`` (probe the engine), ``on`` (always measure), ``off`` (channels only)."""
     if target_speedup <= 1.0:
         raise SparseYoloError(f"--target-speedup must be above 1, got {target_speedup:g}")
+    if weight_sparsity not in WEIGHT_SPARSITY_MODES:
+        raise SparseYoloError(
+            f"--weight-sparsity must be one of {', '.join(WEIGHT_SPARSITY_MODES)}, got {weight_sparsity!r}"
+        )
     model = model.float().eval()
     graph = trace_channel_groups(model, torch.zeros(1, 3, 64, 64))
     groups = prunable_groups(model, graph)
-    if not groups:
+    mask_type = MaskType("block", (1, 4)) if int8 else MaskType("unstructured")
+    layers = sparse_layers(model, mask_type) if weight_sparsity != "off" else []
+    if not groups and not layers:
         raise SparseYoloError(f"{weights}: no channel group can be removed (every one reaches an output or a fixed op)")
+    if layers and mask_type.kind == "block" and round_to % mask_type.block[1]:
+        raise SparseYoloError(f"--round-to {round_to}: thinned widths must stay multiples of 4 for [1, 4] blocks")
+    result = Suggestion(weights, engine, int8, img, target_speedup, 0.0, 0.0, round_to=round_to)
+    result.qat_submodules = qat_submodules(model)
+    result.mask_type, result.groups = mask_type.to_recipe(), groups
     with tempfile.TemporaryDirectory(prefix="sparseyolo-suggest-") as tmp:
         tmp_dir = Path(tmp)
         LOGGER.info(f"recipe suggest: timing {len(groups)} channel groups x {len(fractions)} widths on {engine}")
         files = [_export(model, tmp_dir / "fp32.onnx", img, False, engine)]
         if int8:
             files.append(_export(model, tmp_dir / "int8.onnx", img, True, engine))
+        if layers:
+            probe = sparsified_(copy.deepcopy(model), {x.param: PROBE_SPARSITY for x in layers}, mask_type)
+            files.append(_export(probe, tmp_dir / "probe.onnx", img, int8, engine))
         variants = []
         for c in groups:
             for f in fractions:
@@ -211,49 +299,112 @@ def suggest(
                     thin = thinned_copy(model, graph, {c.group: f}, groups, round_to)
                     variants.append((c, f, _export(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine)))
         ms = _time(files + [v[2] for v in variants], engine, img, threads, time_s)
-        fp32_ms, base_ms = ms[0], ms[len(files) - 1]
+        n_base = 1 + int8
+        result.fp32_ms, result.base_ms = ms[0], ms[n_base - 1]
         for (c, f, _), t in zip(variants, ms[len(files) :], strict=True):
-            c.saving_ms[str(f)] = max(base_ms - t, 0.0)
-        result = Suggestion(weights, engine, int8, img, target_speedup, fp32_ms, base_ms, round_to=round_to)
-        result.qat_submodules = qat_submodules(model)
-        LOGGER.info(f"recipe suggest: scoring {len(variants)} pruned variants on the validation subset")
+            c.saving_ms[str(f)] = max(result.base_ms - t, 0.0)
+        if layers:
+            result.sparsity_gain = result.base_ms / ms[n_base]
+            if weight_sparsity == "auto" and result.sparsity_gain < MIN_SPARSITY_GAIN:
+                LOGGER.info(
+                    f"recipe suggest: {engine} ran {result.sparsity_gain:.2f}x with {PROBE_SPARSITY:.0%} of the "
+                    "weights zero: it does not reward weight sparsity, so only channels are chosen "
+                    "(--weight-sparsity on measures it anyway)"
+                )
+                layers = []
+            else:
+                _time_layers(model, layers, levels, mask_type, files[n_base - 1], tmp_dir, result, threads, time_s)
+        result.layers = layers
+        n_cuts = len(variants) + len(layers) * len(levels)
+        LOGGER.info(f"recipe suggest: scoring {n_cuts} pruned variants on the validation subset")
         result.baseline_score = float(score(model))
         for c, f, _ in variants:
             c.damage[str(f)] = max(result.baseline_score - _masked_score(model, graph, c, f, round_to, score), 0.0)
-        _search(result, groups, model, graph, tmp_dir, threads, time_s)
+        if layers:
+            from sparseyolo.analysis.sensitivity import sensitivity_analysis
+
+            sens = sensitivity_analysis(
+                model, score, [x.param for x in layers], levels, progress=False, mask_type=mask_type
+            )
+            for x in layers:
+                for level, s in zip(sens.levels, sens.scores[x.param], strict=True):
+                    x.damage[str(level)] = max(result.baseline_score - s, 0.0)
+        _search(result, model, graph, tmp_dir, threads, time_s)
     return result
 
 
-def _search(result: Suggestion, groups: list[GroupChoice], model, graph, tmp_dir: Path, threads, time_s) -> None:
-    """Greedy: raise the fraction of the group with the best measured saving per score lost, until the
-    prediction meets the target; then time the real plan and continue if it falls short."""
+def _time_layers(
+    model: nn.Module,
+    layers: list[LayerSparsity],
+    levels: Sequence[float],
+    mask_type: MaskType,
+    base_file: Path,
+    tmp_dir: Path,
+    result: Suggestion,
+    threads: int | None,
+    time_s: float,
+) -> None:
+    """Each layer's saving at each sparsity level, against the dense model timed again in the same run."""
+    LOGGER.info(
+        f"recipe suggest: {result.engine} ran {result.sparsity_gain:.2f}x with {PROBE_SPARSITY:.0%} of the weights "
+        f"zero; timing {len(layers)} layers x {len(levels)} sparsities ({mask_type.to_recipe()})"
+    )
+    files = [base_file]
+    for i, x in enumerate(layers):
+        for level in levels:
+            sparse = sparsified_(copy.deepcopy(model), {x.param: level}, mask_type)
+            files.append(_export(sparse, tmp_dir / f"w{i}_{level}.onnx", result.img, result.int8, result.engine))
+    ms = _time(files, result.engine, result.img, threads, time_s)
+    it = iter(ms[1:])
+    for x in layers:
+        for level in levels:
+            x.saving_ms[str(level)] = max(ms[0] - next(it), 0.0)
+
+
+def _next_cut(cuts: list[Cut], chosen: dict[str, float]) -> tuple[Cut, float] | None:
+    """The cut whose next level saves the most measured time per score lost; a weight is either thinned
+    (as a channel producer) or made sparse, never both."""
+    taken = {p: cut.key for cut in cuts if chosen.get(cut.key, 0.0) > 0 for p in cut.params}
+    best, best_rate = None, 0.0
+    for cut in cuts:
+        if any(taken.get(p, cut.key) != cut.key for p in cut.params):
+            continue
+        now = chosen.get(cut.key, 0.0)
+        nxt = next((f for f in sorted(float(k) for k in cut.saving_ms) if f > now), None)
+        if nxt is None:
+            continue
+        gain = cut.saving_ms[str(nxt)] - cut.saving_ms.get(str(now), 0.0)
+        cost = cut.damage[str(nxt)] - cut.damage.get(str(now), 0.0)
+        rate = gain / (max(cost, 0.0) + 1e-3)
+        if gain > 0 and rate > best_rate:
+            best, best_rate = (cut, nxt), rate
+    return best
+
+
+def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: Path, threads, time_s) -> None:
+    """Greedy: take the best cut (:func:`_next_cut`) until the prediction meets the target; then time the
+    real plan and continue if it falls short."""
+    cuts: list[Cut] = [*result.groups, *result.layers]
     target_ms = result.fp32_ms / result.target_speedup
     scale = 1.0  # measured / predicted saving of the last checked plan
-    chosen: dict[int, float] = {}
+    chosen: dict[str, float] = {}
     for attempt in range(4):
         while True:
-            predicted = result.base_ms - scale * sum(c.saving_ms.get(str(chosen.get(c.group)), 0.0) for c in groups)
+            predicted = result.base_ms - scale * sum(c.saving_ms.get(str(chosen.get(c.key)), 0.0) for c in cuts)
             if predicted <= target_ms:
                 break
-            best, best_rate = None, 0.0
-            for c in groups:
-                levels = sorted(float(k) for k in c.saving_ms)
-                now = chosen.get(c.group, 0.0)
-                nxt = next((f for f in levels if f > now), None)
-                if nxt is None:
-                    continue
-                gain = c.saving_ms[str(nxt)] - c.saving_ms.get(str(now), 0.0)
-                cost = c.damage[str(nxt)] - c.damage.get(str(now), 0.0)
-                rate = gain / (max(cost, 0.0) + 1e-3)
-                if gain > 0 and rate > best_rate:
-                    best, best_rate = (c, nxt), rate
+            best = _next_cut(cuts, chosen)
             if best is None:
                 break  # nothing left that saves time
-            chosen[best[0].group] = best[1]
-        thin = thinned_copy(model, graph, chosen, groups, result.round_to)
-        plan_file = _export(thin, tmp_dir / f"plan{attempt}.onnx", result.img, result.int8, result.engine)
-        fp32_file = tmp_dir / "fp32.onnx"
-        fp32_ms, plan_ms = _time([fp32_file, plan_file], result.engine, result.img, threads, time_s * 3)
+            chosen[best[0].key] = best[1]
+        plan_file = _export(
+            planned_copy(model, graph, result, chosen),
+            tmp_dir / f"plan{attempt}.onnx",
+            result.img,
+            result.int8,
+            result.engine,
+        )
+        fp32_ms, plan_ms = _time([tmp_dir / "fp32.onnx", plan_file], result.engine, result.img, threads, time_s * 3)
         result.fp32_ms, result.predicted_ms = fp32_ms, plan_ms
         target_ms = fp32_ms / result.target_speedup
         predicted_saving = result.base_ms - predicted
@@ -261,14 +412,16 @@ def _search(result: Suggestion, groups: list[GroupChoice], model, graph, tmp_dir
             break
         scale *= max(result.base_ms - plan_ms, 1e-6) / predicted_saving
     result.predicted_speedup = result.fp32_ms / max(result.predicted_ms, 1e-9)
-    for c in groups:
-        c.fraction = chosen.get(c.group, 0.0)
+    for c in result.groups:
+        c.fraction = chosen.get(c.key, 0.0)
         c.kept = kept_channels(c.channels, c.fraction, result.round_to) if c.fraction else c.channels
-    result.predicted_score_loss = sum(c.damage.get(str(c.fraction), 0.0) for c in groups if c.fraction)
-    result.groups = groups
+    for x in result.layers:
+        x.sparsity = chosen.get(x.key, 0.0)
+    result.predicted_score_loss = sum(c.damage.get(str(chosen[c.key]), 0.0) for c in cuts if chosen.get(c.key))
     if result.predicted_speedup < result.target_speedup:
         LOGGER.warning(
-            f"recipe suggest: removing up to {max(FRACTIONS):.0%} of each group's channels reaches "
+            f"recipe suggest: the largest measured cuts (up to {max(FRACTIONS):.0%} of each group's channels"
+            f"{f', {max(LEVELS):.0%} of each weight' if result.layers else ''}) reach "
             f"{result.predicted_speedup:.2f}x, below the target {result.target_speedup:g}x"
         )
 

@@ -1,24 +1,30 @@
 """The recipe that ``recipe suggest`` writes: SparseML-format Markdown front matter, with the predicted
-speed-up and the per-group table as comments."""
+speed-up and the per-group and per-layer tables as comments."""
 
 from __future__ import annotations
 
-from sparseyolo.analysis.recipe_suggest import Suggestion
+from sparseyolo.analysis.recipe_suggest import PROBE_SPARSITY, Suggestion
 
 
 def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: float = 0.005) -> str:
-    """A SparseML-format recipe (Markdown front matter) for the suggestion: filter pruning per group on
-    a cubic schedule over the first 60% of the epochs, thinning, recovery, then int8 QAT with ``int8``."""
+    """A SparseML-format recipe (Markdown front matter) for the suggestion: filter pruning per group and
+    weight sparsity per layer on a cubic schedule over the first 60% of the epochs, thinning, recovery,
+    then int8 QAT with ``int8``."""
     pruning_end = max(1, round(0.6 * epochs))
     by_fraction: dict[float, list[str]] = {}
     for c in s.groups:
         if c.fraction > 0:
             by_fraction.setdefault(c.fraction, []).extend(c.params)
+    by_sparsity: dict[float, list[str]] = {}
+    for x in s.layers:
+        if x.sparsity > 0:
+            by_sparsity.setdefault(x.sparsity, []).append(x.param)
+    mask = s.mask_type if isinstance(s.mask_type, str) else f"[{', '.join(str(v) for v in s.mask_type)}]"
     lines = [
         "---",
         f"# Suggested by `sparseyolo recipe suggest` for {s.engine}{' int8' if s.int8 else ''} at {s.img} px:",
         f"# predicted {s.predicted_speedup:.2f}x the dense FP32 model (target {s.target_speedup:g}x; measured on a",
-        f"# thinned copy: {s.predicted_ms:.1f} ms vs {s.fp32_ms:.1f} ms), predicted score loss "
+        f"# planned copy: {s.predicted_ms:.1f} ms vs {s.fp32_ms:.1f} ms), predicted score loss "
         f"{s.predicted_score_loss:.3f} of {s.baseline_score:.3f}.",
         "#",
         "# group | channels | removed | kept | saving ms | score lost | layers",
@@ -29,8 +35,22 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
             f"# {c.group:5d} | {c.channels:8d} | {c.fraction:7.0%} | {c.kept:4d} | "
             f"{c.saving_ms.get(f, 0.0):9.2f} | {c.damage.get(f, 0.0):10.3f} | {', '.join(c.params)}"
         )
+    if s.sparsity_gain is not None:
+        lines.append(
+            f"# {s.engine} ran {s.sparsity_gain:.2f}x with {PROBE_SPARSITY:.0%} of the candidate weights zero"
+            + ("; weight sparsity was measured:" if s.layers else "; weight sparsity was not considered")
+        )
+    if s.layers:
+        lines.append(f"# weight | elements | sparsity ({mask}) | saving ms | score lost")
+        for x in s.layers:
+            f = str(x.sparsity)
+            lines.append(
+                f"# {x.param} | {x.weights:8d} | {x.sparsity:8.0%} | "
+                f"{x.saving_ms.get(f, 0.0):9.2f} | {x.damage.get(f, 0.0):10.3f}"
+            )
     # QAT after at least one epoch of recovery of the thinned model
     quant_start = max(epochs - qat_epochs, pruning_end + 1) if s.int8 else epochs
+    sparse_note = f", and weights made sparse in {mask} units per layer," if by_sparsity else ""
     qat_note = f", then int8 QAT for the last {qat_epochs} epochs" if s.int8 else ""
     lines += [
         f"num_epochs: &num_epochs {epochs}",
@@ -69,6 +89,18 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
             "    end_epoch: *pruning_end_epoch",
             "    update_frequency: 0.5",
         ]
+    for sparsity, params in sorted(by_sparsity.items()):
+        lines += [
+            "  - !GMPruningModifier",
+            f"    params: [{', '.join(params)}]",
+            f"    mask_type: {mask}",
+            "    init_sparsity: 0.05",
+            f"    final_sparsity: {sparsity}",
+            "    inter_func: cubic",
+            "    start_epoch: 0.0",
+            "    end_epoch: *pruning_end_epoch",
+            "    update_frequency: 0.5",
+        ]
     if s.int8:
         lines += [
             "",
@@ -86,10 +118,10 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
     lines += [
         "---",
         "",
-        "# Suggested channel-pruning recipe",
+        "# Suggested pruning recipe",
         "",
-        f"Channels removed per group where {s.engine} measured the largest saving per lost score; thinning at "
-        f"epoch {pruning_end}, recovery{qat_note}. "
+        f"Channels removed per group{sparse_note} where {s.engine} measured the largest saving per lost score; "
+        f"thinning at epoch {pruning_end}, recovery{qat_note}. "
         "Check the real speed-up after training with `sparseyolo recipe suggest --verify RUN_DIR`.",
         "",
     ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sparseyolo.sparsity.masks import magnitude_prune_
+from sparseyolo.sparsity.masks import MaskType, magnitude_prune_
 from sparseyolo.sparsity.params import prunable_param_names
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.plotting import save_figure
@@ -59,8 +59,10 @@ def sensitivity_analysis(
     levels: Sequence[float] = DEFAULT_LEVELS,
     higher_is_better: bool = True,
     progress: bool = True,
+    mask_type: MaskType | None = None,
 ) -> SensitivityResult:
-    """Prune each parameter in ``params`` alone at each level, score, restore. Weights are unchanged after."""
+    """Prune each parameter in ``params`` alone at each level (``mask_type`` units, unstructured by
+    default), score, restore. Weights are unchanged after."""
     import torch
     from tqdm import tqdm
 
@@ -83,7 +85,7 @@ def sensitivity_analysis(
             scores = []
             try:
                 for level in levels:
-                    magnitude_prune_(w.data, level)
+                    magnitude_prune_(w.data, level, mask_type)
                     scores.append(float(score_fn(model)))
                     with torch.no_grad():
                         w.copy_(original)

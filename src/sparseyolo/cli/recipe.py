@@ -16,7 +16,7 @@ from sparseyolo.cli.recipe_suggest import SUGGEST_HELP, add_suggest_arguments, r
 
 HELP = (
     "recipe tools: check (dry-run a recipe on a model: schedule, phases, sparsity, FLOPs), "
-    "suggest (a channel-pruning recipe for a speed-up target on your engine)"
+    "suggest (a pruning recipe for a speed-up target on your engine)"
 )
 
 CHECK_HELP = (
