@@ -12,9 +12,9 @@ from sparseyolo.analysis.recipe_suggest import (
     prunable_groups,
     suggest,
     thinned_copy,
-    verify,
 )
 from sparseyolo.analysis.recipe_suggest_output import recipe_text
+from sparseyolo.analysis.recipe_suggest_verify import find_suggestion, verify
 from sparseyolo.models import build_model
 from sparseyolo.recipe import Recipe
 from sparseyolo.sparsity.channel_graph import trace_channel_groups
@@ -106,8 +106,6 @@ def test_verify_times_a_trained_run(suggestion, model, tmp_path):
     (tmp_path / "suggest.json").write_text(json.dumps(s.to_dict()))
     (tmp_path / "recipe.md").write_text(recipe_text(s))
     (run / "opt.yaml").write_text(yaml.safe_dump({"recipe": str(tmp_path / "recipe.md")}))
-    from sparseyolo.analysis.recipe_suggest import find_suggestion
-
     assert find_suggestion(run) == tmp_path / "suggest.json"
     v = verify(run, s, threads=1, time_s=1.0)
     assert v.measured_speedup > 1.0  # the thinned architecture is faster, trained or not
@@ -143,7 +141,7 @@ def _fake_engine(reward_zeros: bool):
 def test_weight_sparsity_is_chosen_where_the_engine_rewards_zeros(model, monkeypatch):
     import sparseyolo.analysis.recipe_suggest as rs
 
-    monkeypatch.setattr(rs, "_time", _fake_engine(reward_zeros=True))
+    monkeypatch.setattr(rs, "time_files", _fake_engine(reward_zeros=True))
     s = suggest(model, _score, "dense.pt", engine="deepsparse", target_speedup=3.0, int8=True, img=64, round_to=4)
     assert s.sparsity_gain == pytest.approx(1 / (1 - rs.PROBE_SPARSITY), rel=0.05)
     assert s.mask_type == [1, 4] and s.layers and all(set(x.saving_ms) == {"0.5", "0.7", "0.85"} for x in s.layers)
@@ -162,7 +160,7 @@ def test_weight_sparsity_is_chosen_where_the_engine_rewards_zeros(model, monkeyp
 def test_engines_that_multiply_zeros_get_channels_only(model, monkeypatch, caplog):
     import sparseyolo.analysis.recipe_suggest as rs
 
-    monkeypatch.setattr(rs, "_time", _fake_engine(reward_zeros=False))
+    monkeypatch.setattr(rs, "time_files", _fake_engine(reward_zeros=False))
     kw = dict(engine="onnxruntime", target_speedup=1.3, img=64, round_to=2, fractions=(0.5, 0.75))
     with caplog.at_level(logging.INFO, logger="sparseyolo"):
         s = suggest(model, _score, "dense.pt", **kw)

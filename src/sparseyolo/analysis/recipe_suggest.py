@@ -226,7 +226,7 @@ def _export(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> 
     return out
 
 
-def _time(files: list[Path], engine: str, img: int, threads: int | None, time_s: float) -> list[float]:
+def time_files(files: list[Path], engine: str, img: int, threads: int | None, time_s: float) -> list[float]:
     """Median latency (ms) of each file on ``engine``, timed interleaved."""
     from sparseyolo.timing.runner import benchmark
 
@@ -298,7 +298,7 @@ def suggest(
                 if kept_channels(c.channels, f, round_to) >= 1:
                     thin = thinned_copy(model, graph, {c.group: f}, groups, round_to)
                     variants.append((c, f, _export(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine)))
-        ms = _time(files + [v[2] for v in variants], engine, img, threads, time_s)
+        ms = time_files(files + [v[2] for v in variants], engine, img, threads, time_s)
         n_base = 1 + int8
         result.fp32_ms, result.base_ms = ms[0], ms[n_base - 1]
         for (c, f, _), t in zip(variants, ms[len(files) :], strict=True):
@@ -354,7 +354,7 @@ def _time_layers(
         for level in levels:
             sparse = sparsified_(copy.deepcopy(model), {x.param: level}, mask_type)
             files.append(_export(sparse, tmp_dir / f"w{i}_{level}.onnx", result.img, result.int8, result.engine))
-    ms = _time(files, result.engine, result.img, threads, time_s)
+    ms = time_files(files, result.engine, result.img, threads, time_s)
     it = iter(ms[1:])
     for x in layers:
         for level in levels:
@@ -404,7 +404,9 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
             result.int8,
             result.engine,
         )
-        fp32_ms, plan_ms = _time([tmp_dir / "fp32.onnx", plan_file], result.engine, result.img, threads, time_s * 3)
+        fp32_ms, plan_ms = time_files(
+            [tmp_dir / "fp32.onnx", plan_file], result.engine, result.img, threads, time_s * 3
+        )
         result.fp32_ms, result.predicted_ms = fp32_ms, plan_ms
         target_ms = fp32_ms / result.target_speedup
         predicted_saving = result.base_ms - predicted
@@ -424,66 +426,3 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
             f"{f', {max(LEVELS):.0%} of each weight' if result.layers else ''}) reach "
             f"{result.predicted_speedup:.2f}x, below the target {result.target_speedup:g}x"
         )
-
-
-@dataclass
-class Verification:
-    predicted_speedup: float
-    measured_speedup: float
-    fp32_ms: float
-    trained_ms: float
-
-    @property
-    def error(self) -> float:
-        """Relative error of the prediction."""
-        return self.predicted_speedup / self.measured_speedup - 1.0
-
-
-def find_suggestion(run_dir: Path) -> Path:
-    """The ``suggest.json`` beside the recipe a training run used (its ``opt.yaml`` names the recipe)."""
-    import yaml
-
-    opt = run_dir / "opt.yaml"
-    if not opt.is_file():
-        raise SparseYoloError(f"{run_dir}: not a training run folder (no opt.yaml)")
-    recipe = (yaml.safe_load(opt.read_text()) or {}).get("recipe")
-    candidate = Path(str(recipe)).parent / "suggest.json" if recipe else None
-    if candidate is None or not candidate.is_file():
-        raise SparseYoloError(f"{run_dir}: its recipe ({recipe}) has no suggest.json beside it; pass --suggestion FILE")
-    return candidate
-
-
-def verify(
-    run_dir: str | Path, suggestion: Suggestion, threads: int | None = None, time_s: float = 5.0
-) -> Verification:
-    """Time the run's ``best.pt`` against the dense FP32 model the suggestion started from, interleaved,
-    on the suggestion's engine and image size."""
-    from sparseyolo.runtime.loading import load_torch_model
-
-    best = Path(run_dir) / "weights" / "best.pt"
-    if not best.is_file():
-        raise SparseYoloError(f"{run_dir}: no weights/best.pt to verify")
-    trained, _ = load_torch_model(best)
-    dense, _ = load_torch_model(suggestion.weights)
-    with tempfile.TemporaryDirectory(prefix="sparseyolo-verify-") as tmp:
-        from sparseyolo.quantization import is_qat_model
-
-        fp32 = _export_as_is(dense, Path(tmp) / "dense.onnx", suggestion)
-        if suggestion.int8 and not is_qat_model(trained):
-            LOGGER.warning(f"{best} is not quantized, though the suggestion was for int8")
-        ours = _export_as_is(trained, Path(tmp) / "trained.onnx", suggestion)
-        fp32_ms, trained_ms = _time([fp32, ours], suggestion.engine, suggestion.img, threads, time_s)
-    return Verification(suggestion.predicted_speedup, fp32_ms / trained_ms, fp32_ms, trained_ms)
-
-
-def _export_as_is(model: nn.Module, path: Path, s: Suggestion) -> Path:
-    """``model`` exported in its own precision (a QAT model as QDQ, Conv-only QLinear for DeepSparse)."""
-    from sparseyolo.exporters.onnx import export_onnx
-    from sparseyolo.quantization import is_qat_model
-
-    out = export_onnx(model.float().eval(), path, img_size=(s.img, s.img))
-    if is_qat_model(model) and s.engine == "deepsparse":
-        from sparseyolo.exporters.qlinear import export_qlinear
-
-        out = export_qlinear(out, path.with_suffix(".qlinear.onnx"))
-    return out

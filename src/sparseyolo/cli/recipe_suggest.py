@@ -38,8 +38,9 @@ def add_suggest_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_suggest(args: argparse.Namespace) -> int:
-    from sparseyolo.analysis.recipe_suggest import Suggestion, find_suggestion, suggest, verify
+    from sparseyolo.analysis.recipe_suggest import Suggestion, suggest
     from sparseyolo.analysis.recipe_suggest_output import recipe_text
+    from sparseyolo.analysis.recipe_suggest_verify import find_suggestion, verify
     from sparseyolo.analysis.scoring import detection_scorer
     from sparseyolo.runtime.engines import get_engine
     from sparseyolo.runtime.loading import load_torch_model
