@@ -3,6 +3,8 @@ speed-up and the per-group and per-layer tables as comments."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sparseyolo.analysis.recipe_suggest import PROBE_SPARSITY, Suggestion
 
 
@@ -75,32 +77,11 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
         "",
         "pruning_modifiers:",
     ]
+    filters = [f"    round_to: {s.round_to}", "    importance: l1"]
     for fraction, params in sorted(by_fraction.items()):
-        lines += [
-            "  - !GMPruningModifier",
-            f"    params: [{', '.join(params)}]",
-            "    mask_type: filter",
-            "    init_sparsity: 0.05",
-            f"    final_sparsity: {fraction}",
-            f"    round_to: {s.round_to}",
-            "    importance: l1",
-            "    inter_func: cubic",
-            "    start_epoch: 0.0",
-            "    end_epoch: *pruning_end_epoch",
-            "    update_frequency: 0.5",
-        ]
+        lines += _gmp_modifier(params, "filter", fraction, filters)
     for sparsity, params in sorted(by_sparsity.items()):
-        lines += [
-            "  - !GMPruningModifier",
-            f"    params: [{', '.join(params)}]",
-            f"    mask_type: {mask}",
-            "    init_sparsity: 0.05",
-            f"    final_sparsity: {sparsity}",
-            "    inter_func: cubic",
-            "    start_epoch: 0.0",
-            "    end_epoch: *pruning_end_epoch",
-            "    update_frequency: 0.5",
-        ]
+        lines += _gmp_modifier(params, mask, sparsity)
     if s.int8:
         lines += [
             "",
@@ -126,3 +107,19 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
         "",
     ]
     return "\n".join(lines)
+
+
+def _gmp_modifier(params: list[str], mask: str, final: float, extra: Sequence[str] = ()) -> list[str]:
+    """One ``!GMPruningModifier`` on the suggested schedule: cubic, from epoch 0 to the pruning end."""
+    return [
+        "  - !GMPruningModifier",
+        f"    params: [{', '.join(params)}]",
+        f"    mask_type: {mask}",
+        "    init_sparsity: 0.05",
+        f"    final_sparsity: {final}",
+        *extra,
+        "    inter_func: cubic",
+        "    start_epoch: 0.0",
+        "    end_epoch: *pruning_end_epoch",
+        "    update_frequency: 0.5",
+    ]
