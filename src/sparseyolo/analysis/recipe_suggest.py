@@ -361,39 +361,62 @@ def _time_layers(
             x.saving_ms[str(level)] = max(ms[0] - next(it), 0.0)
 
 
-def _next_cut(cuts: list[Cut], chosen: dict[str, float]) -> tuple[Cut, float] | None:
-    """The cut whose next level saves the most measured time per score lost; a weight is either thinned
-    (as a channel producer) or made sparse, never both."""
+def non_decreasing(values: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators). A bigger cut does
+    not make a model slower or more accurate, so a dip between measured levels is timing or scoring noise."""
+    blocks: list[list[float]] = []  # [sum, count] of pooled runs
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += n
+    return [total / n for total, n in blocks for _ in range(int(n))]
+
+
+def _smoothed(measured: dict[str, float]) -> dict[float, float]:
+    """Level -> value, made non-decreasing over the levels, with level 0 (no cut) at 0."""
+    levels = sorted(float(k) for k in measured)
+    values = non_decreasing([0.0] + [max(measured[str(f)], 0.0) for f in levels])
+    return dict(zip([0.0, *levels], values, strict=True))
+
+
+def _next_cut(
+    cuts: list[Cut], chosen: dict[str, float], saving: dict[str, dict[float, float]], damage: dict[str, dict]
+) -> tuple[Cut, float] | None:
+    """The cut and level (any above its current one) that save the most time per score lost; a weight is
+    either thinned (as a channel producer) or made sparse, never both."""
     taken = {p: cut.key for cut in cuts if chosen.get(cut.key, 0.0) > 0 for p in cut.params}
     best, best_rate = None, 0.0
     for cut in cuts:
         if any(taken.get(p, cut.key) != cut.key for p in cut.params):
             continue
         now = chosen.get(cut.key, 0.0)
-        nxt = next((f for f in sorted(float(k) for k in cut.saving_ms) if f > now), None)
-        if nxt is None:
-            continue
-        gain = cut.saving_ms[str(nxt)] - cut.saving_ms.get(str(now), 0.0)
-        cost = cut.damage[str(nxt)] - cut.damage.get(str(now), 0.0)
-        rate = gain / (max(cost, 0.0) + 1e-3)
-        if gain > 0 and rate > best_rate:
-            best, best_rate = (cut, nxt), rate
+        for level in (f for f in saving[cut.key] if f > now):
+            gain = saving[cut.key][level] - saving[cut.key][now]
+            cost = damage[cut.key][level] - damage[cut.key][now]
+            rate = gain / (max(cost, 0.0) + 1e-3)
+            if gain > 0 and rate > best_rate:
+                best, best_rate = (cut, level), rate
     return best
 
 
 def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: Path, threads, time_s) -> None:
     """Greedy: take the best cut (:func:`_next_cut`) until the prediction meets the target; then time the
-    real plan and continue if it falls short."""
+    real plan and continue if it falls short. Measured savings and damage are smoothed (non-decreasing in
+    the cut) before the search; the suggestion keeps the raw measurements."""
     cuts: list[Cut] = [*result.groups, *result.layers]
+    saving = {c.key: _smoothed(c.saving_ms) for c in cuts}
+    damage = {c.key: _smoothed(c.damage) for c in cuts}
     target_ms = result.fp32_ms / result.target_speedup
     scale = 1.0  # measured / predicted saving of the last checked plan
     chosen: dict[str, float] = {}
     for attempt in range(4):
         while True:
-            predicted = result.base_ms - scale * sum(c.saving_ms.get(str(chosen.get(c.key)), 0.0) for c in cuts)
+            predicted = result.base_ms - scale * sum(saving[c.key][chosen.get(c.key, 0.0)] for c in cuts)
             if predicted <= target_ms:
                 break
-            best = _next_cut(cuts, chosen)
+            best = _next_cut(cuts, chosen, saving, damage)
             if best is None:
                 break  # nothing left that saves time
             chosen[best[0].key] = best[1]
@@ -419,7 +442,7 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
         c.kept = kept_channels(c.channels, c.fraction, result.round_to) if c.fraction else c.channels
     for x in result.layers:
         x.sparsity = chosen.get(x.key, 0.0)
-    result.predicted_score_loss = sum(c.damage.get(str(chosen[c.key]), 0.0) for c in cuts if chosen.get(c.key))
+    result.predicted_score_loss = sum(damage[c.key][chosen.get(c.key, 0.0)] for c in cuts)
     if result.predicted_speedup < result.target_speedup:
         LOGGER.warning(
             f"recipe suggest: the largest measured cuts (up to {max(FRACTIONS):.0%} of each group's channels"

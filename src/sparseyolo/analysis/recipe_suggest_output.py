@@ -29,6 +29,7 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
         f"# planned copy: {s.predicted_ms:.1f} ms vs {s.fp32_ms:.1f} ms), predicted score loss "
         f"{s.predicted_score_loss:.3f} of {s.baseline_score:.3f}.",
         "#",
+        "# saving ms and score lost are as measured; the search used them made non-decreasing in the cut",
         "# group | channels | removed | kept | saving ms | score lost | layers",
     ]
     for c in s.groups:
