@@ -191,3 +191,23 @@ def test_noisy_savings_are_smoothed_and_the_search_jumps_past_a_dip():
     assert saving[dip.key] == {0.0: 0.0, 0.25: 3.0, 0.5: 3.0, 0.75: 20.0}
     assert _next_cut(cuts, {}, saving, damage) == (dip, 0.75)
     assert _next_cut(cuts, {dip.key: 0.75}, saving, damage) == (flat, 0.25)
+
+
+def test_a_plan_faster_than_needed_is_trimmed(model, monkeypatch):
+    """Per-variant timings that understate each saving make the first plan overshoot; the search rescales
+    and keeps the timed plan that meets the target at the least predicted loss."""
+    import sparseyolo.analysis.recipe_suggest as rs
+
+    cost, timed_plans = _fake_engine(reward_zeros=False), []
+
+    def understated(files, engine, img, threads, time_s):
+        ms = cost(files, engine, img, threads, time_s)
+        if any(f.name.startswith("plan") for f in files):
+            timed_plans.append(ms[1])
+            return ms
+        return [ms[0]] + [ms[0] - 0.4 * (ms[0] - t) for t in ms[1:]]  # savings seen at 40%
+
+    monkeypatch.setattr(rs, "time_files", understated)
+    s = suggest(model, _score, "dense.pt", engine="onnxruntime", target_speedup=1.3, img=64, round_to=2)
+    assert len(timed_plans) >= 2 and timed_plans[0] < min(timed_plans[1:])  # the first plan cut too much
+    assert s.predicted_speedup >= 1.3 and s.predicted_ms in timed_plans[1:]
