@@ -82,3 +82,14 @@ sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested19 --threads 2
 sparseyolo train --weights $B19 --data $D --img 416 --batch-size 16 --workers 2 --cache ram --hyp pruned_quantized \
     --recipe runs/suggest/bccd19/recipe24.md --name bccd-tiny-suggested19-24
 sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested19-24 --suggestion runs/suggest/bccd19/suggest.json
+
+# stop 20: the default command for pruned + int8 (#16; one optimizer step per batch under a recipe), and
+# recipe suggest with the weight-sparsity probe and the smoothed, trimming search (#12)
+sparseyolo train --weights $B19 --data $D --img 416 --workers 2 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.pruned_quantized.md --name bccd-tiny-pq-default20
+sparseyolo export --weights runs/train/bccd-tiny-pq-default20/weights/best.pt --img-size 416 416
+sparseyolo val --weights runs/train/bccd-tiny-pq-default20/weights/best.onnx --data $D --img 416
+sparseyolo recipe suggest --weights $B19 --data $D --engine onnxruntime --int8 --target-speedup 2.0 --img 416 \
+    --threads 2 --epochs 24 --save-dir runs/suggest/bccd20c
+sparseyolo recipe suggest --weights $B19 --data $D --engine deepsparse --int8 --target-speedup 2.0 --img 416 \
+    --threads 2 --epochs 24 --save-dir runs/suggest/bccd20-ds  # stopped after the probe: 0.88x, channels only
