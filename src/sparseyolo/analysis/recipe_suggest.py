@@ -458,7 +458,8 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
     result.predicted_score_loss = loss(chosen)
     if result.predicted_speedup < result.target_speedup:
         LOGGER.warning(
-            f"recipe suggest: the largest measured cuts (up to {max(FRACTIONS):.0%} of each group's channels"
-            f"{f', {max(LEVELS):.0%} of each weight' if result.layers else ''}) reach "
-            f"{result.predicted_speedup:.2f}x, below the target {result.target_speedup:g}x"
+            f"recipe suggest: the fastest of the {len(plans)} plans timed reaches {result.predicted_speedup:.2f}x, "
+            f"below the target {result.target_speedup:g}x (cuts measured up to {max(FRACTIONS):.0%} of each "
+            f"group's channels{f', {max(LEVELS):.0%} of each weight' if result.layers else ''}); timings on a busy "
+            "machine are noisy: rerun it on an idle one, or with a longer --time"
         )
