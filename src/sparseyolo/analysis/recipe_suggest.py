@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseyolo.analysis.latency_fit import smoothed
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
 from sparseyolo.sparsity.channel_pruner import ChannelPruner, kept_channels
 from sparseyolo.sparsity.masks import MaskType, check_shape, magnitude_prune_, parse_mask_type
@@ -361,26 +362,6 @@ def _time_layers(
             x.saving_ms[str(level)] = max(ms[0] - next(it), 0.0)
 
 
-def non_decreasing(values: Sequence[float]) -> list[float]:
-    """The closest non-decreasing sequence in least squares (pool adjacent violators). A bigger cut does
-    not make a model slower or more accurate, so a dip between measured levels is timing or scoring noise."""
-    blocks: list[list[float]] = []  # [sum, count] of pooled runs
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, n = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += n
-    return [total / n for total, n in blocks for _ in range(int(n))]
-
-
-def _smoothed(measured: dict[str, float]) -> dict[float, float]:
-    """Level -> value, made non-decreasing over the levels, with level 0 (no cut) at 0."""
-    levels = sorted(float(k) for k in measured)
-    values = non_decreasing([0.0] + [max(measured[str(f)], 0.0) for f in levels])
-    return dict(zip([0.0, *levels], values, strict=True))
-
-
 def _next_cut(
     cuts: list[Cut], chosen: dict[str, float], saving: dict[str, dict[float, float]], damage: dict[str, dict]
 ) -> tuple[Cut, float] | None:
@@ -408,8 +389,8 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
     the least predicted loss wins, on a tie the one with fewer cuts (else the fastest). Savings and damage
     are smoothed (non-decreasing in the cut) first; the suggestion keeps the raw measurements."""
     cuts: list[Cut] = [*result.groups, *result.layers]
-    saving = {c.key: _smoothed(c.saving_ms) for c in cuts}
-    damage = {c.key: _smoothed(c.damage) for c in cuts}
+    saving = {c.key: smoothed(c.saving_ms) for c in cuts}
+    damage = {c.key: smoothed(c.damage) for c in cuts}
 
     def greedy(scale: float, target_ms: float) -> tuple[dict[str, float], float]:
         chosen: dict[str, float] = {}
