@@ -212,3 +212,31 @@ def test_a_plan_faster_than_needed_is_trimmed(model, monkeypatch):
     s = suggest(model, _score, "dense.pt", engine="onnxruntime", target_speedup=1.3, img=64, round_to=2)
     assert len(timed_plans) >= 2 and timed_plans[0] < min(timed_plans[1:])  # the first plan cut too much
     assert s.predicted_speedup >= 1.3 and s.predicted_ms in timed_plans[1:]
+
+
+def test_savings_fitted_to_flops_beat_noisy_single_timings():
+    """Timing noise as large as the savings (a busy 2-core box): the FLOPs line, fitted to every variant,
+    recovers the true savings far better than each variant's own timing; noiseless rounds keep them exact."""
+    import numpy as np
+
+    from sparseyolo.analysis.latency_fit import fit_savings
+
+    rng = np.random.default_rng(0)
+    removed = np.concatenate([[0.0], rng.uniform(0.05, 1.5, 36)])  # GFLOPs each variant removes
+    real = 30.0 - 8.0 * removed + np.concatenate([[0.0], rng.normal(0.0, 0.3, 36)])  # ms, small real quirks
+    true_saving = real[0] - real[1:]
+    noisy = real + rng.normal(0.0, 3.0, (2, 37))  # two rounds, +/-3 ms each
+    noisy[:, 5] += 40.0  # one variant hit by a stall in both rounds
+    savings, fit = fit_savings(noisy, removed)
+    measured = noisy.mean(axis=0)[0] - noisy.mean(axis=0)[1:]
+    ok = np.arange(36) != 4  # the stalled one, as a saving
+    err_fit = np.sqrt(np.mean((np.array(savings) - true_saving)[ok] ** 2))
+    err_raw = np.sqrt(np.mean((measured - true_saving)[ok] ** 2))
+    assert err_fit < 0.5 * err_raw
+    assert fit.ms_per_gflop == pytest.approx(8.0, rel=0.15) and fit.weight < 0.2
+    assert fit.noise_ms == pytest.approx(3.0 / np.sqrt(2), rel=0.4)
+
+    exact, fit = fit_savings(np.stack([real, real]), removed)
+    assert fit.weight == 1.0 and np.allclose(exact, true_saving)
+    with pytest.raises(ValueError, match="timed files"):
+        fit_savings([[1.0, 2.0]], [0.0])

@@ -14,7 +14,13 @@ interleaved with the unpruned model, so each saving is what that engine really g
 Each cut's *sensitivity* is the score (mAP@0.5 on a few validation images) with the cut applied to the
 trained model: a group's channels (lowest L1 norm first) zeroed, or a weight magnitude-pruned.
 
-A greedy search then takes the cut with the highest measured saving per lost score, until the
+Every variant is timed in two interleaved rounds (the second in reverse order). One variant's timing
+moves by several ms between runs on a busy machine, as much as a group's real saving, so each saving
+comes from a line of latency against the FLOPs the cut removes, fitted to all variants of the run at
+once; a variant keeps the share of its own deviation from the line that the spread between rounds says
+is real (:func:`~sparseyolo.analysis.latency_fit.fit_savings`).
+
+A greedy search then takes the cut with the highest saving per lost score, until the
 predicted latency meets the target; a weight is either thinned as a channel producer or made sparse,
 never both. The plan is then built for real (a thinned, sparsified copy) and timed against the dense
 FP32 model; savings are rescaled and the search continued if it falls short. The predicted speed-up is
@@ -34,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparseyolo.analysis.latency_fit import smoothed
+from sparseyolo.analysis.latency_fit import LatencyFit, fit_savings, smoothed
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
 from sparseyolo.sparsity.channel_pruner import ChannelPruner, kept_channels
 from sparseyolo.sparsity.masks import MaskType, check_shape, magnitude_prune_, parse_mask_type
@@ -49,6 +55,8 @@ PROBE_SPARSITY = 0.8  # every candidate weight at once: does the engine gain fro
 MIN_SPARSITY_GAIN = 1.1  # probe speed-up below which weight sparsity is not considered (auto)
 MIN_LAYER_WEIGHTS = 2048  # smaller weights save nothing measurable
 WEIGHT_SPARSITY_MODES = ("auto", "on", "off")
+ROUNDS = 2  # timing rounds per variant: their spread is the noise the latency fit weighs
+PLAN_TIME = 5.0  # a timed plan gets this many times --time per file: it decides what is written
 
 
 @dataclass
@@ -56,7 +64,9 @@ class GroupChoice:
     group: int
     params: list[str]
     channels: int
-    saving_ms: dict[str, float] = field(default_factory=dict)  # fraction -> measured latency saving
+    saving_ms: dict[str, float] = field(default_factory=dict)  # fraction -> latency saving (fitted)
+    measured_ms: dict[str, float] = field(default_factory=dict)  # fraction -> the raw timed saving
+    gflops_removed: dict[str, float] = field(default_factory=dict)
     damage: dict[str, float] = field(default_factory=dict)  # fraction -> score lost
     fraction: float = 0.0
     kept: int = 0
@@ -70,7 +80,9 @@ class GroupChoice:
 class LayerSparsity:
     param: str
     weights: int
-    saving_ms: dict[str, float] = field(default_factory=dict)  # sparsity -> measured latency saving
+    saving_ms: dict[str, float] = field(default_factory=dict)  # sparsity -> latency saving (fitted)
+    measured_ms: dict[str, float] = field(default_factory=dict)  # sparsity -> the raw timed saving
+    gflops_removed: dict[str, float] = field(default_factory=dict)  # FLOPs of the zeroed weights
     damage: dict[str, float] = field(default_factory=dict)  # sparsity -> score lost
     sparsity: float = 0.0
 
@@ -105,6 +117,9 @@ class Suggestion:
     mask_type: Any = "unstructured"  # of the weight sparsity, as a recipe writes it
     sparsity_gain: float | None = None  # the probe's speed-up with every candidate weight 80% zero
     layers: list[LayerSparsity] = field(default_factory=list)  # measured only where zeros pay
+    channel_fit: dict[str, Any] | None = None  # the latency line the channel savings come from
+    sparsity_fit: dict[str, Any] | None = None  # ... and the weight-sparsity savings
+    plans: list[dict[str, Any]] = field(default_factory=list)  # every plan the search timed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +242,28 @@ def _export(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> 
     return out
 
 
+def gflops(model: nn.Module, img: int, sparse: bool = False) -> float:
+    """GFLOPs of ``model``'s convs and linears at ``img``: dense, or with ``sparse`` those left after zeros."""
+    from sparseyolo.analysis.layers import analyze_module
+
+    totals = analyze_module(model, (img, img), source="recipe suggest").totals()
+    return float(totals["sparse_flops" if sparse else "flops"] or 0.0) / 1e9
+
+
+def time_rounds(
+    files: list[Path], engine: str, img: int, threads: int | None, time_s: float, rounds: int = ROUNDS
+) -> list[list[float]]:
+    """``rounds`` interleaved timings of every file, every other round in reverse order (so a file's place
+    in the run averages out); per round, the latencies in the order of ``files``."""
+    out = []
+    for r in range(rounds):
+        order = list(range(len(files)))[:: -1 if r % 2 else 1]
+        ms = time_files([files[i] for i in order], engine, img, threads, time_s)
+        by_file = dict(zip(order, ms, strict=True))
+        out.append([by_file[i] for i in range(len(files))])
+    return out
+
+
 def time_files(files: list[Path], engine: str, img: int, threads: int | None, time_s: float) -> list[float]:
     """Median latency (ms) of each file on ``engine``, timed interleaved."""
     from sparseyolo.timing.runner import benchmark
@@ -294,18 +331,27 @@ def suggest(
             probe = sparsified_(copy.deepcopy(model), {x.param: PROBE_SPARSITY for x in layers}, mask_type)
             files.append(_export(probe, tmp_dir / "probe.onnx", img, int8, engine))
         variants = []
+        dense_gflops = gflops(model, img)
         for c in groups:
             for f in fractions:
                 if kept_channels(c.channels, f, round_to) >= 1:
                     thin = thinned_copy(model, graph, {c.group: f}, groups, round_to)
+                    c.gflops_removed[str(f)] = dense_gflops - gflops(thin, img)
                     variants.append((c, f, _export(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine)))
-        ms = time_files(files + [v[2] for v in variants], engine, img, threads, time_s)
+        rounds = time_rounds(files + [v[2] for v in variants], engine, img, threads, time_s)
         n_base = 1 + int8
-        result.fp32_ms, result.base_ms = ms[0], ms[n_base - 1]
-        for (c, f, _), t in zip(variants, ms[len(files) :], strict=True):
-            c.saving_ms[str(f)] = max(result.base_ms - t, 0.0)
+        mean = [sum(r[i] for r in rounds) / len(rounds) for i in range(len(files))]
+        result.fp32_ms, result.base_ms = mean[0], mean[n_base - 1]
+        if variants:
+            timed = [[r[n_base - 1], *r[len(files) :]] for r in rounds]
+            savings, fit = fit_savings(timed, [0.0, *(c.gflops_removed[str(f)] for c, f, _ in variants)])
+            result.base_ms, result.channel_fit = fit.base_ms, asdict(fit)
+            _log_fit("channel", fit)
+            for (c, f, _), saving, *t in zip(variants, savings, *(r[len(files) :] for r in rounds), strict=True):
+                c.saving_ms[str(f)] = max(saving, 0.0)
+                c.measured_ms[str(f)] = mean[n_base - 1] - sum(t) / len(t)
         if layers:
-            result.sparsity_gain = result.base_ms / ms[n_base]
+            result.sparsity_gain = result.base_ms / mean[n_base]
             if weight_sparsity == "auto" and result.sparsity_gain < MIN_SPARSITY_GAIN:
                 LOGGER.info(
                     f"recipe suggest: {engine} ran {result.sparsity_gain:.2f}x with {PROBE_SPARSITY:.0%} of the "
@@ -345,21 +391,38 @@ def _time_layers(
     threads: int | None,
     time_s: float,
 ) -> None:
-    """Each layer's saving at each sparsity level, against the dense model timed again in the same run."""
+    """Each layer's saving at each sparsity level, against the dense model timed again in the same run,
+    fitted to the FLOPs its zeros would skip."""
     LOGGER.info(
         f"recipe suggest: {result.engine} ran {result.sparsity_gain:.2f}x with {PROBE_SPARSITY:.0%} of the weights "
         f"zero; timing {len(layers)} layers x {len(levels)} sparsities ({mask_type.to_recipe()})"
     )
-    files = [base_file]
+    files, removed = [base_file], [0.0]
+    dense_gflops = gflops(model, result.img, sparse=True)
     for i, x in enumerate(layers):
         for level in levels:
             sparse = sparsified_(copy.deepcopy(model), {x.param: level}, mask_type)
+            x.gflops_removed[str(level)] = dense_gflops - gflops(sparse, result.img, sparse=True)
+            removed.append(x.gflops_removed[str(level)])
             files.append(_export(sparse, tmp_dir / f"w{i}_{level}.onnx", result.img, result.int8, result.engine))
-    ms = time_files(files, result.engine, result.img, threads, time_s)
-    it = iter(ms[1:])
+    rounds = time_rounds(files, result.engine, result.img, threads, time_s)
+    savings, fit = fit_savings(rounds, removed)
+    result.sparsity_fit = asdict(fit)
+    _log_fit("weight-sparsity", fit)
+    mean = [sum(r[i] for r in rounds) / len(rounds) for i in range(len(files))]
+    it = iter(zip(savings, mean[1:], strict=True))
     for x in layers:
         for level in levels:
-            x.saving_ms[str(level)] = max(ms[0] - next(it), 0.0)
+            saving, t = next(it)
+            x.saving_ms[str(level)], x.measured_ms[str(level)] = max(saving, 0.0), mean[0] - t
+
+
+def _log_fit(kind: str, fit: LatencyFit) -> None:
+    LOGGER.info(
+        f"recipe suggest: {kind} savings fitted at {fit.ms_per_gflop:.2f} ms per GFLOP removed; timing noise "
+        f"+/-{fit.noise_ms:.2f} ms, real deviation from the line +/-{fit.spread_ms:.2f} ms, so each variant "
+        f"keeps {fit.weight:.0%} of its own deviation"
+    )
 
 
 def _next_cut(
@@ -418,9 +481,16 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
             result.engine,
         )
         fp32_ms, plan_ms = time_files(
-            [tmp_dir / "fp32.onnx", plan_file], result.engine, result.img, threads, 3 * time_s
+            [tmp_dir / "fp32.onnx", plan_file], result.engine, result.img, threads, PLAN_TIME * time_s
         )
         plans.append((chosen, fp32_ms, plan_ms))
+        result.plans.append(
+            {"cuts": dict(chosen), "predicted_ms": predicted, "fp32_ms": fp32_ms, "ms": plan_ms, "scale": scale}
+        )
+        LOGGER.info(
+            f"recipe suggest: plan {attempt + 1}, {len(chosen)} cuts: predicted {predicted:.1f} ms, timed "
+            f"{plan_ms:.1f} ms = {fp32_ms / plan_ms:.2f}x (target {result.target_speedup:g}x)"
+        )
         target_ms = fp32_ms / result.target_speedup
         predicted_saving = result.base_ms - predicted
         if 0.9 * target_ms <= plan_ms <= target_ms or predicted_saving <= 0:

@@ -29,14 +29,16 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
         f"# planned copy: {s.predicted_ms:.1f} ms vs {s.fp32_ms:.1f} ms), predicted score loss "
         f"{s.predicted_score_loss:.3f} of {s.baseline_score:.3f}.",
         "#",
-        "# saving ms and score lost are as measured; the search used them made non-decreasing in the cut",
-        "# group | channels | removed | kept | saving ms | score lost | layers",
+        *_fit_note("channel", s.channel_fit),
+        "# score lost is as measured; the search used savings and losses made non-decreasing in the cut",
+        "# group | channels | removed | kept | GFLOPs cut | timed ms | saving ms | score lost | layers",
     ]
     for c in s.groups:
         f = str(c.fraction)
+        cut, timed, saving = c.gflops_removed.get(f, 0.0), c.measured_ms.get(f, 0.0), c.saving_ms.get(f, 0.0)
         lines.append(
-            f"# {c.group:5d} | {c.channels:8d} | {c.fraction:7.0%} | {c.kept:4d} | "
-            f"{c.saving_ms.get(f, 0.0):9.2f} | {c.damage.get(f, 0.0):10.3f} | {', '.join(c.params)}"
+            f"# {c.group:5d} | {c.channels:8d} | {c.fraction:7.0%} | {c.kept:4d} | {cut:10.3f} | {timed:8.2f} | "
+            f"{saving:9.2f} | {c.damage.get(f, 0.0):10.3f} | {', '.join(c.params)}"
         )
     if s.sparsity_gain is not None:
         lines.append(
@@ -44,11 +46,12 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
             + ("; weight sparsity was measured:" if s.layers else "; weight sparsity was not considered")
         )
     if s.layers:
-        lines.append(f"# weight | elements | sparsity ({mask}) | saving ms | score lost")
+        lines += _fit_note("weight-sparsity", s.sparsity_fit)
+        lines.append(f"# weight | elements | sparsity ({mask}) | timed ms | saving ms | score lost")
         for x in s.layers:
             f = str(x.sparsity)
             lines.append(
-                f"# {x.param} | {x.weights:8d} | {x.sparsity:8.0%} | "
+                f"# {x.param} | {x.weights:8d} | {x.sparsity:8.0%} | {x.measured_ms.get(f, 0.0):8.2f} | "
                 f"{x.saving_ms.get(f, 0.0):9.2f} | {x.damage.get(f, 0.0):10.3f}"
             )
     # QAT after at least one epoch of recovery of the thinned model
@@ -123,4 +126,15 @@ def _gmp_modifier(params: list[str], mask: str, final: float, extra: Sequence[st
         "    start_epoch: 0.0",
         "    end_epoch: *pruning_end_epoch",
         "    update_frequency: 0.5",
+    ]
+
+
+def _fit_note(kind: str, fit: dict | None) -> list[str]:
+    """Comment lines on the latency line a table's savings come from."""
+    if not fit:
+        return []
+    return [
+        f"# {kind} savings: {fit['ms_per_gflop']:.2f} ms per GFLOP removed (a line fitted to every variant timed,",
+        f"# {fit['rounds']} rounds: noise +/-{fit['noise_ms']:.2f} ms, real deviation +/-{fit['spread_ms']:.2f} ms); "
+        f"each saving keeps {fit['weight']:.0%} of its variant's deviation from the line",
     ]
