@@ -140,8 +140,9 @@ def _fake_engine(reward_zeros: bool):
 
 def test_weight_sparsity_is_chosen_where_the_engine_rewards_zeros(model, monkeypatch):
     import sparseyolo.analysis.recipe_suggest as rs
+    import sparseyolo.analysis.recipe_suggest_timing as timing
 
-    monkeypatch.setattr(rs, "time_files", _fake_engine(reward_zeros=True))
+    monkeypatch.setattr(timing, "time_files", _fake_engine(reward_zeros=True))
     s = suggest(model, _score, "dense.pt", engine="deepsparse", target_speedup=3.0, int8=True, img=64, round_to=4)
     assert s.sparsity_gain == pytest.approx(1 / (1 - rs.PROBE_SPARSITY), rel=0.05)
     assert s.mask_type == [1, 4] and s.layers and all(set(x.saving_ms) == {"0.5", "0.7", "0.85"} for x in s.layers)
@@ -158,9 +159,9 @@ def test_weight_sparsity_is_chosen_where_the_engine_rewards_zeros(model, monkeyp
 
 
 def test_engines_that_multiply_zeros_get_channels_only(model, monkeypatch, caplog):
-    import sparseyolo.analysis.recipe_suggest as rs
+    import sparseyolo.analysis.recipe_suggest_timing as timing
 
-    monkeypatch.setattr(rs, "time_files", _fake_engine(reward_zeros=False))
+    monkeypatch.setattr(timing, "time_files", _fake_engine(reward_zeros=False))
     kw = dict(engine="onnxruntime", target_speedup=1.3, img=64, round_to=2, fractions=(0.5, 0.75))
     with caplog.at_level(logging.INFO, logger="sparseyolo"):
         s = suggest(model, _score, "dense.pt", **kw)
@@ -197,7 +198,7 @@ def test_noisy_savings_are_smoothed_and_the_search_jumps_past_a_dip():
 def test_a_plan_faster_than_needed_is_trimmed(model, monkeypatch):
     """Per-variant timings that understate each saving make the first plan overshoot; the search rescales
     and keeps the timed plan that meets the target at the least predicted loss."""
-    import sparseyolo.analysis.recipe_suggest as rs
+    import sparseyolo.analysis.recipe_suggest_timing as timing
 
     cost, timed_plans = _fake_engine(reward_zeros=False), []
 
@@ -208,7 +209,7 @@ def test_a_plan_faster_than_needed_is_trimmed(model, monkeypatch):
             return ms
         return [ms[0]] + [ms[0] - 0.4 * (ms[0] - t) for t in ms[1:]]  # savings seen at 40%
 
-    monkeypatch.setattr(rs, "time_files", understated)
+    monkeypatch.setattr(timing, "time_files", understated)
     s = suggest(model, _score, "dense.pt", engine="onnxruntime", target_speedup=1.3, img=64, round_to=2)
     assert len(timed_plans) >= 2 and timed_plans[0] < min(timed_plans[1:])  # the first plan cut too much
     assert s.predicted_speedup >= 1.3 and s.predicted_ms in timed_plans[1:]

@@ -40,7 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseyolo.analysis import recipe_suggest_timing as timing
 from sparseyolo.analysis.latency_fit import LatencyFit, fit_savings, smoothed
+from sparseyolo.analysis.recipe_suggest_timing import qat_submodules
 from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
 from sparseyolo.sparsity.channel_pruner import ChannelPruner, kept_channels
 from sparseyolo.sparsity.masks import MaskType, check_shape, magnitude_prune_, parse_mask_type
@@ -55,7 +57,6 @@ PROBE_SPARSITY = 0.8  # every candidate weight at once: does the engine gain fro
 MIN_SPARSITY_GAIN = 1.1  # probe speed-up below which weight sparsity is not considered (auto)
 MIN_LAYER_WEIGHTS = 2048  # smaller weights save nothing measurable
 WEIGHT_SPARSITY_MODES = ("auto", "on", "off")
-ROUNDS = 2  # timing rounds per variant: their spread is the noise the latency fit weighs
 PLAN_TIME = 5.0  # a timed plan gets this many times --time per file: it decides what is written
 
 
@@ -156,15 +157,6 @@ def sparse_layers(model: nn.Module, mask_type: MaskType) -> list[LayerSparsity]:
     return out
 
 
-def qat_submodules(model: nn.Module) -> list[str] | None:
-    """A YOLO model's layers but its first conv and its Detect head (the shipped recipes keep those in
-    float); None (everything) for other models."""
-    layers = getattr(model, "model", None)
-    if not isinstance(layers, nn.Sequential) or len(layers) < 3:
-        return None
-    return [f"model.{i}" for i in range(1, len(layers) - 1)]
-
-
 def _pruner(model: nn.Module, graph: ChannelGraph, choice: GroupChoice, round_to: int) -> ChannelPruner:
     return ChannelPruner(model, graph, choice.params, "filter", "l1", round_to, "recipe suggest", set())
 
@@ -219,72 +211,6 @@ def _masked_score(
             named[name].copy_(value)
 
 
-def _export(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> Path:
-    """An ONNX file of ``model`` in the deployed precision (int8: QDQ, or Conv-only QLinear for
-    DeepSparse), with observer ranges from random inputs (latency does not depend on them)."""
-    from sparseyolo.exporters.onnx import export_onnx
-
-    model = model.float().eval()  # export_onnx folds BN on its own copy
-    if int8:
-        from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
-
-        model = copy.deepcopy(model)  # prepare_qat works in place
-        prepare_qat(model, qat_submodules(model), QATConfig(weight_bits=8, activation_bits=8, fuse="conv_bn_relus"))
-        freeze_bn_stats(model)
-        model.train()
-        model(torch.rand(2, 3, img, img))
-        model.eval()
-    out = export_onnx(model, path, img_size=(img, img))
-    if int8 and engine == "deepsparse":
-        from sparseyolo.exporters.qlinear import export_qlinear
-
-        out = export_qlinear(out, path.with_suffix(".qlinear.onnx"))
-    return out
-
-
-def gflops(model: nn.Module, img: int, sparse: bool = False) -> float:
-    """GFLOPs of ``model``'s convs and linears at ``img``: dense, or with ``sparse`` those left after zeros."""
-    from sparseyolo.analysis.layers import analyze_module
-
-    totals = analyze_module(model, (img, img), source="recipe suggest").totals()
-    return float(totals["sparse_flops" if sparse else "flops"] or 0.0) / 1e9
-
-
-def time_rounds(
-    files: list[Path], engine: str, img: int, threads: int | None, time_s: float, rounds: int = ROUNDS
-) -> list[list[float]]:
-    """``rounds`` interleaved timings of every file, every other round in reverse order (so a file's place
-    in the run averages out); per round, the latencies in the order of ``files``."""
-    out = []
-    for r in range(rounds):
-        order = list(range(len(files)))[:: -1 if r % 2 else 1]
-        ms = time_files([files[i] for i in order], engine, img, threads, time_s)
-        by_file = dict(zip(order, ms, strict=True))
-        out.append([by_file[i] for i in range(len(files))])
-    return out
-
-
-def time_files(files: list[Path], engine: str, img: int, threads: int | None, time_s: float) -> list[float]:
-    """Median latency (ms) of each file on ``engine``, timed interleaved."""
-    from sparseyolo.timing.runner import benchmark
-
-    results = benchmark(
-        [str(f) for f in files],
-        [engine],
-        batch_size=1,
-        img=(img, img),
-        threads=threads,
-        time_s=time_s,
-        warmup_s=0.5,
-        progress=False,
-        exact_files=True,
-    )
-    bad = [r for r in results if r.status != "ok"]
-    if bad:
-        raise SparseYoloError(f"recipe suggest: {engine} could not time {bad[0].model}: {bad[0].message}")
-    return [float(r.latency_ms["p50"]) for r in results]
-
-
 def suggest(
     model: nn.Module,
     score: Callable[[nn.Module], float],
@@ -324,21 +250,23 @@ def suggest(
     with tempfile.TemporaryDirectory(prefix="sparseyolo-suggest-") as tmp:
         tmp_dir = Path(tmp)
         LOGGER.info(f"recipe suggest: timing {len(groups)} channel groups x {len(fractions)} widths on {engine}")
-        files = [_export(model, tmp_dir / "fp32.onnx", img, False, engine)]
+        files = [timing.export_variant(model, tmp_dir / "fp32.onnx", img, False, engine)]
         if int8:
-            files.append(_export(model, tmp_dir / "int8.onnx", img, True, engine))
+            files.append(timing.export_variant(model, tmp_dir / "int8.onnx", img, True, engine))
         if layers:
             probe = sparsified_(copy.deepcopy(model), {x.param: PROBE_SPARSITY for x in layers}, mask_type)
-            files.append(_export(probe, tmp_dir / "probe.onnx", img, int8, engine))
+            files.append(timing.export_variant(probe, tmp_dir / "probe.onnx", img, int8, engine))
         variants = []
-        dense_gflops = gflops(model, img)
+        dense_gflops = timing.gflops(model, img)
         for c in groups:
             for f in fractions:
                 if kept_channels(c.channels, f, round_to) >= 1:
                     thin = thinned_copy(model, graph, {c.group: f}, groups, round_to)
-                    c.gflops_removed[str(f)] = dense_gflops - gflops(thin, img)
-                    variants.append((c, f, _export(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine)))
-        rounds = time_rounds(files + [v[2] for v in variants], engine, img, threads, time_s)
+                    c.gflops_removed[str(f)] = dense_gflops - timing.gflops(thin, img)
+                    variants.append(
+                        (c, f, timing.export_variant(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine))
+                    )
+        rounds = timing.time_rounds(files + [v[2] for v in variants], engine, img, threads, time_s)
         n_base = 1 + int8
         mean = [sum(r[i] for r in rounds) / len(rounds) for i in range(len(files))]
         result.fp32_ms, result.base_ms = mean[0], mean[n_base - 1]
@@ -398,14 +326,16 @@ def _time_layers(
         f"zero; timing {len(layers)} layers x {len(levels)} sparsities ({mask_type.to_recipe()})"
     )
     files, removed = [base_file], [0.0]
-    dense_gflops = gflops(model, result.img, sparse=True)
+    dense_gflops = timing.gflops(model, result.img, sparse=True)
     for i, x in enumerate(layers):
         for level in levels:
             sparse = sparsified_(copy.deepcopy(model), {x.param: level}, mask_type)
-            x.gflops_removed[str(level)] = dense_gflops - gflops(sparse, result.img, sparse=True)
+            x.gflops_removed[str(level)] = dense_gflops - timing.gflops(sparse, result.img, sparse=True)
             removed.append(x.gflops_removed[str(level)])
-            files.append(_export(sparse, tmp_dir / f"w{i}_{level}.onnx", result.img, result.int8, result.engine))
-    rounds = time_rounds(files, result.engine, result.img, threads, time_s)
+            files.append(
+                timing.export_variant(sparse, tmp_dir / f"w{i}_{level}.onnx", result.img, result.int8, result.engine)
+            )
+    rounds = timing.time_rounds(files, result.engine, result.img, threads, time_s)
     savings, fit = fit_savings(rounds, removed)
     result.sparsity_fit = asdict(fit)
     _log_fit("weight-sparsity", fit)
@@ -473,14 +403,14 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
         chosen, predicted = greedy(scale, target_ms)
         if any(chosen == p[0] for p in plans):
             break  # the same plan again: nothing new to learn
-        plan_file = _export(
+        plan_file = timing.export_variant(
             planned_copy(model, graph, result, chosen),
             tmp_dir / f"plan{attempt}.onnx",
             result.img,
             result.int8,
             result.engine,
         )
-        fp32_ms, plan_ms = time_files(
+        fp32_ms, plan_ms = timing.time_files(
             [tmp_dir / "fp32.onnx", plan_file], result.engine, result.img, threads, PLAN_TIME * time_s
         )
         plans.append((chosen, fp32_ms, plan_ms))

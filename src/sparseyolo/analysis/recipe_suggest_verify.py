@@ -9,7 +9,8 @@ from pathlib import Path
 
 from torch import nn
 
-from sparseyolo.analysis.recipe_suggest import Suggestion, time_files
+from sparseyolo.analysis import recipe_suggest_timing as timing
+from sparseyolo.analysis.recipe_suggest import Suggestion
 from sparseyolo.utils.errors import SparseYoloError
 from sparseyolo.utils.logging import LOGGER
 
@@ -60,7 +61,7 @@ def verify(
         if suggestion.int8 and not is_qat_model(trained):
             LOGGER.warning(f"{best} is not quantized, though the suggestion was for int8")
         ours = _export_as_is(trained, Path(tmp) / "trained.onnx", suggestion)
-        fp32_ms, trained_ms = time_files([fp32, ours], suggestion.engine, suggestion.img, threads, time_s)
+        fp32_ms, trained_ms = timing.time_files([fp32, ours], suggestion.engine, suggestion.img, threads, time_s)
     return Verification(suggestion.predicted_speedup, fp32_ms / trained_ms, fp32_ms, trained_ms)
 
 

@@ -1,0 +1,89 @@
+"""How ``recipe suggest`` times a variant: exported in the deployed precision, timed interleaved on the
+chosen engine, in rounds. Tests replace :func:`time_files` with a deterministic stand-in engine."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparseyolo.utils.errors import SparseYoloError
+
+ROUNDS = 2  # timing rounds per variant: their spread is the noise the latency fit weighs
+
+
+def qat_submodules(model: nn.Module) -> list[str] | None:
+    """A YOLO model's layers but its first conv and its Detect head (the shipped recipes keep those in
+    float); None (everything) for other models."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential) or len(layers) < 3:
+        return None
+    return [f"model.{i}" for i in range(1, len(layers) - 1)]
+
+
+def export_variant(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> Path:
+    """An ONNX file of ``model`` in the deployed precision (int8: QDQ, or Conv-only QLinear for
+    DeepSparse), with observer ranges from random inputs (latency does not depend on them)."""
+    from sparseyolo.exporters.onnx import export_onnx
+
+    model = model.float().eval()  # export_onnx folds BN on its own copy
+    if int8:
+        from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
+
+        model = copy.deepcopy(model)  # prepare_qat works in place
+        prepare_qat(model, qat_submodules(model), QATConfig(weight_bits=8, activation_bits=8, fuse="conv_bn_relus"))
+        freeze_bn_stats(model)
+        model.train()
+        model(torch.rand(2, 3, img, img))
+        model.eval()
+    out = export_onnx(model, path, img_size=(img, img))
+    if int8 and engine == "deepsparse":
+        from sparseyolo.exporters.qlinear import export_qlinear
+
+        out = export_qlinear(out, path.with_suffix(".qlinear.onnx"))
+    return out
+
+
+def gflops(model: nn.Module, img: int, sparse: bool = False) -> float:
+    """GFLOPs of ``model``'s convs and linears at ``img``: dense, or with ``sparse`` those left after zeros."""
+    from sparseyolo.analysis.layers import analyze_module
+
+    totals = analyze_module(model, (img, img), source="recipe suggest").totals()
+    return float(totals["sparse_flops" if sparse else "flops"] or 0.0) / 1e9
+
+
+def time_rounds(
+    files: list[Path], engine: str, img: int, threads: int | None, time_s: float, rounds: int = ROUNDS
+) -> list[list[float]]:
+    """``rounds`` interleaved timings of every file, every other round in reverse order (so a file's place
+    in the run averages out); per round, the latencies in the order of ``files``."""
+    out = []
+    for r in range(rounds):
+        order = list(range(len(files)))[:: -1 if r % 2 else 1]
+        ms = time_files([files[i] for i in order], engine, img, threads, time_s)
+        by_file = dict(zip(order, ms, strict=True))
+        out.append([by_file[i] for i in range(len(files))])
+    return out
+
+
+def time_files(files: list[Path], engine: str, img: int, threads: int | None, time_s: float) -> list[float]:
+    """Median latency (ms) of each file on ``engine``, timed interleaved."""
+    from sparseyolo.timing.runner import benchmark
+
+    results = benchmark(
+        [str(f) for f in files],
+        [engine],
+        batch_size=1,
+        img=(img, img),
+        threads=threads,
+        time_s=time_s,
+        warmup_s=0.5,
+        progress=False,
+        exact_files=True,
+    )
+    bad = [r for r in results if r.status != "ok"]
+    if bad:
+        raise SparseYoloError(f"recipe suggest: {engine} could not time {bad[0].model}: {bad[0].message}")
+    return [float(r.latency_ms["p50"]) for r in results]
