@@ -30,58 +30,71 @@ def smoothed(measured: dict[str, float]) -> dict[float, float]:
 
 @dataclass
 class LatencyFit:
-    """Latency as a line in the work removed, fitted to every variant timed in one run.
+    """Latency as a plane in the work a cut removes (conv FLOPs, and feature-map elements: the memory-bound
+    activation, quantize and pooling ops scale with those, not with FLOPs), fitted to every variant timed
+    in one run.
 
     One variant's timing moves by several ms between runs on a shared 2-core machine, as much as a
-    single group's real saving; the line, fitted to dozens of variants at once, does not. Each variant
-    keeps the share ``weight`` of its own deviation from the line: the share the rounds say is real
+    single group's real saving; the plane, fitted to dozens of variants at once, does not. Each variant
+    keeps the share ``weight`` of its own deviation from the plane: the share the rounds say is real
     (empirical Bayes: deviation variance against the variance of a mean of ``rounds`` timings)."""
 
     ms_per_gflop: float  # latency saved per GFLOP removed
-    base_ms: float  # the uncut model, on the line plus its share of its own deviation
+    ms_per_mact: float  # latency saved per million feature-map elements removed
+    base_ms: float  # the uncut model, on the plane plus its share of its own deviation
     noise_ms: float  # standard error of one file's mean timing, from the spread between rounds
-    spread_ms: float  # standard deviation of the variants' real deviations from the line
-    weight: float  # spread^2 / (spread^2 + noise^2): 1 = trust each timing, 0 = trust the line
+    spread_ms: float  # standard deviation of the variants' real deviations from the plane
+    weight: float  # spread^2 / (spread^2 + noise^2): 1 = trust each timing, 0 = trust the plane
     rounds: int
 
 
-def fit_savings(times: Sequence[Sequence[float]], gflops_removed: Sequence[float]) -> tuple[list[float], LatencyFit]:
+def fit_savings(
+    times: Sequence[Sequence[float]],
+    gflops_removed: Sequence[float],
+    mact_removed: Sequence[float] | None = None,
+) -> tuple[list[float], LatencyFit]:
     """Latency savings of each cut variant, and the fit they come from.
 
-    ``times[r][i]`` is round ``r``'s median latency of file ``i``; file 0 is the uncut model
-    (``gflops_removed[0] == 0``). Returns the saving of files 1.. against file 0: the line's saving plus
-    each file's weighted deviation from it. With noiseless timings (equal rounds) these are the measured
-    savings exactly."""
+    ``times[r][i]`` is round ``r``'s median latency of file ``i``; file 0 is the uncut model (it removes
+    nothing). ``gflops_removed[i]`` and ``mact_removed[i]`` (optional: millions of feature-map elements)
+    are the work file ``i`` no longer does. Returns the saving of files 1.. against file 0: the plane's
+    saving plus each file's weighted deviation from it. With noiseless timings (equal rounds) these are
+    the measured savings exactly."""
     t = np.asarray(times, dtype=float)
-    x = np.asarray(gflops_removed, dtype=float)
     rounds, n = t.shape
-    if n != len(x) or n < 2:
-        raise ValueError(f"fit_savings: {n} timed files against {len(x)} FLOP figures")
+    columns = [gflops_removed] if mact_removed is None else [gflops_removed, mact_removed]
+    if n < 2 or any(len(c) != n for c in columns):
+        raise ValueError(f"fit_savings: {n} timed files against {[len(c) for c in columns]} work figures")
+    x = np.asarray(columns, dtype=float).T
     mean = t.mean(axis=0)
     keep = np.ones(n, dtype=bool)
     for _ in range(2):  # least squares, then again without gross outliers (a file hit by a stall)
-        slope, intercept = _line(x[keep], mean[keep])
-        residual = mean - (intercept + slope * x)
+        intercept, slopes = _plane(x[keep], mean[keep])
+        residual = mean - (intercept + x @ slopes)
         mad = float(np.median(np.abs(residual[keep] - np.median(residual[keep]))))
         if mad == 0.0:
             break
         keep = np.abs(residual) <= 5.0 * 1.4826 * mad
-    if slope > 0.0:  # removing work never makes a model slower: a flat line
-        slope, intercept = 0.0, float(mean[keep].mean())
-    residual = mean - (intercept + slope * x)
     noise2 = float(t.var(axis=0, ddof=1).mean() / rounds) if rounds > 1 else 0.0
-    dof = max(int(keep.sum()) - 2, 1)
+    dof = max(int(keep.sum()) - 1 - int((slopes != 0).sum()), 1)
     spread2 = max(float((residual[keep] ** 2).sum()) / dof - noise2, 0.0)
     weight = 1.0 if noise2 == 0.0 else spread2 / (spread2 + noise2)
-    latency = intercept + slope * x + weight * residual
+    latency = intercept + x @ slopes + weight * residual
     savings = [float(latency[0] - v) for v in latency[1:]]
-    fit = LatencyFit(-slope, float(latency[0]), noise2**0.5, spread2**0.5, weight, rounds)
+    per = [-float(v) for v in slopes] + [0.0]
+    fit = LatencyFit(per[0], per[1], float(latency[0]), noise2**0.5, spread2**0.5, weight, rounds)
     return savings, fit
 
 
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope and intercept; a flat line through the mean when ``x`` does not vary."""
-    dx = x - x.mean()
-    var = float((dx**2).sum())
-    slope = float((dx * (y - y.mean())).sum()) / var if var > 0 else 0.0
-    return slope, float(y.mean() - slope * x.mean())
+def _plane(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Least-squares intercept and slopes of ``y`` on the columns of ``x``, every slope <= 0 (removing work
+    never makes a model slower): a column whose slope comes out positive is dropped and the rest refitted."""
+    use = [j for j in range(x.shape[1]) if np.ptp(x[:, j]) > 0]
+    while True:
+        design = np.column_stack([np.ones(len(y)), x[:, use]])
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        slopes = np.zeros(x.shape[1])
+        slopes[use] = coef[1:]
+        if not use or slopes.max() <= 0.0:
+            return float(coef[0]), slopes
+        use.remove(int(np.argmax(slopes)))

@@ -31,14 +31,15 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
         "#",
         *_fit_note("channel", s.channel_fit),
         "# score lost is as measured; the search used savings and losses made non-decreasing in the cut",
-        "# group | channels | removed | kept | GFLOPs cut | timed ms | saving ms | score lost | layers",
+        "# group | channels | removed | kept | GFLOPs cut | M elems cut | timed ms | saving ms | score lost | layers",
     ]
     for c in s.groups:
         f = str(c.fraction)
-        cut, timed, saving = c.gflops_removed.get(f, 0.0), c.measured_ms.get(f, 0.0), c.saving_ms.get(f, 0.0)
+        cut, elements = c.gflops_removed.get(f, 0.0), c.mact_removed.get(f, 0.0)
+        timed, saving = c.measured_ms.get(f, 0.0), c.saving_ms.get(f, 0.0)
         lines.append(
-            f"# {c.group:5d} | {c.channels:8d} | {c.fraction:7.0%} | {c.kept:4d} | {cut:10.3f} | {timed:8.2f} | "
-            f"{saving:9.2f} | {c.damage.get(f, 0.0):10.3f} | {', '.join(c.params)}"
+            f"# {c.group:5d} | {c.channels:8d} | {c.fraction:7.0%} | {c.kept:4d} | {cut:10.3f} | {elements:11.3f} | "
+            f"{timed:8.2f} | {saving:9.2f} | {c.damage.get(f, 0.0):10.3f} | {', '.join(c.params)}"
         )
     if s.sparsity_gain is not None:
         lines.append(
@@ -134,7 +135,9 @@ def _fit_note(kind: str, fit: dict | None) -> list[str]:
     if not fit:
         return []
     return [
-        f"# {kind} savings: {fit['ms_per_gflop']:.2f} ms per GFLOP removed (a line fitted to every variant timed,",
-        f"# {fit['rounds']} rounds: noise +/-{fit['noise_ms']:.2f} ms, real deviation +/-{fit['spread_ms']:.2f} ms); "
-        f"each saving keeps {fit['weight']:.0%} of its variant's deviation from the line",
+        f"# {kind} savings: {fit['ms_per_gflop']:.2f} ms per GFLOP and {fit.get('ms_per_mact', 0.0):.2f} ms per "
+        "million feature-map elements removed,",
+        f"# a plane fitted to every variant timed ({fit['rounds']} rounds: noise +/-{fit['noise_ms']:.2f} ms, real "
+        f"deviation +/-{fit['spread_ms']:.2f} ms);",
+        f"# each saving keeps {fit['weight']:.0%} of its variant's deviation from the plane",
     ]

@@ -4,6 +4,7 @@ chosen engine, in rounds. Tests replace :func:`time_files` with a deterministic 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -46,12 +47,15 @@ def export_variant(model: nn.Module, path: Path, img: int, int8: bool, engine: s
     return out
 
 
-def gflops(model: nn.Module, img: int, sparse: bool = False) -> float:
-    """GFLOPs of ``model``'s convs and linears at ``img``: dense, or with ``sparse`` those left after zeros."""
+def work(model: nn.Module, img: int, sparse: bool = False) -> tuple[float, float]:
+    """GFLOPs of ``model``'s convs and linears at ``img`` (dense, or with ``sparse`` those left after zeros),
+    and the millions of feature-map elements they write (what memory-bound ops after them scale with)."""
     from sparseyolo.analysis.layers import analyze_module
 
-    totals = analyze_module(model, (img, img), source="recipe suggest").totals()
-    return float(totals["sparse_flops" if sparse else "flops"] or 0.0) / 1e9
+    analysis = analyze_module(model, (img, img), source="recipe suggest")
+    flops = analysis.totals()["sparse_flops" if sparse else "flops"] or 0.0
+    elements = sum(math.prod(layer.out_shape) for layer in analysis.layers if layer.out_shape)
+    return float(flops) / 1e9, elements / 1e6
 
 
 def time_rounds(
