@@ -93,3 +93,19 @@ sparseyolo recipe suggest --weights $B19 --data $D --engine onnxruntime --int8 -
     --threads 2 --epochs 24 --save-dir runs/suggest/bccd20c
 sparseyolo recipe suggest --weights $B19 --data $D --engine deepsparse --int8 --target-speedup 2.0 --img 416 \
     --threads 2 --epochs 24 --save-dir runs/suggest/bccd20-ds  # stopped after the probe: 0.88x, channels only
+
+# stop 21 (a 2-core AMD EPYC Zen 5 with AVX-512 VNNI): the baseline rebuilt in one 28-epoch cosine run from
+# the COCO weights (mAP@0.5 0.804 rect, 0.788 / 0.438 on its FP32 ONNX file), then recipe suggest with the
+# latency plane (FLOPs + feature-map elements), trained and verified (#12)
+sparseyolo train --weights ../shared/weights/yolov3-tiny.weights --cfg yolov3-tiny $T --epochs 28 --cos-lr \
+    --hyp $E/hyp.bccd.yaml --rescale-pretrained --name bccd-tiny-base21
+B21=runs/train/bccd-tiny-base21/weights/best.pt
+sparseyolo export --weights $B21 --img-size 416 416
+sparseyolo val --weights runs/train/bccd-tiny-base21/weights/best.onnx --data $D --img 416
+sparseyolo recipe suggest --weights $B21 --data $D --engine onnxruntime --target-speedup 2.0 --int8 --img 416 \
+    --epochs 24 --threads 2 --time 1.5 --save-dir runs/suggest/bccd21
+sparseyolo train --weights $B21 --data $D --img 416 --batch-size 16 --workers 2 --cache ram --hyp pruned_quantized \
+    --recipe runs/suggest/bccd21/recipe.md --name bccd-tiny-suggested21
+sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested21 --threads 2
+sparseyolo export --weights runs/train/bccd-tiny-suggested21/weights/best.pt --img-size 416 416
+sparseyolo val --weights runs/train/bccd-tiny-suggested21/weights/best.onnx --data $D --img 416

@@ -57,7 +57,7 @@ PROBE_SPARSITY = 0.8  # every candidate weight at once: does the engine gain fro
 MIN_SPARSITY_GAIN = 1.1  # probe speed-up below which weight sparsity is not considered (auto)
 MIN_LAYER_WEIGHTS = 2048  # smaller weights save nothing measurable
 WEIGHT_SPARSITY_MODES = ("auto", "on", "off")
-PLAN_TIME = 5.0  # a timed plan gets this many times --time per file: it decides what is written
+PLAN_TIME = 2.0  # per round of a plan's timing, this many times --time per file: it decides what is written
 TARGET_TOLERANCE = 0.02  # a plan within 2% of the target speed-up meets it: less than the timing noise
 
 
@@ -413,7 +413,7 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
     # the dense latencies the first plan starts from: a small, long run, like the plans' own (among dozens
     # of files the same model can time 40% slower, which shifts every prediction, not the savings)
     dense_files = [tmp_dir / "fp32.onnx", *([tmp_dir / "int8.onnx"] if result.int8 else [])]
-    dense_ms = timing.time_files(dense_files, result.engine, result.img, threads, PLAN_TIME * time_s)
+    dense_ms, _ = timing.median_ms(dense_files, result.engine, result.img, threads, PLAN_TIME * time_s)
     result.base_ms, target_ms, scale = dense_ms[-1], dense_ms[0] / result.target_speedup, 1.0
     plans: list[tuple[dict[str, float], float, float]] = []  # (cuts, fp32 ms, plan ms), timed together
     for attempt in range(4):
@@ -427,7 +427,7 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
             result.int8,
             result.engine,
         )
-        *dense_ms, plan_ms = timing.time_files(
+        (*dense_ms, plan_ms), _ = timing.median_ms(
             [*dense_files, plan_file], result.engine, result.img, threads, PLAN_TIME * time_s
         )
         fp32_ms = dense_ms[0]

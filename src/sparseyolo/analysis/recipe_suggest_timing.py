@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -13,6 +14,9 @@ from torch import nn
 from sparseyolo.utils.errors import SparseYoloError
 
 ROUNDS = 2  # timing rounds per variant: their spread is the noise the latency fit weighs
+# rounds for the figures that decide (dense models, plans, --verify): one 5 s timing of a plan beside the
+# dense model read 2.16x where four rounds of the same files read 1.89-2.06x
+DECIDING_ROUNDS = 4
 
 
 def qat_submodules(model: nn.Module) -> list[str] | None:
@@ -70,6 +74,14 @@ def time_rounds(
         by_file = dict(zip(order, ms, strict=True))
         out.append([by_file[i] for i in range(len(files))])
     return out
+
+
+def median_ms(
+    files: list[Path], engine: str, img: int, threads: int | None, time_s: float, rounds: int = DECIDING_ROUNDS
+) -> tuple[list[float], list[list[float]]]:
+    """Each file's median latency over ``rounds`` interleaved rounds (:func:`time_rounds`), and the rounds."""
+    timed = time_rounds(files, engine, img, threads, time_s, rounds)
+    return [statistics.median(r[i] for r in timed) for i in range(len(files))], timed
 
 
 def time_files(files: list[Path], engine: str, img: int, threads: int | None, time_s: float) -> list[float]:

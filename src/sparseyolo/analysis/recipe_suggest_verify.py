@@ -4,7 +4,7 @@ FP32 model it started from, on the suggestion's engine and image size."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
@@ -19,8 +19,9 @@ from sparseyolo.utils.logging import LOGGER
 class Verification:
     predicted_speedup: float
     measured_speedup: float
-    fp32_ms: float
+    fp32_ms: float  # medians over the rounds
     trained_ms: float
+    round_speedups: list[float] = field(default_factory=list)  # one per interleaved round: the spread
 
     @property
     def error(self) -> float:
@@ -43,10 +44,11 @@ def find_suggestion(run_dir: Path) -> Path:
 
 
 def verify(
-    run_dir: str | Path, suggestion: Suggestion, threads: int | None = None, time_s: float = 5.0
+    run_dir: str | Path, suggestion: Suggestion, threads: int | None = None, time_s: float = 2.5
 ) -> Verification:
     """Time the run's ``best.pt`` against the dense FP32 model the suggestion started from, interleaved,
-    on the suggestion's engine and image size."""
+    on the suggestion's engine and image size, in :data:`~.recipe_suggest_timing.DECIDING_ROUNDS` rounds of
+    ``time_s`` per file (medians; the plan behind the prediction was timed the same way)."""
     from sparseyolo.runtime.loading import load_torch_model
 
     best = Path(run_dir) / "weights" / "best.pt"
@@ -61,8 +63,11 @@ def verify(
         if suggestion.int8 and not is_qat_model(trained):
             LOGGER.warning(f"{best} is not quantized, though the suggestion was for int8")
         ours = _export_as_is(trained, Path(tmp) / "trained.onnx", suggestion)
-        fp32_ms, trained_ms = timing.time_files([fp32, ours], suggestion.engine, suggestion.img, threads, time_s)
-    return Verification(suggestion.predicted_speedup, fp32_ms / trained_ms, fp32_ms, trained_ms)
+        (fp32_ms, trained_ms), rounds = timing.median_ms(
+            [fp32, ours], suggestion.engine, suggestion.img, threads, time_s
+        )
+    per_round = [r[0] / r[1] for r in rounds]
+    return Verification(suggestion.predicted_speedup, fp32_ms / trained_ms, fp32_ms, trained_ms, per_round)
 
 
 def _export_as_is(model: nn.Module, path: Path, s: Suggestion) -> Path:

@@ -50,11 +50,12 @@ def run_suggest(args: argparse.Namespace) -> int:
     if args.verify:
         path = Path(args.suggestion) if args.suggestion else find_suggestion(Path(args.verify))
         s = Suggestion.from_dict(json.loads(Path(path).read_text()))
-        v = verify(args.verify, s, threads=args.threads, time_s=max(args.time, 5.0))
+        v = verify(args.verify, s, threads=args.threads, time_s=max(2 * args.time, 2.5))
         print(f"{s.engine}{' int8' if s.int8 else ''} at {s.img} px, vs. the dense FP32 model ({v.fp32_ms:.1f} ms):")
         print(
             f"  predicted speed-up {v.predicted_speedup:.2f}x, measured {v.measured_speedup:.2f}x "
-            f"({v.trained_ms:.1f} ms); prediction error {v.error:+.1%}"
+            f"({v.trained_ms:.1f} ms; medians of {len(v.round_speedups)} interleaved rounds, which read "
+            f"{min(v.round_speedups):.2f}-{max(v.round_speedups):.2f}x); prediction error {v.error:+.1%}"
         )
         return 0
     if not args.weights or not args.data:
