@@ -221,7 +221,7 @@ def test_a_plan_faster_than_needed_is_trimmed(model, monkeypatch):
 
 def test_savings_fitted_to_work_removed_beat_noisy_single_timings():
     """Timing noise as large as the savings (a busy 2-core box): the plane in FLOPs and feature-map
-    elements, fitted to every variant, recovers the true savings far better than each variant's own
+    megabytes, fitted to every variant, recovers the true savings far better than each variant's own
     timing; noiseless rounds keep them exact."""
     import numpy as np
 
@@ -229,25 +229,25 @@ def test_savings_fitted_to_work_removed_beat_noisy_single_timings():
 
     rng = np.random.default_rng(0)
     gflops = np.concatenate([[0.0], rng.uniform(0.05, 1.5, 36)])  # work each variant removes
-    mact = np.concatenate([[0.0], rng.uniform(0.0, 0.5, 33), [2.5, 3.0, 3.5]])  # an early, wide layer last
+    mbytes = np.concatenate([[0.0], rng.uniform(0.0, 0.5, 33), [2.5, 3.0, 3.5]])  # an early, wide layer last
     quirks = np.concatenate([[0.0], rng.normal(0.0, 0.3, 36)])
-    real = 30.0 - 8.0 * gflops - 2.0 * mact + quirks  # ms
+    real = 30.0 - 8.0 * gflops - 2.0 * mbytes + quirks  # ms
     true_saving = real[0] - real[1:]
     noisy = real + rng.normal(0.0, 3.0, (2, 37))  # two rounds, +/-3 ms each
     noisy[:, 5] += 40.0  # one variant hit by a stall in both rounds
-    savings, fit = fit_savings(noisy, gflops, mact)
+    savings, fit = fit_savings(noisy, gflops, mbytes)
     measured = noisy.mean(axis=0)[0] - noisy.mean(axis=0)[1:]
     ok = np.arange(36) != 4  # the stalled one, as a saving
     err_fit = np.sqrt(np.mean((np.array(savings) - true_saving)[ok] ** 2))
     err_raw = np.sqrt(np.mean((measured - true_saving)[ok] ** 2))
     assert err_fit < 0.5 * err_raw
-    assert fit.ms_per_gflop == pytest.approx(8.0, rel=0.2) and fit.ms_per_mact == pytest.approx(2.0, rel=0.5)
+    assert fit.ms_per_gflop == pytest.approx(8.0, rel=0.2) and fit.ms_per_mbyte == pytest.approx(2.0, rel=0.5)
     assert fit.weight < 0.2 and fit.noise_ms == pytest.approx(3.0 / np.sqrt(2), rel=0.4)
     # FLOPs alone miss what the wide early layer saves in memory-bound ops
     flops_only, _ = fit_savings(noisy, gflops)
     assert abs(flops_only[-1] - true_saving[-1]) > 2 * abs(savings[-1] - true_saving[-1])
 
-    exact, fit = fit_savings(np.stack([real, real]), gflops, mact)
+    exact, fit = fit_savings(np.stack([real, real]), gflops, mbytes)
     assert fit.weight == 1.0 and np.allclose(exact, true_saving)
     with pytest.raises(ValueError, match="work figures"):
         fit_savings([[1.0, 2.0]], [0.0])

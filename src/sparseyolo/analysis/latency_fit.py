@@ -30,7 +30,7 @@ def smoothed(measured: dict[str, float]) -> dict[float, float]:
 
 @dataclass
 class LatencyFit:
-    """Latency as a plane in the work a cut removes (conv FLOPs, and feature-map elements: the memory-bound
+    """Latency as a plane in the work a cut removes (conv FLOPs, and feature-map megabytes: the memory-bound
     activation, quantize and pooling ops scale with those, not with FLOPs), fitted to every variant timed
     in one run.
 
@@ -40,7 +40,7 @@ class LatencyFit:
     (empirical Bayes: deviation variance against the variance of a mean of ``rounds`` timings)."""
 
     ms_per_gflop: float  # latency saved per GFLOP removed
-    ms_per_mact: float  # latency saved per million feature-map elements removed
+    ms_per_mbyte: float  # latency saved per feature-map megabyte removed
     base_ms: float  # the uncut model, on the plane plus its share of its own deviation
     noise_ms: float  # standard error of one file's mean timing, from the spread between rounds
     spread_ms: float  # standard deviation of the variants' real deviations from the plane
@@ -51,18 +51,18 @@ class LatencyFit:
 def fit_savings(
     times: Sequence[Sequence[float]],
     gflops_removed: Sequence[float],
-    mact_removed: Sequence[float] | None = None,
+    mbytes_removed: Sequence[float] | None = None,
 ) -> tuple[list[float], LatencyFit]:
     """Latency savings of each cut variant, and the fit they come from.
 
     ``times[r][i]`` is round ``r``'s median latency of file ``i``; file 0 is the uncut model (it removes
-    nothing). ``gflops_removed[i]`` and ``mact_removed[i]`` (optional: millions of feature-map elements)
+    nothing). ``gflops_removed[i]`` and ``mbytes_removed[i]`` (optional: feature-map megabytes)
     are the work file ``i`` no longer does. Returns the saving of files 1.. against file 0: the plane's
     saving plus each file's weighted deviation from it. With noiseless timings (equal rounds) these are
     the measured savings exactly."""
     t = np.asarray(times, dtype=float)
     rounds, n = t.shape
-    columns = [gflops_removed] if mact_removed is None else [gflops_removed, mact_removed]
+    columns = [gflops_removed] if mbytes_removed is None else [gflops_removed, mbytes_removed]
     if n < 2 or any(len(c) != n for c in columns):
         raise ValueError(f"fit_savings: {n} timed files against {[len(c) for c in columns]} work figures")
     x = np.asarray(columns, dtype=float).T

@@ -69,7 +69,7 @@ class GroupChoice:
     saving_ms: dict[str, float] = field(default_factory=dict)  # fraction -> latency saving (fitted)
     measured_ms: dict[str, float] = field(default_factory=dict)  # fraction -> the raw timed saving
     gflops_removed: dict[str, float] = field(default_factory=dict)
-    mact_removed: dict[str, float] = field(default_factory=dict)  # millions of feature-map elements
+    mbytes_removed: dict[str, float] = field(default_factory=dict)  # feature-map megabytes
     damage: dict[str, float] = field(default_factory=dict)  # fraction -> score lost
     fraction: float = 0.0
     kept: int = 0
@@ -259,14 +259,14 @@ def suggest(
             probe = sparsified_(copy.deepcopy(model), {x.param: PROBE_SPARSITY for x in layers}, mask_type)
             files.append(timing.export_variant(probe, tmp_dir / "probe.onnx", img, int8, engine))
         variants = []
-        dense = timing.work(model, img)
+        dense = timing.work(model, img, int8)
         for c in groups:
             for f in fractions:
                 if kept_channels(c.channels, f, round_to) >= 1:
                     thin = thinned_copy(model, graph, {c.group: f}, groups, round_to)
-                    thin_work = timing.work(thin, img)
+                    thin_work = timing.work(thin, img, int8)
                     c.gflops_removed[str(f)] = dense[0] - thin_work[0]
-                    c.mact_removed[str(f)] = dense[1] - thin_work[1]
+                    c.mbytes_removed[str(f)] = dense[1] - thin_work[1]
                     variants.append(
                         (c, f, timing.export_variant(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine))
                     )
@@ -279,7 +279,7 @@ def suggest(
             savings, fit = fit_savings(
                 timed,
                 [0.0, *(c.gflops_removed[str(f)] for c, f, _ in variants)],
-                [0.0, *(c.mact_removed[str(f)] for c, f, _ in variants)],
+                [0.0, *(c.mbytes_removed[str(f)] for c, f, _ in variants)],
             )
             result.base_ms, result.channel_fit = fit.base_ms, asdict(fit)
             _log_fit("channel", fit)
@@ -334,11 +334,11 @@ def _time_layers(
         f"zero; timing {len(layers)} layers x {len(levels)} sparsities ({mask_type.to_recipe()})"
     )
     files, removed = [base_file], [0.0]
-    dense_gflops = timing.work(model, result.img, sparse=True)[0]
+    dense_gflops = timing.work(model, result.img, result.int8, sparse=True)[0]
     for i, x in enumerate(layers):
         for level in levels:
             sparse = sparsified_(copy.deepcopy(model), {x.param: level}, mask_type)
-            x.gflops_removed[str(level)] = dense_gflops - timing.work(sparse, result.img, sparse=True)[0]
+            x.gflops_removed[str(level)] = dense_gflops - timing.work(sparse, result.img, result.int8, sparse=True)[0]
             removed.append(x.gflops_removed[str(level)])
             files.append(
                 timing.export_variant(sparse, tmp_dir / f"w{i}_{level}.onnx", result.img, result.int8, result.engine)
@@ -357,8 +357,8 @@ def _time_layers(
 
 def _log_fit(kind: str, fit: LatencyFit) -> None:
     LOGGER.info(
-        f"recipe suggest: {kind} savings fitted at {fit.ms_per_gflop:.2f} ms per GFLOP and {fit.ms_per_mact:.2f} ms "
-        f"per million feature-map elements removed; timing noise "
+        f"recipe suggest: {kind} savings fitted at {fit.ms_per_gflop:.2f} ms per GFLOP and {fit.ms_per_mbyte:.2f} ms "
+        f"per feature-map MB removed; timing noise "
         f"+/-{fit.noise_ms:.2f} ms, real deviation from the plane +/-{fit.spread_ms:.2f} ms, so each variant "
         f"keeps {fit.weight:.0%} of its own deviation"
     )
@@ -455,7 +455,7 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
     for x in result.layers:
         x.sparsity = chosen.get(x.key, 0.0)
     result.predicted_score_loss = loss(chosen)
-    if result.predicted_speedup < result.target_speedup:
+    if result.predicted_speedup * (1 + TARGET_TOLERANCE) < result.target_speedup:
         LOGGER.warning(
             f"recipe suggest: the fastest of the {len(plans)} plans timed reaches {result.predicted_speedup:.2f}x, "
             f"below the target {result.target_speedup:g}x (cuts measured up to {max(FRACTIONS):.0%} of each "

@@ -31,11 +31,11 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
         "#",
         *_fit_note("channel", s.channel_fit),
         "# score lost is as measured; the search used savings and losses made non-decreasing in the cut",
-        "# group | channels | removed | kept | GFLOPs cut | M elems cut | timed ms | saving ms | score lost | layers",
+        "# group | channels | removed | kept | GFLOPs cut | fmap MB cut | timed ms | saving ms | score lost | layers",
     ]
     for c in s.groups:
         f = str(c.fraction)
-        cut, elements = c.gflops_removed.get(f, 0.0), c.mact_removed.get(f, 0.0)
+        cut, elements = c.gflops_removed.get(f, 0.0), c.mbytes_removed.get(f, 0.0)
         timed, saving = c.measured_ms.get(f, 0.0), c.saving_ms.get(f, 0.0)
         lines.append(
             f"# {c.group:5d} | {c.channels:8d} | {c.fraction:7.0%} | {c.kept:4d} | {cut:10.3f} | {elements:11.3f} | "
@@ -135,8 +135,8 @@ def _fit_note(kind: str, fit: dict | None) -> list[str]:
     if not fit:
         return []
     return [
-        f"# {kind} savings: {fit['ms_per_gflop']:.2f} ms per GFLOP and {fit.get('ms_per_mact', 0.0):.2f} ms per "
-        "million feature-map elements removed,",
+        f"# {kind} savings: {fit['ms_per_gflop']:.2f} ms per GFLOP and {fit.get('ms_per_mbyte', 0.0):.2f} ms per "
+        "feature-map MB removed,",
         f"# a plane fitted to every variant timed ({fit['rounds']} rounds: noise +/-{fit['noise_ms']:.2f} ms, real "
         f"deviation +/-{fit['spread_ms']:.2f} ms);",
         f"# each saving keeps {fit['weight']:.0%} of its variant's deviation from the plane",

@@ -51,15 +51,22 @@ def export_variant(model: nn.Module, path: Path, img: int, int8: bool, engine: s
     return out
 
 
-def work(model: nn.Module, img: int, sparse: bool = False) -> tuple[float, float]:
+def work(model: nn.Module, img: int, int8: bool = False, sparse: bool = False) -> tuple[float, float]:
     """GFLOPs of ``model``'s convs and linears at ``img`` (dense, or with ``sparse`` those left after zeros),
-    and the millions of feature-map elements they write (what memory-bound ops after them scale with)."""
+    and the megabytes of feature maps they write, which the memory-bound ops after them scale with: one
+    byte per element of a layer the int8 model quantizes, four of a float one (the first conv's output at
+    full resolution costs an int8 model more than all its quantized layers' outputs together)."""
     from sparseyolo.analysis.layers import analyze_module
 
     analysis = analyze_module(model, (img, img), source="recipe suggest")
     flops = analysis.totals()["sparse_flops" if sparse else "flops"] or 0.0
-    elements = sum(math.prod(layer.out_shape) for layer in analysis.layers if layer.out_shape)
-    return float(flops) / 1e9, elements / 1e6
+    quantized = qat_submodules(model) if int8 else []
+    mbytes = 0.0
+    for layer in analysis.layers:
+        if layer.out_shape:
+            in_int8 = quantized is None or any(layer.name.startswith(f"{q}.") for q in quantized)
+            mbytes += math.prod(layer.out_shape) * (1 if in_int8 else 4) / 1e6
+    return float(flops) / 1e9, mbytes
 
 
 def time_rounds(
