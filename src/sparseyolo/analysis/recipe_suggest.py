@@ -16,14 +16,15 @@ trained model: a group's channels (lowest L1 norm first) zeroed, or a weight mag
 
 Every variant is timed in two interleaved rounds (the second in reverse order). One variant's timing
 moves by several ms between runs on a busy machine, as much as a group's real saving, so each saving
-comes from a line of latency against the FLOPs the cut removes, fitted to all variants of the run at
-once; a variant keeps the share of its own deviation from the line that the spread between rounds says
-is real (:func:`~sparseyolo.analysis.latency_fit.fit_savings`).
+comes from a plane of latency against the FLOPs and the feature-map bytes the cut removes, fitted to all
+variants of the run at once; a variant keeps the share of its own deviation from the plane that the
+spread between rounds says is real (:func:`~sparseyolo.analysis.latency_fit.fit_savings`).
 
 A greedy search then takes the cut with the highest saving per lost score, until the
 predicted latency meets the target; a weight is either thinned as a channel producer or made sparse,
 never both. The plan is then built for real (a thinned, sparsified copy) and timed against the dense
-FP32 model; savings are rescaled and the search continued if it falls short. The predicted speed-up is
+FP32 model (medians of four interleaved rounds); savings are rescaled and the search continued if it falls
+short or overshoots. The predicted speed-up is
 thus a measured one of the planned architecture and sparsity (speed depends on widths and zeros, not on
 the trained values); ``--verify`` compares it with the trained model's.
 """
@@ -120,7 +121,7 @@ class Suggestion:
     mask_type: Any = "unstructured"  # of the weight sparsity, as a recipe writes it
     sparsity_gain: float | None = None  # the probe's speed-up with every candidate weight 80% zero
     layers: list[LayerSparsity] = field(default_factory=list)  # measured only where zeros pay
-    channel_fit: dict[str, Any] | None = None  # the latency line the channel savings come from
+    channel_fit: dict[str, Any] | None = None  # the latency plane the channel savings come from
     sparsity_fit: dict[str, Any] | None = None  # ... and the weight-sparsity savings
     plans: list[dict[str, Any]] = field(default_factory=list)  # every plan the search timed
 
