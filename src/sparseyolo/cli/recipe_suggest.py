@@ -31,7 +31,7 @@ def add_suggest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=40, help="epochs of the suggested recipe")
     p.add_argument("--score-images", type=int, default=64, help="validation images per sensitivity score")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: the engine's choice)")
-    p.add_argument("--time", type=float, default=1.0, help="seconds per variant and round (plans: 5x)")
+    p.add_argument("--time", type=float, default=1.0, help="seconds per variant and round (plans: 2x, 4 rounds)")
     p.add_argument("--save-dir", default=None, help="output folder (default runs/suggest/expN)")
     p.add_argument("--verify", default=None, metavar="RUN_DIR", help="time a run trained with a suggested recipe")
     p.add_argument("--suggestion", default=None, help="with --verify: the suggest.json (default: beside the recipe)")
