@@ -416,10 +416,10 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
     dense_files = [tmp_dir / "fp32.onnx", *([tmp_dir / "int8.onnx"] if result.int8 else [])]
     dense_ms, _ = timing.median_ms(dense_files, result.engine, result.img, threads, PLAN_TIME * time_s)
     result.base_ms, target_ms, scale = dense_ms[-1], dense_ms[0] / result.target_speedup, 1.0
-    plans: list[tuple[dict[str, float], float, float]] = []  # (cuts, fp32 ms, plan ms), timed together
+    plans = result.plans  # each timed beside the dense models
     for attempt in range(4):
         chosen, predicted = greedy(scale, target_ms)
-        if any(chosen == p[0] for p in plans):
+        if any(chosen == p["cuts"] for p in plans):
             break  # the same plan again: nothing new to learn
         plan_file = timing.export_variant(
             planned_copy(model, graph, result, chosen),
@@ -432,8 +432,7 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
             [*dense_files, plan_file], result.engine, result.img, threads, PLAN_TIME * time_s
         )
         fp32_ms = dense_ms[0]
-        plans.append((chosen, fp32_ms, plan_ms))
-        result.plans.append(
+        plans.append(
             {"cuts": dict(chosen), "predicted_ms": predicted, "fp32_ms": fp32_ms, "ms": plan_ms, "scale": scale}
         )
         LOGGER.info(
@@ -445,10 +444,13 @@ def _search(result: Suggestion, model: nn.Module, graph: ChannelGraph, tmp_dir: 
         if 0.9 * target_ms <= plan_ms <= (1 + TARGET_TOLERANCE) * target_ms or fitted_saving(chosen) <= 0:
             break
         scale = max(result.base_ms - plan_ms, 1e-6) / fitted_saving(chosen)
-    meeting = [p for p in plans if p[2] * result.target_speedup <= (1 + TARGET_TOLERANCE) * p[1]]
-    chosen, result.fp32_ms, result.predicted_ms = (
-        min(meeting, key=lambda p: (loss(p[0]), -p[2] / p[1])) if meeting else min(plans, key=lambda p: p[2] / p[1])
+    meeting = [p for p in plans if p["ms"] * result.target_speedup <= (1 + TARGET_TOLERANCE) * p["fp32_ms"]]
+    best = (
+        min(meeting, key=lambda p: (loss(p["cuts"]), -p["ms"] / p["fp32_ms"]))
+        if meeting
+        else min(plans, key=lambda p: p["ms"] / p["fp32_ms"])
     )
+    chosen, result.fp32_ms, result.predicted_ms = best["cuts"], best["fp32_ms"], best["ms"]
     result.predicted_speedup = result.fp32_ms / max(result.predicted_ms, 1e-9)
     for c in result.groups:
         c.fraction = chosen.get(c.key, 0.0)
