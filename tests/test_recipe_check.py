@@ -245,3 +245,18 @@ def test_published_yolov3_spp_recipes_check(shared_dir, tmp_path, capsys):
         assert data["final"]["sparsity"] > 0.5, path.name  # every published recipe prunes
         assert all(m["matched"] > 0 for m in data["modifiers"] if m["group"]), path.name
         capsys.readouterr()
+
+
+def test_modifier_past_the_epoch_range_is_noted(tiny):
+    """SparseML's transfer_learn_pruned_quantized recipe declares 52 epochs, but its cosine lr runs to 160:
+    training runs 160 epochs (the largest epoch named), and the check says why."""
+    recipe = (
+        "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n"
+        "  - !LearningRateFunctionModifier {start_epoch: 1, end_epoch: 4, lr_func: cosine, init_lr: 0.01,"
+        " final_lr: 0.001}\n"
+    )
+    result = _check(recipe, tiny["model"])
+    assert result.recipe_epochs == 4
+    past = [n for n in result.notes if "after the EpochRangeModifier's end 2" in n]
+    assert len(past) == 1 and "LearningRateFunctionModifier ends at epoch 4" in past[0], result.notes
+    assert not [n for n in _check(UNSTRUCTURED_QAT, tiny["model"]).notes if "EpochRangeModifier" in n]

@@ -320,6 +320,21 @@ def _line_of(mod: Any) -> int:
     return int(tail) if tail.isdigit() else 10**9
 
 
+def _past_epoch_range(modifiers: list[Any]) -> list[str]:
+    """A note per modifier that runs past every ``EpochRangeModifier``'s end: the training length is the
+    largest epoch any modifier names (as in SparseML), so such a recipe trains longer than it declares."""
+    ranges = [m.end_epoch for m in modifiers if m.tag == "EpochRangeModifier" and m.end_epoch > 0]
+    if not ranges:
+        return []
+    declared = max(ranges)
+    return [
+        f"{m.where}: {m.tag} ends at epoch {format_epoch(m.last_epoch)}, after the EpochRangeModifier's end "
+        f"{format_epoch(declared)}: training runs {format_epoch(m.last_epoch)} epochs, as SparseML's would"
+        for m in sorted(modifiers, key=_line_of)
+        if m.tag != "EpochRangeModifier" and m.last_epoch > declared + 1e-9
+    ]
+
+
 def format_epoch(e: float | None) -> str:
     return "-" if e is None or e < 0 else f"{e:g}"
 
@@ -513,6 +528,7 @@ def check_recipe(
 
     manager = loaded.manager()
     recipe_epochs = int(manager.max_epochs)
+    notes += _past_epoch_range(manager.modifiers)
     n_epochs = recipe_epochs if epochs is None else epochs
     if n_epochs != recipe_epochs:
         notes.append(f"train runs the recipe's {recipe_epochs} epochs; this dry run stepped through {n_epochs}")
