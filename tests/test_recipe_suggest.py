@@ -177,7 +177,8 @@ def test_engines_that_multiply_zeros_get_channels_only(model, monkeypatch, caplo
 
 def test_noisy_savings_are_smoothed_and_the_search_jumps_past_a_dip():
     from sparseyolo.analysis.latency_fit import non_decreasing, smoothed
-    from sparseyolo.analysis.recipe_suggest import GroupChoice, _next_cut
+    from sparseyolo.analysis.recipe_suggest import GroupChoice
+    from sparseyolo.analysis.recipe_suggest_search import next_cut
 
     assert non_decreasing([0.0, 13.0, 1.0, 9.0]) == [0.0, 7.0, 7.0, 9.0]  # the dip is pooled with its neighbour
     assert non_decreasing([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
@@ -192,8 +193,8 @@ def test_noisy_savings_are_smoothed_and_the_search_jumps_past_a_dip():
     saving = {c.key: smoothed(c.saving_ms) for c in cuts}
     damage = {c.key: smoothed(c.damage) for c in cuts}
     assert saving[dip.key] == {0.0: 0.0, 0.25: 3.0, 0.5: 3.0, 0.75: 20.0}
-    assert _next_cut(cuts, {}, saving, damage) == (dip, 0.75)
-    assert _next_cut(cuts, {dip.key: 0.75}, saving, damage) == (flat, 0.25)
+    assert next_cut(cuts, {}, saving, damage) == (dip, 0.75)
+    assert next_cut(cuts, {dip.key: 0.75}, saving, damage) == (flat, 0.25)
 
 
 def test_a_plan_faster_than_needed_is_trimmed(model, monkeypatch):
