@@ -112,3 +112,18 @@ def test_openvino_placement_writes_the_form_and_times_all_files(tmp_path, capsys
     out = capsys.readouterr().out
     assert (tmp_path / "q.openvino.onnx").is_file()
     assert "Q/DQ pairs bypassed" in out and "subgraphs" in out and "q.openvino.onnx" in out
+
+
+def test_nncf_ptq_leaves_out_the_detect_convs(tmp_path):
+    """bench/nncf_ptq.py keeps the Detect head in float, as our PTQ does: it must find exactly its convs
+    (NNCF itself is not installed here; the comparison runs in its own venv)."""
+    from sparseyolo.exporters import export_onnx
+    from sparseyolo.models import build_model
+
+    model = build_model("yolov3-tiny", nc=2, width_multiple=0.25).eval()
+    path = export_onnx(model, tmp_path / "t.onnx", img_size=64)
+    head = load_script("nncf_ptq").detect_convs(onnx.load(path))
+    n_out = len(model.model[-1].m)
+    assert len(head) == n_out == 2 and all(f"/model.{len(model.model) - 1}/m." in name for name in head)
+    with pytest.raises(SystemExit, match="not a sparseyolo export"):
+        load_script("nncf_ptq").detect_convs(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])))
