@@ -278,3 +278,12 @@ def test_int8_flag_errors(trained, tmp_path, cli):
     _one_line_error(*cli("export", "--weights", qat, "--int8", "--data", data), "already quantization-aware")
     rc, out = cli("export", "--weights", w, "--int8", "--data", data, "--calib-method", "kl")
     assert rc == 2 and "invalid choice" in out
+
+
+def test_calibration_loader_caps_workers_at_the_cpu_count(trained, monkeypatch):
+    """--workers 4 on a 2-core machine must not start 4 loader processes (torch warns, and they compete)."""
+    from sparseyolo.exporters.ptq import calibration_loader
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert calibration_loader(trained["data"], 64, n_images=4, workers=4).num_workers == 2
+    assert calibration_loader(trained["data"], 64, n_images=4, workers=0).num_workers == 0

@@ -18,6 +18,7 @@ export_onnx(qmodel, "best.int8.onnx", img_size=416)
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -98,7 +99,7 @@ def calibration_loader(
         torch.utils.data.Subset(dataset, index),
         batch_size=min(batch_size, n),
         shuffle=False,
-        num_workers=min(max(0, workers), 8),
+        num_workers=min(max(0, workers), os.cpu_count() or 1, 8),  # as create_dataloader caps them
         collate_fn=dataset.collate_fn,
     )
 
