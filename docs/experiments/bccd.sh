@@ -118,3 +118,24 @@ for r in bccd-tiny-suggested21 bccd-tiny-suggested21c; do
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416
 done
+
+# stop 23 (a 2-core AMD EPYC Zen 4 with AVX-512 VNNI, no AMX): the same 28-epoch baseline (0.804 / 0.458 rect,
+# 0.788 / 0.438 on its FP32 ONNX file); PTQ against NNCF on it (#13, docs/quantization.md); recipe suggest with
+# the default 40 epochs, trained and verified (#12, docs/recipes.md)
+sparseyolo train --weights ../shared/weights/yolov3-tiny.weights --cfg yolov3-tiny $T --epochs 28 --cos-lr \
+    --hyp $E/hyp.bccd.yaml --rescale-pretrained --name bccd-tiny-base23
+B23=runs/train/bccd-tiny-base23/weights/best.pt
+sparseyolo export --weights $B23 --img 416 --int8 --data $D --calib-images 128                   # 7-bit weights
+sparseyolo export --weights $B23 --img 416 --int8 --data $D --calib-images 128 --weight-bits 8   # (a copy of B23)
+for preset in mixed performance; do   # NNCF 3.4 in its own venv (bench/README.md), the same 128 images
+    python bench/nncf_ptq.py runs/train/bccd-tiny-base23/weights/best.onnx --data $D --img 416 --calib-images 128 \
+        --preset $preset --out nncf-$preset.onnx
+    sparseyolo val --weights nncf-$preset.onnx --data $D --img 416
+done
+sparseyolo recipe suggest --weights $B23 --data $D --engine onnxruntime --target-speedup 2.0 --int8 --img 416 \
+    --threads 2 --time 1.5 --save-dir runs/suggest/bccd23
+sparseyolo train --weights $B23 --data $D --img 416 --batch-size 16 --workers 2 --cache ram --hyp pruned_quantized \
+    --recipe runs/suggest/bccd23/recipe.md --name bccd-tiny-suggested23
+sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested23 --threads 2
+sparseyolo export --weights runs/train/bccd-tiny-suggested23/weights/best.pt --img-size 416 416
+sparseyolo val --weights runs/train/bccd-tiny-suggested23/weights/best.onnx --data $D --img 416
