@@ -260,3 +260,20 @@ def test_modifier_past_the_epoch_range_is_noted(tiny):
     past = [n for n in result.notes if "after the EpochRangeModifier's end 2" in n]
     assert len(past) == 1 and "LearningRateFunctionModifier ends at epoch 4" in past[0], result.notes
     assert not [n for n in _check(UNSTRUCTURED_QAT, tiny["model"]).notes if "EpochRangeModifier" in n]
+
+
+def test_flops_count_the_convs_of_a_quantized_checkpoint(tiny):
+    """A QAT checkpoint's Conv+BN blocks convolve without calling their conv module: the dry run's FLOPs
+    must still count them (they read 3% of the model's FLOPs when only the float Detect convs counted)."""
+    import copy
+
+    from sparseyolo.analysis.recipe_check import _flops
+    from sparseyolo.quantization import QATConfig, prepare_qat
+
+    model = tiny["model"]
+    quantized = copy.deepcopy(model)
+    prepare_qat(quantized, [f"model.{i}" for i in range(len(quantized.model) - 1)], QATConfig(fuse="conv_bn_relus"))
+    dense, qat = _flops(model, (128, 128)), _flops(quantized, (128, 128))
+    assert set(dense) == set(qat) and len(dense) == 13
+    assert sum(v["flops"] for v in qat.values()) == pytest.approx(sum(v["flops"] for v in dense.values()))
+    assert sum(v["flops"] for v in dense.values()) == pytest.approx(model.flops(128) * 1e9, rel=1e-6)

@@ -269,46 +269,29 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 
 def _flops(model: nn.Module, img: tuple[int, int]) -> dict[str, Any]:
-    """Per conv / linear weight: dense FLOPs at ``img``, shape and size.
+    """Per conv / linear weight: dense FLOPs at ``img``, shape and size, from ``analyze_module`` (which
+    also sees the convs of QAT Conv+BN blocks, whose forward never calls the conv module).
 
     A YOLO :class:`~sparseyolo.models.yolo.DetectionModel` is measured as its ``flops()`` is: one
     forward pass at a small size, each conv scaled by area (exact at multiples of the largest stride,
     which ``train`` rounds ``--img`` to). Any other model runs at ``img`` on a ``meta``-device copy.
     """
-    import torch
-
     from sparseyolo.analysis.layers import analyze_module
     from sparseyolo.models.yolo import STRIDE_PROBE, DetectionModel
 
-    if not isinstance(model, DetectionModel):
-        analysis = analyze_module(_meta_copy(model), img, source="dry run")
-        return {
-            layer.name: {"flops": layer.flops, "shape": layer.shape, "numel": layer.weight_numel}
-            for layer in analysis.layers
+    if isinstance(model, DetectionModel):
+        probe, scale = (STRIDE_PROBE, STRIDE_PROBE), img[0] * img[1] / (STRIDE_PROBE * STRIDE_PROBE)
+    else:
+        model, probe, scale = _meta_copy(model), img, 1.0
+    analysis = analyze_module(model, probe, source="dry run")
+    return {
+        layer.name: {
+            "flops": None if layer.flops is None else layer.flops * scale,
+            "shape": layer.shape,
+            "numel": layer.weight_numel,
         }
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    out: dict[str, Any] = {}
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            w = module.weight
-            area = math.prod(output.shape[2:]) * img[0] * img[1] / (STRIDE_PROBE * STRIDE_PROBE)
-            out[f"{name}.weight"] = {"flops": 2.0 * w.numel() * area, "shape": list(w.shape), "numel": w.numel()}
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    was_training = model.training
-    try:
-        model.eval()
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, int(model.yaml.get("ch", 3)), STRIDE_PROBE, STRIDE_PROBE, dtype=p.dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return out
+        for layer in analysis.layers
+    }
 
 
 def _quantized_layers(model: nn.Module) -> int:
