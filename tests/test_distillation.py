@@ -91,6 +91,21 @@ def test_schedule_warning_names_the_numbers():
     assert schedule_warnings(manager, steps_per_epoch=10, batches_per_epoch=10, accumulate=1, batch_size=16) == []
 
 
+def test_schedule_warning_is_one_line_for_modifiers_that_share_a_frequency(tmp_path):
+    gmp = (
+        "  - !GMPruningModifier {{params: [{}.weight], init_sparsity: 0.05, final_sparsity: 0.5, "
+        "start_epoch: 0, end_epoch: 2, update_frequency: {}}}\n"
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text("modifiers:\n" + gmp.format(0, 0.5) + gmp.format(1, 0.5) + gmp.format(2, 0.25))
+    recipe = Recipe.load(path)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8))
+    manager = recipe.manager().attach(model, None, steps_per_epoch=3)
+    shared, alone = schedule_warnings(manager, steps_per_epoch=3, batches_per_epoch=10, accumulate=4, batch_size=16)
+    assert shared.startswith(f"WARNING: {path}: 2 pruning modifiers (lines 2, 3) update their masks every 0.5 epochs")
+    assert alone.startswith(f"WARNING: {path}:4: !GMPruningModifier updates its masks every 0.25 epochs = 0.75")
+
+
 def test_train_distills_from_weights_and_checkpoints_hold_no_teacher(shapes_data, tmp_path, caplog):
     """A short run: the recipe's nbs default, the schedule warning when --nbs forces accumulation, the
     teacher from --weights, and checkpoints / EMA with the model's keys only."""

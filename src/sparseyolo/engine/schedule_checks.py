@@ -16,22 +16,31 @@ MIN_STEPS_BETWEEN_UPDATES = 4
 def schedule_warnings(
     manager: Any, steps_per_epoch: int, batches_per_epoch: int, accumulate: int, batch_size: int
 ) -> list[str]:
-    """One line per pruning modifier whose mask updates fall fewer than ``MIN_STEPS_BETWEEN_UPDATES``
-    optimizer steps apart, naming the numbers and the fix."""
-    lines = []
+    """One line per update frequency at which pruning modifiers update their masks fewer than
+    ``MIN_STEPS_BETWEEN_UPDATES`` optimizer steps apart, naming the modifiers, the numbers and the fix.
+    Modifiers that share a frequency share a line (a recipe usually has one per layer group)."""
+    by_frequency: dict[float, list[Any]] = {}
     for m in manager.pruning_modifiers:
         every = getattr(m, "update_frequency", None)
         if not every or every <= 0 or getattr(m, "start_epoch", 0) == getattr(m, "end_epoch", -1):
             continue  # one-shot pruning: no updates to space out
+        if every * steps_per_epoch < MIN_STEPS_BETWEEN_UPDATES:
+            by_frequency.setdefault(every, []).append(m)
+    lines = []
+    for every, modifiers in by_frequency.items():
         steps = every * steps_per_epoch
-        if steps >= MIN_STEPS_BETWEEN_UPDATES:
-            continue
         if accumulate > 1:
             fix = f"One optimizer step per batch (--nbs {batch_size}) gives {every * batches_per_epoch:g}."
         else:
             fix = "A larger update_frequency, or more images per epoch, gives more."
+        first = modifiers[0]
+        who = f"{first.where}: !{first.tag} updates its masks"
+        if len(modifiers) > 1:
+            source = first.where.rsplit(":", 1)[0]
+            at = ", ".join(m.where.rsplit(":", 1)[-1] for m in modifiers)
+            who = f"{source}: {len(modifiers)} pruning modifiers (lines {at}) update their masks"
         lines.append(
-            f"WARNING: {m.where}: !{m.tag} updates its masks every {every:g} epochs = {steps:g} optimizer steps "
+            f"WARNING: {who} every {every:g} epochs = {steps:g} optimizer steps "
             f"({batches_per_epoch} batches per epoch, one optimizer step every {accumulate}); fewer than "
             f"{MIN_STEPS_BETWEEN_UPDATES} steps between updates leave the weights no time to recover. {fix}"
         )
