@@ -277,3 +277,5 @@ def test_flops_count_the_convs_of_a_quantized_checkpoint(tiny):
     assert set(dense) == set(qat) and len(dense) == 13
     assert sum(v["flops"] for v in qat.values()) == pytest.approx(sum(v["flops"] for v in dense.values()))
     assert sum(v["flops"] for v in dense.values()) == pytest.approx(model.flops(128) * 1e9, rel=1e-6)
+    # the model's own counter (model.info(), the trainer's "thinned model" line) counts them too
+    assert quantized.flops(128) == pytest.approx(model.flops(128), rel=1e-6)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sparseyolo.utils.errors import SparseYoloError
+from sparseyolo.utils.layer_shapes import is_weight_layer, layer_flops, weight_layer_output_shapes
 from sparseyolo.utils.logging import LOGGER
 
 if TYPE_CHECKING:
@@ -128,14 +129,6 @@ class ModelAnalysis:
 
 
 # --------------------------------------------------------------------------------------------- torch
-def _is_weight_layer(m) -> bool:
-    import torch.nn as nn
-
-    return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and isinstance(
-        getattr(m, "weight", None), nn.Parameter
-    )
-
-
 def _is_quantized(name: str, module, modules: dict) -> bool:
     """QAT: the layer has a weight fake-quantizer itself, or its parent block (Conv+BN folded) has one."""
     if getattr(module, "weight_fake_quant", None) is not None:
@@ -153,31 +146,17 @@ def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "mode
     import torch
 
     modules = dict(model.named_modules())
-    layers = {name: m for name, m in modules.items() if _is_weight_layer(m)}
+    layers = {name: m for name, m in modules.items() if is_weight_layer(m)}
     if not layers:
         raise SparseYoloError(f"{source}: no convolution or linear layers to analyse")
-    out_shapes: dict[str, list[int]] = {}
-    hooks = [m.register_forward_hook(_shape_hook(out_shapes, name)) for name, m in layers.items()]
-    for name, m in layers.items():
-        # a QAT Conv+BN block convolves with its (folded) ``conv.weight`` itself and never calls the
-        # conv module, so take the shape from the block; BN and the activation keep the conv's shape
-        parent = modules.get(name.rpartition(".")[0]) if "." in name else None
-        if parent is not None and getattr(parent, "conv", None) is m:
-            hooks.append(parent.register_forward_hook(_shape_hook(out_shapes, name, overwrite=False)))
     first = next(iter(layers.values()))
     ch = getattr(first, "in_channels", None) or first.in_features
     param = next(model.parameters())
-    was_training = model.training
+    out_shapes: dict[str, list[int]] = {}
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, ch, *img, dtype=param.dtype, device=param.device))
+        out_shapes = weight_layer_output_shapes(model, torch.zeros(1, ch, *img, dtype=param.dtype, device=param.device))
     except Exception as e:
         LOGGER.warning(f"{source}: forward pass at {img[0]}x{img[1]} failed ({type(e).__name__}: {e}); FLOPs unknown")
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
     result = ModelAnalysis(source, img, total_params=sum(p.numel() for p in model.parameters()))
     for name, m in layers.items():
         w = m.weight.detach()
@@ -191,7 +170,7 @@ def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "mode
                 params=w.numel() + (bias.numel() if bias is not None else 0),
                 zeros=0 if w.is_meta else int((w == 0).sum()),  # a meta model (layout only) has no values
                 out_shape=out,
-                flops=_flops(list(w.shape), out, conv=w.dim() > 2),
+                flops=layer_flops(list(w.shape), out, conv=w.dim() > 2),
                 quantized=_is_quantized(name, m, modules),
             )
         )
@@ -224,23 +203,6 @@ def add_original(thinned: ModelAnalysis, original: ModelAnalysis) -> None:
             layer.original_shape, layer.original_flops = full.shape, full.flops
     thinned.original_params = original.total_params
     thinned.original_flops = original.totals()["flops"]
-
-
-def _shape_hook(store: dict, name: str, overwrite: bool = True):
-    def hook(module, inputs, output):
-        if hasattr(output, "shape") and (overwrite or name not in store):
-            store[name] = list(output.shape)
-
-    return hook
-
-
-def _flops(weight_shape: list[int], out_shape: list[int] | None, conv: bool) -> float | None:
-    """2 * MACs per image: a conv does numel(W) MACs per output position, a linear numel(W) per row."""
-    if out_shape is None:
-        return None
-    numel = math.prod(weight_shape)
-    positions = math.prod(out_shape[2:]) if conv else math.prod(out_shape[1:-1])
-    return 2.0 * numel * positions
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -320,7 +282,7 @@ def analyze_onnx(path: str | Path, img: tuple[int, int] | None = None) -> ModelA
     for node, layer in pending:
         out = out_shapes.get(node.output[0])
         layer.out_shape = out
-        layer.flops = _flops(layer.shape, out, conv="Conv" in node.op_type)
+        layer.flops = layer_flops(layer.shape, out, conv="Conv" in node.op_type)
         result.layers.append(layer)
     if not result.layers:
         raise SparseYoloError(f"{info.path}: no convolution or linear layers to analyse")

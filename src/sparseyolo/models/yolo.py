@@ -12,6 +12,7 @@ from sparseyolo.models.detect import DECODES, Detect
 from sparseyolo.models.parse import MODELS, load_model_yaml, parse_model
 from sparseyolo.sparsity.thinning import layer_widths, resize_layers
 from sparseyolo.utils.errors import ConfigError, SparseYoloError
+from sparseyolo.utils.layer_shapes import layer_flops, weight_layer_output_shapes
 from sparseyolo.utils.logging import LOGGER
 
 STRIDE_PROBE = 64  # input size of the dummy forward that measures strides (multiple of 32)
@@ -154,29 +155,18 @@ class DetectionModel(nn.Module):
     @torch.no_grad()
     def flops(self, img_size: int | tuple[int, int] = 640) -> float:
         """GFLOPs (2 x conv multiply-accumulates) at ``img_size``, measured at a small size and
-        scaled by area (conv cost is proportional to the output area)."""
+        scaled by area (conv cost is proportional to the output area). QAT blocks count too."""
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        macs = 0
-
-        def hook(mod: nn.Conv2d, _inp, out):
-            nonlocal macs
-            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
-            macs += out[0].numel() * k
-
-        handles = [m.register_forward_hook(hook) for m in self.modules() if isinstance(m, nn.Conv2d)]
-        was_training, raw_flag = self.training, self.export_raw
+        s, p, raw_flag = STRIDE_PROBE, next(self.parameters()), self.export_raw
         try:
-            self.eval()
             self.export_raw = True
-            s = STRIDE_PROBE
-            p = next(self.parameters())
-            self.forward(torch.zeros(1, self.yaml.get("ch", 3), s, s, device=p.device, dtype=p.dtype))
+            x = torch.zeros(1, self.yaml.get("ch", 3), s, s, device=p.device, dtype=p.dtype)
+            shapes = weight_layer_output_shapes(self, x)
         finally:
-            for hd in handles:
-                hd.remove()
             self.export_raw = raw_flag
-            self.train(was_training)
-        return 2 * macs * (h * w) / (s * s) / 1e9
+        modules = dict(self.named_modules())
+        flops = sum(layer_flops(list(modules[name].weight.shape), shape, conv=True) for name, shape in shapes.items())
+        return flops * (h * w) / (s * s) / 1e9
 
     def info(self, img_size: int = 640, verbose: bool = False) -> dict:
         """Log and return a summary: layers, parameters, gradients, GFLOPs at ``img_size``."""
