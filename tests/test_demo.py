@@ -166,6 +166,8 @@ def test_recipe_schedule_fits_the_epochs(epochs):
     (quant,) = [m for m in manager.modifiers if m.tag == "QuantizationModifier"]
     assert pruning.end_epoch == a["pruning_end_epoch"] and quant.start_epoch == q_start
     assert manager.max_epochs == epochs
+    # the narrow demo model keeps the stem conv (and the Detect head) in float; the full-width recipe does not
+    assert quant.submodules[0] == "model.1" and quant.submodules[-1] == "model.19"
 
 
 def test_round_to_follows_the_width():

@@ -88,7 +88,7 @@ def test_recipe_loads_and_prunes_what_was_chosen(suggestion, model):
     assert finals == chosen
     int8 = recipe_text(Suggestion.from_dict({**suggestion.to_dict(), "int8": True}), epochs=20)
     q = [m for m in Recipe.load(int8).manager().modifiers if m.tag == "QuantizationModifier"]
-    assert q and q[0].start_epoch == 15 and q[0].submodules[0] == "model.1"
+    assert q and q[0].start_epoch == 15 and q[0].submodules[0] == "model.0"
 
 
 def test_verify_times_a_trained_run(suggestion, model, tmp_path):
@@ -157,6 +157,37 @@ def test_weight_sparsity_is_chosen_where_the_engine_rewards_zeros(model, monkeyp
     assert blocks == sparse
     again = Suggestion.from_dict(json.loads(json.dumps(s.to_dict())))
     assert again.layers == s.layers and again.mask_type == [1, 4]
+
+
+@pytest.mark.parametrize("faster", ["int8", "float"])
+def test_the_first_conv_is_quantized_where_the_engine_runs_that_faster(model, monkeypatch, faster):
+    """The stem conv's precision is timed both ways on the dense int8 model; every later int8 export and
+    the recipe's QuantizationModifier follow the faster one."""
+    import onnx
+
+    import sparseyolo.analysis.recipe_suggest_timing as timing
+
+    cost, slower, stems = _fake_engine(reward_zeros=False), "float" if faster == "int8" else "int8", []
+
+    def stem_timed(files, engine, img, threads, time_s):
+        for f in files:
+            if f.name in ("int8.onnx", "plan0.onnx"):  # the dense int8 model and the first plan
+                graph = onnx.load(str(f)).graph
+                made_by = {o: n.op_type for n in graph.node for o in n.output}
+                (stem,) = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith("/model.0/")]
+                stems.append(made_by.get(stem.input[1]) == "DequantizeLinear")
+        ms = cost(files, engine, img, threads, time_s)
+        return [t + (5.0 if f.name == f"stem_{slower}.onnx" else 0.0) for f, t in zip(files, ms, strict=True)]
+
+    monkeypatch.setattr(timing, "time_files", stem_timed)
+    kw = dict(engine="onnxruntime", target_speedup=1.3, int8=True, img=64, round_to=2, fractions=(0.5,))
+    s = suggest(model, _score, "dense.pt", weight_sparsity="off", **kw)
+    assert s.stem_int8 == (faster == "int8") and s.stem_ms[slower] > s.stem_ms[faster]
+    assert stems and set(stems) == {faster == "int8"}
+    text = recipe_text(s, epochs=10)
+    (q,) = [m for m in Recipe.load(text).manager().modifiers if m.tag == "QuantizationModifier"]
+    assert (q.submodules[0] == "model.0") == (faster == "int8") and q.submodules[-1] == f"model.{len(model.model) - 2}"
+    assert f"the first conv in {faster}: the dense int8 model took" in text
 
 
 def test_engines_that_multiply_zeros_get_channels_only(model, monkeypatch, caplog):

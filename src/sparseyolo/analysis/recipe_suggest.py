@@ -115,7 +115,9 @@ class Suggestion:
     baseline_score: float = 0.0
     predicted_score_loss: float = 0.0
     round_to: int = 8
-    qat_submodules: list[str] | None = None  # all but the first layer and the Detect head
+    qat_submodules: list[str] | None = None  # all but the Detect head (and the first conv if float is faster)
+    stem_int8: bool = True  # int8 runs: the first conv quantized (timed both ways on the engine)
+    stem_ms: dict[str, float] = field(default_factory=dict)  # dense int8 model, first conv "int8" / "float"
     groups: list[GroupChoice] = field(default_factory=list)
     mask_type: Any = "unstructured"  # of the weight sparsity, as a recipe writes it
     sparsity_gain: float | None = None  # the probe's speed-up with every candidate weight 80% zero
@@ -247,28 +249,31 @@ def suggest(
     if layers and mask_type.kind == "block" and round_to % mask_type.block[1]:
         raise SparseYoloError(f"--round-to {round_to}: thinned widths must stay multiples of 4 for [1, 4] blocks")
     result = Suggestion(weights, engine, int8, img, target_speedup, 0.0, 0.0, round_to=round_to)
-    result.qat_submodules = qat_submodules(model)
     result.mask_type, result.groups = mask_type.to_recipe(), groups
     with tempfile.TemporaryDirectory(prefix="sparseyolo-suggest-") as tmp:
         tmp_dir = Path(tmp)
+        if int8:
+            _choose_stem(model, tmp_dir, result, threads, time_s)
+        result.qat_submodules = qat_submodules(model, result.stem_int8)
+        stem = result.stem_int8
         LOGGER.info(f"recipe suggest: timing {len(groups)} channel groups x {len(fractions)} widths on {engine}")
         files = [timing.export_variant(model, tmp_dir / "fp32.onnx", img, False, engine)]
         if int8:
-            files.append(timing.export_variant(model, tmp_dir / "int8.onnx", img, True, engine))
+            files.append(timing.export_variant(model, tmp_dir / "int8.onnx", img, True, engine, stem))
         if layers:
             probe = sparsified_(copy.deepcopy(model), {x.param: PROBE_SPARSITY for x in layers}, mask_type)
-            files.append(timing.export_variant(probe, tmp_dir / "probe.onnx", img, int8, engine))
+            files.append(timing.export_variant(probe, tmp_dir / "probe.onnx", img, int8, engine, stem))
         variants = []
-        dense = timing.work(model, img, int8)
+        dense = timing.work(model, img, int8, stem_int8=stem)
         for c in groups:
             for f in fractions:
                 if kept_channels(c.channels, f, round_to) >= 1:
                     thin = thinned_copy(model, graph, {c.group: f}, groups, round_to)
-                    thin_work = timing.work(thin, img, int8)
+                    thin_work = timing.work(thin, img, int8, stem_int8=stem)
                     c.gflops_removed[str(f)] = dense[0] - thin_work[0]
                     c.mbytes_removed[str(f)] = dense[1] - thin_work[1]
                     variants.append(
-                        (c, f, timing.export_variant(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine))
+                        (c, f, timing.export_variant(thin, tmp_dir / f"g{c.group}_{f}.onnx", img, int8, engine, stem))
                     )
         rounds = timing.time_rounds(files + [v[2] for v in variants], engine, img, threads, time_s)
         n_base = 1 + int8
@@ -334,15 +339,16 @@ def _time_layers(
         f"zero; timing {len(layers)} layers x {len(levels)} sparsities ({mask_type.to_recipe()})"
     )
     files, removed = [base_file], [0.0]
-    dense_gflops = timing.work(model, result.img, result.int8, sparse=True)[0]
+    dense_gflops = timing.work(model, result.img, result.int8, sparse=True, stem_int8=result.stem_int8)[0]
     for i, x in enumerate(layers):
         for level in levels:
             sparse = sparsified_(copy.deepcopy(model), {x.param: level}, mask_type)
-            x.gflops_removed[str(level)] = dense_gflops - timing.work(sparse, result.img, result.int8, sparse=True)[0]
-            removed.append(x.gflops_removed[str(level)])
-            files.append(
-                timing.export_variant(sparse, tmp_dir / f"w{i}_{level}.onnx", result.img, result.int8, result.engine)
+            x.gflops_removed[str(level)] = (
+                dense_gflops - timing.work(sparse, result.img, result.int8, sparse=True, stem_int8=result.stem_int8)[0]
             )
+            removed.append(x.gflops_removed[str(level)])
+            path = tmp_dir / f"w{i}_{level}.onnx"
+            files.append(timing.export_variant(sparse, path, result.img, result.int8, result.engine, result.stem_int8))
     rounds = timing.time_rounds(files, result.engine, result.img, threads, time_s)
     savings, fit = fit_savings(rounds, removed)
     result.sparsity_fit = asdict(fit)
@@ -353,6 +359,25 @@ def _time_layers(
         for level in levels:
             saving, t = next(it)
             x.saving_ms[str(level)], x.measured_ms[str(level)] = max(saving, 0.0), mean[0] - t
+
+
+def _choose_stem(model: nn.Module, tmp_dir: Path, result: Suggestion, threads: int | None, time_s: float) -> None:
+    """Quantize the first conv or keep it in float, whichever runs the dense int8 model faster on the
+    engine. Its 3 input channels suit int8 kernels badly, but a float stem's full-resolution output must
+    be quantized for the next layer; which costs more depends on the CPU and the width (a half-width
+    YOLOv3-tiny ran faster with a float stem on AVX2, the full-width one slower on AVX2 and on VNNI)."""
+    if qat_submodules(model) is None:
+        return  # not a YOLO layer list: everything is quantized
+    files = [
+        timing.export_variant(model, tmp_dir / f"stem_{kind}.onnx", result.img, True, result.engine, kind == "int8")
+        for kind in ("int8", "float")
+    ]
+    (int8_ms, float_ms), _ = timing.median_ms(files, result.engine, result.img, threads, time_s)
+    result.stem_ms, result.stem_int8 = {"int8": int8_ms, "float": float_ms}, int8_ms <= float_ms
+    LOGGER.info(
+        f"recipe suggest: dense int8 model on {result.engine}: {int8_ms:.1f} ms with the first conv in int8, "
+        f"{float_ms:.1f} ms with it in float: {'quantized' if result.stem_int8 else 'kept in float'}"
+    )
 
 
 def _log_fit(kind: str, fit: LatencyFit) -> None:

@@ -94,6 +94,7 @@ def search(
             result.img,
             result.int8,
             result.engine,
+            result.stem_int8,
         )
         (*dense_ms, plan_ms), _ = timing.median_ms(
             [*dense_files, plan_file], result.engine, result.img, threads, PLAN_TIME * time_s

@@ -19,18 +19,19 @@ ROUNDS = 2  # timing rounds per variant: their spread is the noise the latency f
 DECIDING_ROUNDS = 4
 
 
-def qat_submodules(model: nn.Module) -> list[str] | None:
-    """A YOLO model's layers but its first conv and its Detect head (the shipped recipes keep those in
-    float); None (everything) for other models."""
+def qat_submodules(model: nn.Module, stem_int8: bool = True) -> list[str] | None:
+    """A YOLO model's layers but its Detect head (and its first conv, with ``stem_int8=False``); None
+    (everything) for other models."""
     layers = getattr(model, "model", None)
     if not isinstance(layers, nn.Sequential) or len(layers) < 3:
         return None
-    return [f"model.{i}" for i in range(1, len(layers) - 1)]
+    return [f"model.{i}" for i in range(0 if stem_int8 else 1, len(layers) - 1)]
 
 
-def export_variant(model: nn.Module, path: Path, img: int, int8: bool, engine: str) -> Path:
+def export_variant(model: nn.Module, path: Path, img: int, int8: bool, engine: str, stem_int8: bool = True) -> Path:
     """An ONNX file of ``model`` in the deployed precision (int8: QDQ, or Conv-only QLinear for
-    DeepSparse), with observer ranges from random inputs (latency does not depend on them)."""
+    DeepSparse; the layers of :func:`qat_submodules`), with observer ranges from random inputs (latency
+    does not depend on them)."""
     from sparseyolo.exporters.onnx import export_onnx
 
     model = model.float().eval()  # export_onnx folds BN on its own copy
@@ -38,7 +39,9 @@ def export_variant(model: nn.Module, path: Path, img: int, int8: bool, engine: s
         from sparseyolo.quantization import QATConfig, freeze_bn_stats, prepare_qat
 
         model = copy.deepcopy(model)  # prepare_qat works in place
-        prepare_qat(model, qat_submodules(model), QATConfig(weight_bits=8, activation_bits=8, fuse="conv_bn_relus"))
+        prepare_qat(
+            model, qat_submodules(model, stem_int8), QATConfig(weight_bits=8, activation_bits=8, fuse="conv_bn_relus")
+        )
         freeze_bn_stats(model)
         model.train()
         model(torch.rand(2, 3, img, img))
@@ -51,7 +54,9 @@ def export_variant(model: nn.Module, path: Path, img: int, int8: bool, engine: s
     return out
 
 
-def work(model: nn.Module, img: int, int8: bool = False, sparse: bool = False) -> tuple[float, float]:
+def work(
+    model: nn.Module, img: int, int8: bool = False, sparse: bool = False, stem_int8: bool = True
+) -> tuple[float, float]:
     """GFLOPs of ``model``'s convs and linears at ``img`` (dense, or with ``sparse`` those left after zeros),
     and the megabytes of feature maps they write, which the memory-bound ops after them scale with: one
     byte per element of a layer the int8 model quantizes, four of a float one (the first conv's output at
@@ -60,7 +65,7 @@ def work(model: nn.Module, img: int, int8: bool = False, sparse: bool = False) -
 
     analysis = analyze_module(model, (img, img), source="recipe suggest")
     flops = analysis.totals()["sparse_flops" if sparse else "flops"] or 0.0
-    quantized = qat_submodules(model) if int8 else []
+    quantized = qat_submodules(model, stem_int8) if int8 else []
     mbytes = 0.0
     for layer in analysis.layers:
         if layer.out_shape:
