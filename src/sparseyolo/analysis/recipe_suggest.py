@@ -133,6 +133,8 @@ class Suggestion:
     def from_dict(cls, d: dict[str, Any]) -> Suggestion:
         groups = [GroupChoice(**g) for g in d.get("groups", [])]
         layers = [LayerSparsity(**x) for x in d.get("layers", [])]
+        if "stem_int8" not in d and d.get("qat_submodules"):  # written before the stem was timed
+            d = {**d, "stem_int8": d["qat_submodules"][0] == "model.0"}
         return cls(**{**d, "groups": groups, "layers": layers})
 
 
