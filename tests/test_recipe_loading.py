@@ -427,3 +427,15 @@ def test_gradual_pruning_defaults_to_sparsemls_cubic_schedule():
     text = "modifiers:\n  - !GMPruningModifier {params: [w], init_sparsity: 0.05, final_sparsity: 0.5, start_epoch: 0, end_epoch: 2, update_frequency: 1}\n"
     (modifier,) = Recipe.load(text).manager().modifiers
     assert modifier.inter_func == "cubic"
+
+
+def test_shipped_tiny_pruned_quantized_recipe_freezes_bn_and_observers_only_when_asked():
+    """Its QAT keeps BatchNorm statistics and int8 ranges updating to the end; --recipe-args can freeze them."""
+
+    def qat(args=None):
+        (q,) = [m for m in Recipe.load("yolov3-tiny.pruned_quantized", args=args).manager().modifiers
+                if isinstance(m, QuantizationModifier)]  # fmt: skip
+        return q.freeze_bn_stats_epoch, q.disable_quantization_observer_epoch
+
+    assert qat() == (None, None)
+    assert qat("freeze_bn_stats_epoch=38,disable_observer_epoch=39") == (38, 39)
