@@ -165,7 +165,8 @@ class DetectionModel(nn.Module):
         finally:
             self.export_raw = raw_flag
         modules = dict(self.named_modules())
-        flops = sum(layer_flops(list(modules[name].weight.shape), shape, conv=True) for name, shape in shapes.items())
+        weights = {name: modules[name].weight for name in shapes}
+        flops = sum(layer_flops(list(w.shape), shapes[name], conv=w.dim() > 2) for name, w in weights.items())
         return flops * (h * w) / (s * s) / 1e9
 
     def info(self, img_size: int = 640, verbose: bool = False) -> dict:
