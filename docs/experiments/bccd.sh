@@ -139,3 +139,21 @@ sparseyolo train --weights $B23 --data $D --img 416 --batch-size 16 --workers 2 
 sparseyolo recipe suggest --verify runs/train/bccd-tiny-suggested23 --threads 2
 sparseyolo export --weights runs/train/bccd-tiny-suggested23/weights/best.pt --img-size 416 416
 sparseyolo val --weights runs/train/bccd-tiny-suggested23/weights/best.onnx --data $D --img 416
+
+# stop 24 (the same Zen 4): the default command for pruned + int8 from B23 (#16), and again with the shipped
+# recipe plus a DistillationModifier (epochs 0-40, hardness 0.5, temperature 2; teacher = --weights = B23)
+sparseyolo train --weights $B23 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.pruned_quantized.md --name bccd-tiny-pq-default24
+python - <<'PY'
+from pathlib import Path
+text = Path("recipes/yolov3-tiny.pruned_quantized.md").read_text()
+block = ("distillation_modifiers:\n  - !DistillationModifier\n    start_epoch: 0.0\n    end_epoch: *num_epochs\n"
+         "    hardness: 0.5\n    temperature: 2.0\n\n")
+Path("pq_distill.md").write_text(text.replace("quantization_modifiers:", block + "quantization_modifiers:", 1))
+PY
+sparseyolo train --weights $B23 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe pq_distill.md --name bccd-tiny-pq-distill24
+for r in bccd-tiny-pq-default24 bccd-tiny-pq-distill24; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
