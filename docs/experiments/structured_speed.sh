@@ -19,3 +19,11 @@ sparseyolo analyze --weights runs/spp/channel_int8/weights/best.pt --img 512
 sparseyolo benchmark runs/spp/base/weights/best.onnx runs/spp/dense_int8/weights/best.onnx \
     runs/spp/channel_int8/weights/best.onnx --engine onnxruntime,openvino --threads 2 --time 20 --warmup 3 \
     --json runs/spp/speed.json
+
+# stop 24 (Zen 4, AVX-512 VNNI): the first conv in int8 against float, dense and half-channel YOLOv3-tiny at 416
+# (random weights; the float-stem builds list model.1 ... model.19 as the QuantizationModifier's submodules),
+# three interleaved rounds, every other one reversed
+for round in 1 2 3; do
+    sparseyolo benchmark dense.onnx dense_int8.onnx dense_int8_f0.onnx ch50_int8.onnx ch50_int8_f0.onnx \
+        --engine onnxruntime --threads 2 --time 10 --warmup 2 --exact-file
+done
