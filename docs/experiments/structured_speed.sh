@@ -21,7 +21,9 @@ sparseyolo benchmark runs/spp/base/weights/best.onnx runs/spp/dense_int8/weights
     --json runs/spp/speed.json
 
 # stop 24 (Zen 4, AVX-512 VNNI): the first conv in int8 against float, dense and half-channel YOLOv3-tiny at 416
-# (random weights; the float-stem builds list model.1 ... model.19 as the QuantizationModifier's submodules),
+# (random weights, seed 0; each built by stepping a 2-epoch recipe without data: a filter GMPruningModifier
+# 0.2 -> 0.5 over epoch 0-1, round_to 8, for ch50; a QuantizationModifier from epoch 1, whose submodules are
+# model.1 ... model.19 for the float-stem *_f0 builds; then `sparseyolo export --img-size 416 416`),
 # three interleaved rounds, every other one reversed
 for round in 1 2 3; do
     sparseyolo benchmark dense.onnx dense_int8.onnx dense_int8_f0.onnx ch50_int8.onnx ch50_int8_f0.onnx \
