@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sparseyolo.utils.errors import SparseYoloError
-from sparseyolo.utils.layer_shapes import is_weight_layer, layer_flops, weight_layer_output_shapes
+from sparseyolo.utils.layer_shapes import conv_block, is_weight_layer, layer_flops, weight_layer_output_shapes
 from sparseyolo.utils.logging import LOGGER
 
 if TYPE_CHECKING:
@@ -133,12 +133,8 @@ def _is_quantized(name: str, module, modules: dict) -> bool:
     """QAT: the layer has a weight fake-quantizer itself, or its parent block (Conv+BN folded) has one."""
     if getattr(module, "weight_fake_quant", None) is not None:
         return True
-    parent = modules.get(name.rpartition(".")[0]) if "." in name else None
-    return (
-        parent is not None
-        and getattr(parent, "weight_fake_quant", None) is not None
-        and getattr(parent, "conv", None) is module
-    )
+    block = conv_block(name, modules)
+    return block is not None and getattr(block, "weight_fake_quant", None) is not None
 
 
 def analyze_module(model, img: tuple[int, int] = (512, 512), source: str = "model") -> ModelAnalysis:

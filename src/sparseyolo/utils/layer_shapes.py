@@ -25,6 +25,13 @@ def is_weight_layer(m: nn.Module) -> bool:
     )
 
 
+def conv_block(name: str, modules: dict[str, nn.Module]) -> nn.Module | None:
+    """The block whose ``conv`` is the layer ``name`` (a QAT Conv+BN block convolves with it itself),
+    or None."""
+    parent = modules.get(name.rpartition(".")[0]) if "." in name else None
+    return parent if parent is not None and getattr(parent, "conv", None) is modules.get(name) else None
+
+
 def weight_layer_output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, list[int]]:
     """``{layer name: output shape}`` for every weight layer that ``model(x)`` runs, in eval mode
     without gradients (the training mode is restored). Exceptions of the forward pass propagate."""
@@ -46,9 +53,9 @@ def weight_layer_output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, l
             continue
         hooks.append(m.register_forward_hook(hook_for(name, overwrite=True)))
         # a QAT block's output has its conv's shape (BN and the activation keep it)
-        parent = modules.get(name.rpartition(".")[0]) if "." in name else None
-        if parent is not None and getattr(parent, "conv", None) is m:
-            hooks.append(parent.register_forward_hook(hook_for(name, overwrite=False)))
+        block = conv_block(name, modules)
+        if block is not None:
+            hooks.append(block.register_forward_hook(hook_for(name, overwrite=False)))
     was_training = model.training
     try:
         model.eval()
