@@ -157,3 +157,18 @@ for r in bccd-tiny-pq-default24 bccd-tiny-pq-distill24; do
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
 done
+
+# stop 25 (the same Zen 4): #16's augmentation ablation row from B23, the shipped hyp with the baseline's
+# augmentation (docs/experiments/hyp.bccd-pq-baseline-aug.yaml); then the stage-2 rebuild of the 0.850
+# baseline from B23, and the default command for pruned + int8 from it
+sparseyolo train --weights $B23 --data $D --img 416 --cache ram --hyp docs/experiments/hyp.bccd-pq-baseline-aug.yaml \
+    --recipe yolov3-tiny.pruned_quantized.md --name bccd-tiny-pq-baseaug25
+sparseyolo train --weights $B23 --data $D --img 416 --batch-size 16 --nbs 16 --workers 2 --cache ram --epochs 30 \
+    --cos-lr --hyp docs/experiments/hyp.bccd-stage3.yaml --name bccd-tiny-base25-stage2
+B25=runs/train/bccd-tiny-base25-stage2/weights/best.pt
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.pruned_quantized.md --name bccd-tiny-pq-default25
+for r in bccd-tiny-base25-stage2 bccd-tiny-pq-baseaug25 bccd-tiny-pq-default25; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
