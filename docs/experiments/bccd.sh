@@ -172,3 +172,21 @@ for r in bccd-tiny-base25-stage2 bccd-tiny-pq-baseaug25 bccd-tiny-pq-default25; 
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
 done
+
+# stop 26 (the same Zen 4): from the stage-2 rebuild B25, #16's pruned default command, the "learning rate
+# while pruning" row of the ablation (the pq recipe's pruning and recovery rates 5x lower), and a probe:
+# ten more recovery epochs for the pruned model, its zeros held (docs/experiments/bccd-tiny.recovery10.md)
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned \
+    --recipe yolov3-tiny.pruned.md --name bccd-tiny-pruned-default26
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.pruned_quantized.md --recipe-args init_lr=0.001,pruning_recovery_start_lr=0.001 \
+    --name bccd-tiny-pq-lr001-26
+sparseyolo train --weights runs/train/bccd-tiny-pruned-default26/weights/best.pt --data $D --img 416 --cache ram \
+    --hyp pruned --recipe docs/experiments/bccd-tiny.recovery10.md --name bccd-tiny-pruned-recovery10-26
+for r in bccd-tiny-pruned-default26 bccd-tiny-pq-lr001-26 bccd-tiny-pruned-recovery10-26; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
+# the pq model of stop 25 in PyTorch, rect and square: the letterbox's share of its mAP@0.5:0.95 loss
+sparseyolo val --weights runs/train/bccd-tiny-pq-default25/weights/best.pt --data $D --img 416
+sparseyolo val --weights runs/train/bccd-tiny-pq-default25/weights/best.pt --data $D --img 416 --no-rect
