@@ -443,12 +443,12 @@ def test_shipped_tiny_pruned_quantized_recipe_freezes_bn_and_observers_only_when
 
 @pytest.mark.parametrize("name", ["yolov3-tiny.pruned", "yolov3-tiny.pruned_quantized"])
 def test_shipped_tiny_pruning_recipes_share_one_schedule_shape_that_recipe_args_change(name):
-    """The measured linear schedule by default; `pruning_inter_func=cubic` (a #16 ablation) reaches every pruner."""
+    """SparseML's cubic schedule by default (#16's measurements); `pruning_inter_func=linear` reaches every pruner."""
 
     def shapes(args=None):
         return {
             m.inter_func for m in Recipe.load(name, args=args).manager().modifiers if isinstance(m, GMPruningModifier)
         }
 
-    assert shapes() == {"linear"}
-    assert shapes("pruning_inter_func=cubic") == {"cubic"}
+    assert shapes() == {"cubic"}
+    assert shapes("pruning_inter_func=linear") == {"linear"}
