@@ -190,3 +190,14 @@ done
 # the pq model of stop 25 in PyTorch, rect and square: the letterbox's share of its mAP@0.5:0.95 loss
 sparseyolo val --weights runs/train/bccd-tiny-pq-default25/weights/best.pt --data $D --img 416
 sparseyolo val --weights runs/train/bccd-tiny-pq-default25/weights/best.pt --data $D --img 416 --no-rect
+
+# stop 27 (the same Zen 4): SparseML's cubic schedule in both shipped YOLOv3-tiny recipes, from B25, the
+# default command otherwise (the "schedule shape" row of #16's ablation)
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned \
+    --recipe yolov3-tiny.pruned.md --recipe-args pruning_inter_func=cubic --name bccd-tiny-pruned-cubic27
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.pruned_quantized.md --recipe-args pruning_inter_func=cubic --name bccd-tiny-pq-cubic27
+for r in bccd-tiny-pruned-cubic27 bccd-tiny-pq-cubic27; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
