@@ -201,3 +201,51 @@ for r in bccd-tiny-pruned-cubic27 bccd-tiny-pq-cubic27; do
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
 done
+
+# stop 28 (the same Zen 4): #16's sparsity-level candidate (the stride-32 convs at 60% instead of 85%),
+# the "BatchNorm statistics after pruning" row (re-estimated on training images, no training), the
+# "optimizer steps per mask update" row (--nbs 64), and #11's 30%-channel FP32 row (2.06x fewer FLOPs)
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned \
+    --recipe yolov3-tiny.pruned.md --recipe-args prune_high_target_sparsity=0.6 --name bccd-tiny-pruned-hi60-28
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned \
+    --recipe yolov3-tiny.channel_pruned.md --recipe-args channel_sparsity=0.3 --name bccd-tiny-ch30-28
+sparseyolo train --weights $B25 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.pruned_quantized.md --nbs 64 --name bccd-tiny-pq-nbs64-28
+for r in bccd-tiny-pruned-hi60-28 bccd-tiny-ch30-28 bccd-tiny-pq-nbs64-28; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
+sparseyolo analyze --weights runs/train/bccd-tiny-ch30-28/weights/best.pt --no-plot
+python - runs/train/bccd-tiny-base25-stage2/weights/best.pt runs/train/bccd-tiny-pruned-cubic27/weights/best.pt <<'PY'
+# BatchNorm statistics re-estimated from scratch on 19 unaugmented batches of training images (cumulative
+# average), scored on the 72 test images (square 416) before and after
+import sys
+
+import torch
+from torch import nn
+
+from sparseyolo.analysis.scoring import detection_scorer
+from sparseyolo.data.dataset import create_dataloader
+from sparseyolo.models.weights import load_model
+
+map50 = detection_scorer("datasets/bccd/data.yaml", 416, 72)
+map5095 = detection_scorer("datasets/bccd/data.yaml", 416, 72, metric="mAP50-95")
+loader, _ = create_dataloader("datasets/bccd/images/trainval", 416, 16, stride=32, augment=False, rect=False,
+                              workers=0, shuffle=True, prefix="bn: ")
+for weights in sys.argv[1:]:
+    model, _ = load_model(weights)
+    model.eval()
+    before = map50(model), map5095(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        for i, (imgs, *_) in enumerate(loader):
+            if i == 19:
+                break
+            model(imgs.float() / 255 if imgs.dtype == torch.uint8 else imgs)
+    model.eval()
+    print(weights, "before %.4f / %.4f" % before, "after %.4f / %.4f" % (map50(model), map5095(model)))
+PY
