@@ -245,7 +245,7 @@ for weights in sys.argv[1:]:
         for i, (imgs, *_) in enumerate(loader):
             if i == 19:
                 break
-            model(imgs.float() / 255 if imgs.dtype == torch.uint8 else imgs)
+            model(imgs.float() / 255)  # the loader yields uint8, as in training
     model.eval()
     print(weights, "before %.4f / %.4f" % before, "after %.4f / %.4f" % (map50(model), map5095(model)))
 PY
