@@ -249,3 +249,22 @@ for weights in sys.argv[1:]:
     model.eval()
     print(weights, "before %.4f / %.4f" % before, "after %.4f / %.4f" % (map50(model), map5095(model)))
 PY
+
+# stop 29 (a 2-core AMD EPYC Zen 3, AVX2 only): the runs of earlier stops were not on the machine, so the
+# stage-2 baseline was rebuilt with the same two commands (B23's 28 epochs from the Darknet weights, then
+# 30 cosine epochs); then #16's control row: the pruned default command with every sparsity at 0 (the same
+# 40 epochs, hyp, learning rate and schedule, no weight ever masked), to split the fine-tune's share of the
+# mAP@0.5:0.95 loss from pruning's
+# (stopped after 30 of its 40 epochs in stop 29; its best.pt was measured as it stood)
+sparseyolo train --weights ../shared/weights/yolov3-tiny.weights --cfg yolov3-tiny $T --epochs 28 --cos-lr \
+    --hyp $E/hyp.bccd.yaml --rescale-pretrained --name bccd-tiny-base29
+sparseyolo train --weights runs/train/bccd-tiny-base29/weights/best.pt $T --epochs 30 --cos-lr \
+    --hyp $E/hyp.bccd-stage3.yaml --name bccd-tiny-base29-stage2
+B29=runs/train/bccd-tiny-base29-stage2/weights/best.pt
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned --recipe yolov3-tiny.pruned.md \
+    --recipe-args init_sparsity=0,prune_none_target_sparsity=0,prune_low_target_sparsity=0,prune_mid_target_sparsity=0,prune_high_target_sparsity=0 \
+    --name bccd-tiny-pruned-control29
+for r in bccd-tiny-base29-stage2 bccd-tiny-pruned-control29; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
