@@ -268,3 +268,25 @@ for r in bccd-tiny-base29-stage2 bccd-tiny-pruned-control29; do
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
 done
+
+# stop 30 (the same Zen 3; stop 29's runs were still on the machine): the pruned-int8 default command from
+# B29, keeping the checkpoint before QAT (epoch34.pt: 34 epochs trained, QAT starts with epoch index 34);
+# then #16's QAT-start rows as branches of that checkpoint, so that each differs from the default only
+# in its QAT settings (docs/experiments/branch_run.py writes the branch; --resume runs it)
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.pruned_quantized.md --save-period 34 --name bccd-tiny-pq-default30
+PQ34=runs/train/bccd-tiny-pq-default30/weights/epoch34.pt
+python $E/branch_run.py $PQ34 recipes/yolov3-tiny.pruned_quantized.md runs/train/bccd-tiny-pq-bn34-30 \
+    freeze_bn_stats_epoch=34       # BatchNorm statistics frozen from QAT's first step
+sparseyolo train --resume runs/train/bccd-tiny-pq-bn34-30/weights/last.pt
+python $E/branch_run.py $PQ34 recipes/yolov3-tiny.pruned_quantized.md runs/train/bccd-tiny-pq-obs36-30 \
+    disable_observer_epoch=36      # int8 ranges fixed after two QAT epochs
+sparseyolo train --resume runs/train/bccd-tiny-pq-obs36-30/weights/last.pt
+# the same branch with nothing changed: the paired reference (a resumed run does not repeat the
+# uninterrupted one's QAT epochs exactly, docs/results.md stop 30)
+python $E/branch_run.py $PQ34 recipes/yolov3-tiny.pruned_quantized.md runs/train/bccd-tiny-pq-branch0-30 ""
+sparseyolo train --resume runs/train/bccd-tiny-pq-branch0-30/weights/last.pt
+for r in bccd-tiny-pq-default30 bccd-tiny-pq-bn34-30 bccd-tiny-pq-obs36-30 bccd-tiny-pq-branch0-30; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done

@@ -1,0 +1,54 @@
+"""Branch a recipe run at one of its saved checkpoints, with some recipe variables changed.
+
+An ablation of a late phase (QAT's BatchNorm statistics, its observers) need not repeat the 34 epochs
+before it: both arms continue the same ``epochN.pt`` (``train --save-period``), so they differ only in
+the changed variables. ``--resume`` refuses changed settings by design; this script writes a copy of
+the checkpoint whose stored recipe is the original recipe file re-read with the new variables, into a
+new run folder, and refuses a change to any modifier that had already started.
+
+    python docs/experiments/branch_run.py runs/train/pq/weights/epoch34.pt \\
+        recipes/yolov3-tiny.pruned_quantized.md runs/train/pq-bn34 freeze_bn_stats_epoch=34
+    sparseyolo train --resume runs/train/pq-bn34/weights/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+import torch
+
+from sparseyolo.recipe import Recipe, parse_recipe_args
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", type=Path, help="epochN.pt or last.pt of an unfinished recipe run")
+    p.add_argument("recipe", type=Path, help="the recipe file the run was started with")
+    p.add_argument("out", type=Path, help="new run folder (must not exist)")
+    p.add_argument("args", help="recipe variables to change: name=value,name=value")
+    a = p.parse_args()
+
+    ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+    args = dict(ckpt.get("recipe_args") or {})
+    args.update(parse_recipe_args(a.args))
+    old, new = Recipe.load(ckpt["recipe"]), Recipe.load(a.recipe, args)
+    done = ckpt["epoch"] + 1  # epochs already trained
+    for m_old, m_new in zip(old.modifiers, new.modifiers, strict=True):
+        started = m_old.start_epoch < done  # -1: from the first epoch
+        if started and m_old.to_dict() != m_new.to_dict():
+            raise SystemExit(f"{m_old.tag} started at epoch {m_old.start_epoch} < {done}: cannot change it")
+    diff = difflib.unified_diff(old.to_yaml().splitlines(), new.to_yaml().splitlines(), lineterm="", n=0)
+    print("\n".join(diff) or "no change")
+
+    ckpt["recipe"], ckpt["recipe_args"] = new.to_yaml(), args
+    ckpt["train_args"]["recipe_args"] = args
+    ckpt["train_args"]["name"] = a.out.name
+    (a.out / "weights").mkdir(parents=True)
+    torch.save(ckpt, a.out / "weights" / "last.pt")
+    print(f"branched at epoch {done}: sparseyolo train --resume {a.out / 'weights' / 'last.pt'}")
+
+
+if __name__ == "__main__":
+    main()
