@@ -1,10 +1,12 @@
 """Branch a recipe run at one of its saved checkpoints, with some recipe variables changed.
 
 An ablation of a late phase (QAT's BatchNorm statistics, its observers) need not repeat the 34 epochs
-before it: both arms continue the same ``epochN.pt`` (``train --save-period``), so they differ only in
-the changed variables. ``--resume`` refuses changed settings by design; this script writes a copy of
-the checkpoint whose stored recipe is the original recipe file re-read with the new variables, into a
-new run folder, and refuses a change to any modifier that had already started.
+before it: both arms continue the same ``epochN.pt`` (``train --save-period``), so they share every
+epoch before the change. (QAT epochs are not bit-reproducible on CPU yet: branch once with nothing
+changed as the paired reference, docs/results.md stop 30.) ``--resume`` refuses changed settings by
+design; this script writes a copy of the checkpoint whose stored recipe is the original recipe file
+re-read with the new variables, into a new run folder, and refuses a change to any modifier that had
+already started.
 
     python docs/experiments/branch_run.py runs/train/pq/weights/epoch34.pt \\
         recipes/yolov3-tiny.pruned_quantized.md runs/train/pq-bn34 freeze_bn_stats_epoch=34
