@@ -19,8 +19,7 @@ import argparse
 import difflib
 from pathlib import Path
 
-import torch
-
+from sparseyolo.models.checkpoint import load_checkpoint, save_checkpoint
 from sparseyolo.recipe import Recipe, parse_recipe_args
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     p.add_argument("args", help="recipe variables to change: name=value,name=value")
     a = p.parse_args()
 
-    ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(a.checkpoint)
     args = dict(ckpt.get("recipe_args") or {})
     args.update(parse_recipe_args(a.args))
     old, new = Recipe.load(ckpt["recipe"]), Recipe.load(a.recipe, args)
@@ -48,7 +47,7 @@ def main() -> None:
     ckpt["train_args"]["recipe_args"] = args
     ckpt["train_args"]["name"] = a.out.name
     (a.out / "weights").mkdir(parents=True)
-    torch.save(ckpt, a.out / "weights" / "last.pt")
+    save_checkpoint(a.out / "weights" / "last.pt", **ckpt)  # atomic, like the trainer's
     print(f"branched at epoch {done}: sparseyolo train --resume {a.out / 'weights' / 'last.pt'}")
 
 
