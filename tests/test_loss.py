@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sparseyolo.engine.hyp import load_hyp
-from sparseyolo.engine.loss import YoloLoss, level_balance, scaled_gains
+from sparseyolo.engine.loss import YoloLoss, level_balance, objectness_target, scaled_gains
 from sparseyolo.models import Detect, DetectionModel
 
 
@@ -134,3 +134,21 @@ def test_focal_and_label_smoothing_change_loss():
     # no targets: only objectness contributes
     empty = YoloLoss(model, hyp, 64)(preds, torch.zeros(0, 6))[1]
     assert empty[0] == 0 and empty[2] == 0 and empty[1] > 0
+
+
+def test_objectness_target_takes_the_best_score_of_shared_cells_whatever_the_write_order():
+    """Many targets on few (anchor, cell)s: each cell gets its largest score, the same on every call.
+    A sort then ``tobj[index] = score`` (what this replaced) gave another winner on most calls at this
+    size, because ``index_put_`` writes in parallel on CPU; that broke exact resume in QAT runs."""
+    g = torch.Generator().manual_seed(0)
+    n, shape = 40_000, (16, 3, 26, 26)
+    index = tuple(torch.randint(0, size, (n,), generator=g) for size in shape)
+    score = torch.rand(n, generator=g)
+    best: dict[tuple, float] = {}
+    for *cell, s in zip(*(t.tolist() for t in index), score.tolist(), strict=True):
+        best[tuple(cell)] = max(best.get(tuple(cell), 0.0), s)
+    expected = torch.zeros(shape)
+    expected[tuple(torch.tensor(list(best)).T)] = torch.tensor(list(best.values()))
+    for _ in range(10):
+        assert torch.equal(objectness_target(torch.Size(shape), index, score), expected)
+    assert torch.equal(objectness_target(torch.Size(shape), tuple(t[:0] for t in index), score[:0]), torch.zeros(shape))

@@ -57,6 +57,22 @@ def scaled_gains(hyp: dict[str, float], nl: int, nc: int, img_size: int) -> dict
     }
 
 
+def objectness_target(shape: torch.Size, index: tuple[torch.Tensor, ...], score: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``shape`` with ``score`` (>= 0) written at ``index``; where several targets share an
+    anchor and a cell, the cell takes the best-fitting one's (the largest) score.
+
+    Sorting by score and then writing ``tobj[index] = score`` does not decide which duplicate wins: on
+    CPU, ``index_put_`` writes in parallel, and the winner changed from run to run (the objectness
+    gradient changed sign at those cells, and a resumed QAT run drifted from an uninterrupted one).
+    A max does not depend on the order of the writes.
+    """
+    linear = index[0]
+    for i, size in zip(index[1:], shape[1:], strict=True):
+        linear = linear * size + i
+    tobj = score.new_zeros(math.prod(shape))
+    return tobj.scatter_reduce_(0, linear, score, reduce="amax").view(shape)
+
+
 class FocalLoss(nn.Module):
     """Focal loss wrapper around ``BCEWithLogitsLoss`` (Lin et al., 2017)."""
 
@@ -132,9 +148,7 @@ class YoloLoss:
                 iou = bbox_iou(pbox.float(), tbox[i], CIoU=True).reshape(-1)  # (n,), also for n == 1
                 lbox = lbox + (1.0 - iou).mean()
                 score = iou.detach().clamp(0).to(tobj.dtype)
-                order = score.argsort()  # duplicates: the best-fitting target is written last
-                b, a, gj, gi, score = b[order], a[order], gj[order], gi[order], score[order]
-                tobj[b, a, gj, gi] = score
+                tobj = objectness_target(tobj.shape, (b, a, gj, gi), score)
                 if self.nc > 1:
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[range(n), tcls[i]] = self.cp
