@@ -2,8 +2,8 @@
 
 An ablation of a late phase (QAT's BatchNorm statistics, its observers) need not repeat the 34 epochs
 before it: both arms continue the same ``epochN.pt`` (``train --save-period``), so they share every
-epoch before the change. (QAT epochs are not bit-reproducible on CPU yet: branch once with nothing
-changed as the paired reference, docs/results.md stop 30.) ``--resume`` refuses changed settings by
+epoch before the change. (In stop 30 a race in the loss made resumed QAT epochs differ from run to run;
+stop 31 fixed it, docs/results.md.) ``--resume`` refuses changed settings by
 design; this script writes a copy of the checkpoint whose stored recipe is the original recipe file
 re-read with the new variables, into a new run folder, and refuses a change to any modifier that had
 already started.

@@ -135,7 +135,6 @@ class YoloLoss:
         tcls, tbox, indices, anch = self.build_targets(preds, targets)
         for i, pi in enumerate(preds):
             b, a, gj, gi = indices[i]
-            tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=device)
             n = b.shape[0]
             if n:
                 ps = pi[b, a, gj, gi]
@@ -147,12 +146,14 @@ class YoloLoss:
                 pbox = torch.cat((pxy, pwh), 1)
                 iou = bbox_iou(pbox.float(), tbox[i], CIoU=True).reshape(-1)  # (n,), also for n == 1
                 lbox = lbox + (1.0 - iou).mean()
-                score = iou.detach().clamp(0).to(tobj.dtype)
-                tobj = objectness_target(tobj.shape, (b, a, gj, gi), score)
+                score = iou.detach().clamp(0).to(pi.dtype)
+                tobj = objectness_target(pi.shape[:4], (b, a, gj, gi), score)
                 if self.nc > 1:
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[range(n), tcls[i]] = self.cp
                     lcls = lcls + self.bce_cls(ps[:, 5:], t)
+            else:
+                tobj = torch.zeros(pi.shape[:4], dtype=pi.dtype, device=device)
             lobj = lobj + self.bce_obj(pi[..., 4], tobj) * self.balance[i]
         lbox = lbox * self.gains["box"]
         lobj = lobj * self.gains["obj"]
