@@ -303,3 +303,17 @@ for r in bccd-tiny-pq-unstr31 bccd-tiny-pq-default31; do
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
 done
+
+# stop 32 (the same Zen 3; B29 still on the machine): #16's pruned default. The recipe got the pruned-int8
+# recipe's learning-rate modifiers (0.005 while pruning, then StepLR x0.9 without weight decay), so the first
+# command is the default command after the change; the second adds the pruned-int8 recipe's 70/80% targets
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned --recipe yolov3-tiny.pruned.md \
+    --name bccd-tiny-pruned-lr32
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned --recipe yolov3-tiny.pruned.md \
+    --recipe-args prune_mid_target_sparsity=0.7,prune_high_target_sparsity=0.8 --name bccd-tiny-pruned-lr7080-32
+for r in bccd-tiny-pruned-lr32 bccd-tiny-pruned-lr7080-32; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
+# resume exactness through QAT's start on real data (coco128 at 128 px): killed in the second QAT epoch
+bash docs/experiments/resume_check.sh docs/experiments/resume-check-qat.yaml 2

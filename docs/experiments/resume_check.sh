@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Resume exactness on real data: the same 4-epoch recipe run twice, once uninterrupted and once
-# SIGKILLed during its third epoch and resumed; the final weights must be identical bit for bit.
-# YOLOv3-tiny from the Darknet COCO weights, coco128 at 128 px, loader workers 2. Repository root, venv active.
+# Resume exactness on real data: the same recipe run twice, once uninterrupted and once SIGKILLed and
+# resumed; the final weights must be identical bit for bit.
+#   bash docs/experiments/resume_check.sh [RECIPE [EPOCH]]
+# RECIPE defaults to docs/experiments/resume-check.yaml (pruning, 4 epochs); the cut run is killed a few
+# seconds into the epoch after checkpoint EPOCH (default 1), e.g.
+#   bash docs/experiments/resume_check.sh docs/experiments/resume-check-qat.yaml 2
+# kills it in the second QAT epoch, so that the resume rebuilds the QAT graph from the checkpoint.
+# By default YOLOv3-tiny from the Darknet COCO weights on coco128 at 128 px (datasets/coco128.yaml pointing
+# at a copy of ../shared/data/coco128); MODEL_ARGS replaces weights, data and size, e.g.
+#   MODEL_ARGS="--weights runs/train/bccd-tiny-base29-stage2/weights/best.pt --data datasets/bccd/data.yaml --img 416"
+# Loader workers 2. Repository root, venv active.
 set -euo pipefail
 export ORT_DISABLE_TELEMETRY=1 NM_DISABLE_ANALYTICS=1
-C="--weights ../shared/weights/yolov3-tiny.weights --cfg yolov3-tiny --data datasets/coco128.yaml --img 128
-   --batch-size 16 --nbs 16 --workers 2 --seed 0 --recipe docs/experiments/resume-check.yaml --project runs/resume
+RECIPE=${1:-docs/experiments/resume-check.yaml}
+EPOCH=${2:-1}
+N=${NAME:-$(basename "$RECIPE" .yaml)}
+MODEL_ARGS=${MODEL_ARGS:-"--weights ../shared/weights/yolov3-tiny.weights --cfg yolov3-tiny --data datasets/coco128.yaml --img 128"}
+C="$MODEL_ARGS --batch-size 16 --nbs 16 --workers 2 --seed 0 --recipe $RECIPE --project runs/resume
    --noplots --no-tensorboard"
-sparseyolo train $C --name ref
-sparseyolo train $C --name cut & pid=$!
-# kill -9 once the third epoch (index 2) is under way: epoch 1's checkpoint exists and has been replaced once
-while ! python -c "import sys, torch; sys.exit(torch.load('runs/resume/cut/weights/last.pt', weights_only=True, map_location='cpu')['epoch'] < 1)" 2>/dev/null; do sleep 2; done
+sparseyolo train $C --name "$N-ref"
+sparseyolo train $C --name "$N-cut" & pid=$!
+# kill -9 once the epoch after EPOCH is under way: checkpoint EPOCH exists
+while ! python -c "import sys, torch; sys.exit(torch.load('runs/resume/$N-cut/weights/last.pt', weights_only=True, map_location='cpu')['epoch'] < $EPOCH)" 2>/dev/null; do sleep 2; done
 sleep 8; kill -9 $pid || true; wait $pid || true
-sparseyolo train --resume runs/resume/cut/weights/last.pt
-python - <<'PY'
+sparseyolo train --resume "runs/resume/$N-cut/weights/last.pt"
+python - "$N" <<'PY'
+import sys
 import torch
-a = torch.load("runs/resume/ref/weights/last.pt", weights_only=True, map_location="cpu")
-b = torch.load("runs/resume/cut/weights/last.pt", weights_only=True, map_location="cpu")
+n = sys.argv[1]
+a = torch.load(f"runs/resume/{n}-ref/weights/last.pt", weights_only=True, map_location="cpu")
+b = torch.load(f"runs/resume/{n}-cut/weights/last.pt", weights_only=True, map_location="cpu")
 diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
 print(f"epochs {a['epoch']} / {b['epoch']}; tensors that differ: {len(diff)} of {len(a['model'])}", diff[:5])
 PY
