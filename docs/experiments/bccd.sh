@@ -317,3 +317,7 @@ for r in bccd-tiny-pruned-lr32 bccd-tiny-pruned-lr7080-32; do
 done
 # resume exactness through QAT's start on real data (coco128 at 128 px): killed in the second QAT epoch
 bash docs/experiments/resume_check.sh docs/experiments/resume-check-qat.yaml 2
+# the EMA row: the same best.pt with its live weights (ema set to None) exported and scored
+python -c "import torch; c = torch.load('runs/train/bccd-tiny-pruned-lr7080-32/weights/best.pt', weights_only=True); c['ema'] = None; torch.save(c, '/tmp/best-live.pt')"
+sparseyolo export --weights /tmp/best-live.pt --img-size 416 416
+sparseyolo val --weights /tmp/best-live.onnx --data $D --img 416 --verbose
