@@ -116,6 +116,7 @@ def test_shipped_pruned_recipe_sets_the_rate_and_drops_weight_decay_for_recovery
     without weight decay, for every parameter group; ``num_epochs`` lengthens only the recovery."""
     from sparseyolo.models import build_model
     from sparseyolo.recipe import Recipe
+    from sparseyolo.recipe.modifiers import GMPruningModifier
 
     def trace(args=""):
         model = build_model(tiny_data["cfg"])  # YOLOv3-tiny's layout at a quarter of its width
@@ -141,4 +142,4 @@ def test_shipped_pruned_recipe_sets_the_rate_and_drops_weight_decay_for_recovery
     longer, manager = trace(",num_epochs=60")
     assert len(longer) == 60 and longer[:40] == seen  # the same pruning, then 20 more recovery epochs
     assert longer[59][0][0] == pytest.approx(0.005 * 0.9**34)
-    assert all(m.end_epoch == 25 for m in manager.modifiers if type(m).__name__ == "GMPruningModifier")
+    assert all(m.end_epoch == 25 for m in manager.modifiers if isinstance(m, GMPruningModifier))

@@ -9,7 +9,7 @@
 # By default YOLOv3-tiny from the Darknet COCO weights on coco128 at 128 px (datasets/coco128.yaml pointing
 # at a copy of ../shared/data/coco128); MODEL_ARGS replaces weights, data and size, e.g.
 #   MODEL_ARGS="--weights runs/train/bccd-tiny-base29-stage2/weights/best.pt --data datasets/bccd/data.yaml --img 416"
-# Loader workers 2. Repository root, venv active.
+# NAME names the two runs (default: the recipe's file name). Loader workers 2. Repository root, venv active.
 set -euo pipefail
 export ORT_DISABLE_TELEMETRY=1 NM_DISABLE_ANALYTICS=1
 RECIPE=${1:-docs/experiments/resume-check.yaml}
