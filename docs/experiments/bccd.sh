@@ -321,3 +321,8 @@ bash docs/experiments/resume_check.sh docs/experiments/resume-check-qat.yaml 2
 python -c "import torch; c = torch.load('runs/train/bccd-tiny-pruned-lr7080-32/weights/best.pt', weights_only=True); c['ema'] = None; torch.save(c, '/tmp/best-live.pt')"
 sparseyolo export --weights /tmp/best-live.pt --img-size 416 416
 sparseyolo val --weights /tmp/best-live.onnx --data $D --img 416 --verbose
+# the BatchNorm row: statistics re-estimated on the unaugmented training images, no training
+for r in bccd-tiny-base29-stage2 bccd-tiny-pruned-lr7080-32; do
+    python docs/experiments/bn_reestimate.py runs/train/$r/weights/best.pt /tmp/$r-bn.pt
+    sparseyolo val --weights /tmp/$r-bn.pt --data $D --img 416 --no-rect
+done
