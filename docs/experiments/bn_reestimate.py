@@ -22,6 +22,7 @@ def main(src: str, dst: str, images: str = "datasets/bccd/images/trainval") -> N
     model = model_from_checkpoint(ckpt).float()
     loader, _ = create_dataloader(images, 416, 16, stride=32, augment=False, workers=2)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over every batch, not the last few
@@ -29,8 +30,8 @@ def main(src: str, dst: str, images: str = "datasets/bccd/images/trainval") -> N
     with torch.no_grad():
         for batch in loader:
             model(batch[0].float() / 255)
-    for m in norms:
-        m.momentum = 0.03
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum  # the copy trains on as the original would
     ckpt["ema"] = dict(model.state_dict())
     torch.save(ckpt, dst)
 
