@@ -17,12 +17,13 @@ change its outcome:
   pruned counts are the ones the magnitude pruner reaches (``round(target * units)``, monotone,
   N:M caps), so sparsity, schedule and FLOPs are the same, only which weights is not decided
   (``exact_masks=True`` runs the modifiers' own magnitude code; so does a recipe in which a filter /
-  channel pruner ranks channels while another pruner zeroes weights, see :func:`_shared_structured`);
+  channel pruner ranks channels while another pruner zeroes weights, see
+  :func:`~sparseyolo.analysis.recipe_check_masks.shared_structured`);
   with global ranking, the split between tensors needs real weights and is taken proportional;
 * filter pruning runs the modifier's own channel pruner, with channel scores computed once and no
   element masks (``mask_type: channel`` ranked by ``l1`` / ``l2`` runs as in training, see
-  :func:`_fast_is_exact`); the channels it removes are cut out of the model for real when the
-  schedule thins it;
+  :func:`~sparseyolo.analysis.recipe_check_masks.fast_is_exact`); the channels it removes are cut
+  out of the model for real when the schedule thins it;
 * masks are not re-applied to the weights after every step (nothing changes the weights).
 
 The manager is stepped after every optimizer step, ``steps_per_epoch`` per epoch (default
@@ -38,220 +39,29 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparseyolo.analysis.recipe_check_describe import (
+    describe,
+    event_text,
+    held_sparsity,
+    line_of,
+    matched,
+    past_epoch_range,
+    pruning_group_summary,
+)
+from sparseyolo.analysis.recipe_check_masks import FastMasks, fast_is_exact, no_op, shared_structured
+from sparseyolo.analysis.recipe_check_result import CheckEvent, EpochRow, ModifierInfo, RecipeCheck
 from sparseyolo.utils.errors import ConfigError, SparseYoloError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
-    from sparseyolo.recipe import Recipe, RecipeManager
+    from sparseyolo.recipe import Recipe
 
 DEFAULT_STEPS_PER_EPOCH = 100
 MAX_STEPS = 100_000  # a longer schedule is stepped with fewer steps per epoch
-
-
-# ------------------------------------------------------------------------------------------ results
-@dataclass
-class ModifierInfo:
-    """One modifier of the recipe and what it matched on the model."""
-
-    index: int  # 1-based, in recipe order
-    tag: str
-    where: str  # file:line
-    start_epoch: float | None
-    end_epoch: float | None
-    group: str | None  # "P1", "P2", ... for pruning modifiers (the columns of the schedule)
-    matched: int  # how many params / parameter groups / submodules / layers it acts on
-    kind: str  # what ``matched`` counts
-    names: list[str] = field(default_factory=list)
-    numel: int | None = None  # elements of the matched parameters
-    settings: str = ""  # one line: the schedule and values that matter
-
-
-@dataclass
-class EpochRow:
-    """The state the manager leaves for epoch ``epoch`` (after its first step's update); the last row
-    (``epoch == epochs``) is the state at the end of training."""
-
-    epoch: int
-    phase: str  # training | pruning | pruned | qat (a thinned model counts as pruned)
-    manager_phase: str  # RecipeManager.phase as is
-    lr: list[float | None]  # per optimizer parameter group; None: not set by the recipe
-    weight_decay: list[float | None]
-    targets: dict[str, float | None]  # pruning group -> target sparsity applied at the last update
-    events: list[str] = field(default_factory=list)  # what happened during this epoch
-
-
-@dataclass
-class CheckEvent:
-    epoch: float
-    step: int
-    event: str  # pruning_start | pruning_end | thinned | qat_start | bn_frozen | observers_disabled
-    detail: str = ""
-
-
-@dataclass
-class RecipeCheck:
-    """The outcome of :func:`check_recipe` (``to_dict()`` is what ``--json`` writes)."""
-
-    recipe: str
-    recipe_args: dict[str, Any]
-    model: str
-    params: int
-    recipe_epochs: int  # what train runs (the recipe's largest epoch, rounded up)
-    epochs: int  # how many the dry run stepped through
-    steps_per_epoch: int
-    steps_per_epoch_assumed: bool
-    steps_per_epoch_run: int  # fewer than steps_per_epoch when epochs * steps_per_epoch > max_steps
-    total_steps: int  # steps run: epochs * steps_per_epoch_run
-    masks: str  # how magnitude masks were made: "counted", "by magnitude" or "counted; P2 by magnitude"
-    img: tuple[int, int]
-    param_groups: list[str]
-    modifiers: list[ModifierInfo]
-    rows: list[EpochRow]
-    events: list[CheckEvent]
-    qat: dict[str, Any] | None
-    thinning: list[dict[str, Any]]
-    final: dict[str, Any]
-    flops: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def groups(self) -> list[str]:
-        return [m.group for m in self.modifiers if m.group]
-
-    @property
-    def sets_lr(self) -> bool:
-        return any(v is not None for r in self.rows for v in r.lr)
-
-    @property
-    def sets_weight_decay(self) -> bool:
-        return any(v is not None for r in self.rows for v in r.weight_decay)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["img"] = list(self.img)
-        return d
-
-
-# ------------------------------------------------------------------------------- fast mask updates
-class _FastMasks:
-    """Stand-in for one pruning modifier's mask update in a dry run (see the module docstring).
-
-    Unstructured / block / N:M: counts of pruned units per parameter, exactly as the magnitude
-    pruner's ``round(target * units)`` with its monotone and N:M rules, without touching a weight.
-    Filter (and channel by ``bn_gamma``): the modifier's own
-    :class:`~sparseyolo.sparsity.channel_pruner.ChannelPruner` with its scores cached, and no element
-    masks (thinning reads the pruner's channel keep-masks); a removed channel's scores are never read
-    again, so masking it would change nothing.
-    """
-
-    def __init__(self, mod: Any):
-        self.mod = mod
-        self.units: dict[str, int] = {}
-        self.unit_size: dict[str, int] = {}
-        self.cap: dict[str, int] = {}  # N:M: the most units that may be pruned
-        self.pruned: dict[str, int] = {}
-        self.numel: dict[str, int] = {}
-
-    def install(self) -> None:
-        self.mod._update_masks = self.update  # an instance attribute: only this dry run's modifier
-        self.mod.apply_masks = _no_op
-
-    def update(self, manager: RecipeManager, epoch: float) -> None:
-        m = self.mod
-        if m.thinned:
-            return
-        if m.pruner is not None:
-            pruner = m.pruner
-            if "scores" not in vars(pruner):  # cache its channel scores: the weights do not change
-                cache: dict[int, Any] = {}
-                original = pruner.scores
-
-                def scores(gi: int, cache=cache, original=original):
-                    if gi not in cache:
-                        cache[gi] = original(gi)
-                    return cache[gi]
-
-                pruner.scores = scores
-            targets = {n: m.target_at(n, epoch) for n in m.final_by_param}
-            glob = targets[next(iter(targets))] if m.global_sparsity and targets else None
-            pruner.update(targets, glob)
-        else:
-            self._count(m, epoch)
-        m.last_update = epoch
-
-    def _init_param(self, name: str, p: torch.Tensor, mask: torch.Tensor, fresh: bool) -> None:
-        """Units of ``name`` and how many are pruned: none for a fresh masker (all-True masks), else
-        those its masks hold (``init_sparsity: __FROM_PARAM__``); after thinning, the same fraction."""
-        from sparseyolo.sparsity.masks import to_groups
-
-        kind = self.mod.mask
-        size = 1 if kind.kind == "nm" else kind.block[0] * kind.block[1]
-        units = p.numel() // size
-        cap = p.numel() // kind.m * (kind.m - kind.n) if kind.kind == "nm" else units
-        if name in self.units:  # the model was thinned: keep the pruned fraction
-            pruned = min(round(self.pruned[name] / max(self.units[name], 1) * units), cap)
-        elif fresh:
-            pruned = 0
-        else:
-            gone = ~mask if size == 1 else (~to_groups(mask, kind.block)).all(dim=1)
-            pruned = int(gone.sum())
-        self.numel[name], self.unit_size[name], self.units[name], self.cap[name] = p.numel(), size, units, cap
-        self.pruned[name] = pruned
-
-    def _count(self, m: Any, epoch: float) -> None:
-        names = list(m.masker.params)
-        fresh = m.masker.version == 0  # no mask was ever set: all True
-        for n in names:
-            if n not in self.units or self.numel[n] != m.masker.params[n].numel():  # new, or thinned
-                self._init_param(n, m.masker.params[n], m.masker.masks[n], fresh)
-        if m.global_sparsity and names:
-            total = sum(self.units[n] for n in names)
-            k = round(m.target_at(names[0], epoch) * total)
-            k = min(k, sum(self.cap[n] for n in names))
-            k = max(k, sum(self.pruned[n] for n in names))
-            for n, v in zip(names, _allocate(k, names, self.units, self.pruned, self.cap), strict=True):
-                self.pruned[n] = v
-            return
-        for n in names:
-            k = min(round(m.target_at(n, epoch) * self.units[n]), self.cap[n])
-            self.pruned[n] = max(k, self.pruned[n])
-
-    def zeros(self) -> dict[str, float]:
-        """Pruned fraction of each parameter's elements."""
-        return {n: self.pruned[n] * self.unit_size[n] / max(self.numel[n], 1) for n in self.pruned}
-
-
-def _no_op() -> None:
-    """Masks are not re-applied in a dry run: nothing changes the weights between mask updates."""
-
-
-def _allocate(k: int, names: list[str], units: dict, pruned: dict, cap: dict) -> list[int]:
-    """Split ``k`` pruned units over tensors for global ranking: each keeps what it has pruned, the
-    rest goes in proportion to what each can still lose (the real split needs real weights; the
-    total is exact)."""
-    want = {n: pruned[n] for n in names}
-    left = k - sum(want.values())
-    room = {n: cap[n] - want[n] for n in names}
-    total_room = sum(room.values())
-    if left <= 0 or total_room <= 0:
-        return [want[n] for n in names]
-    for n in names:
-        want[n] += min(room[n], left * room[n] // total_room)
-    left = k - sum(want.values())
-    for n in sorted(names, key=lambda n: want[n] - cap[n]):  # the remainder, to the roomiest first
-        if left <= 0:
-            break
-        if want[n] < cap[n]:
-            want[n] += 1
-            left -= 1
-    return [want[n] for n in names]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -298,144 +108,30 @@ def _quantized_layers(model: nn.Module) -> int:
     return sum(getattr(m, "weight_fake_quant", None) is not None for m in model.modules())
 
 
-def _line_of(mod: Any) -> int:
-    tail = str(mod.where).rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else 10**9
+def _zeros_at_end(
+    model: nn.Module, fast: list[FastMasks], pruners: list[Any], exact_masks: bool
+) -> tuple[dict[str, int], int]:
+    """Zeros of every prunable weight at the end of the dry run, counted masks and channel masks not yet
+    cut out included, and the zeros of all other parameters together."""
+    import torch
 
+    from sparseyolo.sparsity import prunable_param_names
 
-def _past_epoch_range(modifiers: list[Any]) -> list[str]:
-    """A note per modifier that runs past every ``EpochRangeModifier``'s end: the training length is the
-    largest epoch any modifier names (as in SparseML), so such a recipe trains longer than it declares."""
-    ranges = [m.end_epoch for m in modifiers if m.tag == "EpochRangeModifier" and m.end_epoch > 0]
-    if not ranges:
-        return []
-    declared = max(ranges)
-    return [
-        f"{m.where}: {m.tag} ends at epoch {format_epoch(m.last_epoch)}, after the EpochRangeModifier's end "
-        f"{format_epoch(declared)}: training runs {format_epoch(m.last_epoch)} epochs, as SparseML's would"
-        for m in sorted(modifiers, key=_line_of)
-        if m.tag != "EpochRangeModifier" and m.last_epoch > declared + 1e-9
-    ]
-
-
-def format_epoch(e: float | None) -> str:
-    return "-" if e is None or e < 0 else f"{e:g}"
-
-
-def _fast_is_exact(m: Any) -> bool:
-    """Whether :class:`_FastMasks` gives ``m``'s outcome. Not for ``mask_type: channel`` ranked by
-    ``l1`` / ``l2``: a channel is scored by the columns of the layer that reads it, and that layer's
-    rows are zeroed when its own output channels go, so the scores change with the masks."""
-    return getattr(m, "structure", None) != "channel" or m.importance == "bn_gamma"
-
-
-def _shared_structured(mods: list[Any]) -> str:
-    """Why masks must be chosen by magnitude, or "": a filter / channel pruner ranks channels by the
-    weights, so when another magnitude pruner zeroes weights before its last update, the choice of
-    one depends on the other's zeros (the dry run's position-chosen masks zero nothing)."""
-    structured = [m for m in mods if getattr(m, "structure", None)]
-    magnitude = [m for m in mods if hasattr(m, "target_at")]
-    for s in structured:
-        for o in magnitude:
-            if o is not s and o.start_epoch < s.end_epoch:
-                return f"!{o.tag} ({o.where}) zeroes weights while !{s.tag} ({s.where}) still ranks channels"
-    return ""
-
-
-def _describe(m: Any) -> str:
-    """One line of the settings that matter for ``m``."""
-    tag = m.tag
-    if hasattr(m, "target_at"):  # magnitude / structured pruning
-        init = m.init_sparsity if isinstance(m.init_sparsity, str) else f"{m.init_sparsity:g}"
-        finals = sorted({f"{v:g}" for v in (m.final_by_param or {}).values()}) or [str(m.final_sparsity)]
-        kind = m.structure or m.mask.to_recipe()
-        text = f"{init} -> {'/'.join(finals)} ({m.inter_func}), every {m.update_frequency:g} epochs, mask {kind}"
-        if m.structure:
-            text += f", round_to {m.round_to}, importance {m.importance}"
-        if m.global_sparsity:
-            text += ", global"
-        if not m.leave_enabled:
-            text += ", leave_enabled false"
-        return text
-    if tag == "ConstantPruningModifier":
-        return "holds the zeros the weights have at start_epoch"
-    if tag == "SetLearningRateModifier":
-        return f"lr {m.learning_rate:g}"
-    if tag == "LearningRateFunctionModifier":
-        return f"{m.lr_func} {m.init_lr:g} -> {m.final_lr:g}"
-    if tag == "LearningRateModifier":
-        kw = ", ".join(f"{k} {v}" for k, v in m.lr_kwargs.items())
-        return f"{m.lr_class}({kw}) from {m.init_lr:g}"
-    if tag == "SetWeightDecayModifier":
-        return f"weight_decay {m.weight_decay:g}"
-    if tag == "QuantizationModifier":
-        return (
-            f"fuse {m.model_fuse_fn_name or 'conv_bn_relus'}, weights {m.weight_bits} bit, activations "
-            f"{m.activation_bits} bit; BN stats frozen at {format_epoch(m.freeze_bn_stats_epoch)}, "
-            f"observers off at {format_epoch(m.disable_quantization_observer_epoch)}"
-        )
-    if tag == "LayerThinningModifier":
-        return f"thins at epochs {', '.join(f'{e:g}' for e in m.epochs)}, strict {str(m.strict).lower()}"
-    if tag == "BatchNormL1Modifier":
-        return f"penalty {m.penalty:g}"
-    if tag == "EpochRangeModifier":
-        return "training length"
-    if tag == "DistillationModifier":
-        return f"hardness {m.hardness:g}, temperature {m.temperature:g}"
-    return ""
-
-
-def _matched(m: Any, group_names: list[str], model: nn.Module) -> tuple[int, str, list[str], int | None]:
-    """(count, what is counted, names, elements) of what ``m`` acts on, right after attach."""
     named = dict(model.named_parameters())
+    fractions: dict[str, float] = {}
+    for f in fast:
+        for n, frac in f.zeros().items():
+            fractions[n] = max(fractions.get(n, 0.0), frac)
+    for m in pruners:  # filter / channel pruning not cut out yet: the zeros its masks would hold
+        if getattr(m, "pruner", None) is not None and not exact_masks:
+            for n, mask in m.pruner.param_masks().items():
+                fractions[n] = max(fractions.get(n, 0.0), float((~mask).sum()) / max(mask.numel(), 1))
 
-    def params(names: list[str]) -> tuple[int, str, list[str], int]:
-        return len(names), "params", names, sum(named[n].numel() for n in names if n in named)
+    def zero_count(n: str, p: torch.Tensor) -> int:
+        return max(p.numel() - int(torch.count_nonzero(p.detach())), round(fractions.get(n, 0.0) * p.numel()))
 
-    if hasattr(m, "final_by_param"):  # magnitude / structured pruning
-        return params(list(m.final_by_param))
-    if m.tag == "ConstantPruningModifier":
-        return params(list(m.masker.params) if m.masker is not None else [])
-    if m.tag == "BatchNormL1Modifier":
-        return params(list(m.names))
-    if m.tag in ("SetLearningRateModifier", "LearningRateFunctionModifier", "SetWeightDecayModifier"):
-        idx = m.param_groups if m.param_groups else list(range(len(group_names)))
-        return len(idx), "param groups", [group_names[i] if i < len(group_names) else str(i) for i in idx], None
-    if m.tag == "LearningRateModifier":
-        return len(group_names), "param groups", list(group_names), None
-    if m.tag == "QuantizationModifier":
-        if m.submodules:
-            return len(m.submodules), "submodules", list(m.submodules), None
-        return 1, "submodules", ["(the whole model)"], None
-    if m.tag == "LayerThinningModifier":
-        deps = m.param_group_dependency_map or {}
-        names = [n.strip() for k, v in deps.items() for n in [*str(k).split(","), *v]]
-        return len(names), "params checked", names, None
-    return 0, "", [], None
-
-
-def _held_sparsity(m: Any) -> float:
-    """Fraction of zeros a ConstantPruningModifier holds over its parameters."""
-    masks = m.masker.masks
-    total = sum(mask.numel() for mask in masks.values())
-    return sum(int((~mask).sum()) for mask in masks.values()) / total if total else 0.0
-
-
-_EVENT_TEXT = {
-    "pruning_start": "pruning starts",
-    "pruning_end": "pruning ends",
-    "thinned": "thinned",
-    "qat_start": "QAT starts",
-    "bn_frozen": "BN statistics frozen",
-    "observers_disabled": "QAT observers off",
-}
-
-
-def _event_text(e: CheckEvent) -> str:
-    text = _EVENT_TEXT.get(e.event, e.event)
-    if abs(e.epoch - round(e.epoch)) > 1e-6:
-        text += f" at {e.epoch:.3g}"
-    return f"{text}: {e.detail}" if e.detail else text
+    zeros = {n: zero_count(n, named[n]) for n in prunable_param_names(model)}
+    return zeros, sum(zero_count(n, p) for n, p in named.items() if n not in zeros)
 
 
 # ------------------------------------------------------------------------------------------- check
@@ -479,7 +175,6 @@ def check_recipe(
 
     from sparseyolo.engine.optim import param_groups
     from sparseyolo.recipe import Recipe
-    from sparseyolo.sparsity import prunable_param_names
 
     t0 = time.perf_counter()
     if isinstance(recipe, Recipe):
@@ -511,7 +206,7 @@ def check_recipe(
 
     manager = loaded.manager()
     recipe_epochs = int(manager.max_epochs)
-    notes += _past_epoch_range(manager.modifiers)
+    notes += past_epoch_range(manager.modifiers)
     n_epochs = recipe_epochs if epochs is None else epochs
     if n_epochs != recipe_epochs:
         notes.append(f"train runs the recipe's {recipe_epochs} epochs; this dry run stepped through {n_epochs}")
@@ -524,18 +219,18 @@ def check_recipe(
         )
     total = n_epochs * spe
 
-    shared = _shared_structured(manager.pruning_modifiers)
+    shared = shared_structured(manager.pruning_modifiers)
     if shared and not exact_masks:
         exact_masks = True
         notes.append(f"masks chosen by magnitude: {shared}")
-    fast: list[_FastMasks] = []
+    fast: list[FastMasks] = []
     for m in manager.pruning_modifiers:
         if exact_masks:
             continue
         if not hasattr(m, "target_at"):  # ConstantPruningModifier: its masks are the weights' zeros
-            m.apply_masks = _no_op
-        elif _fast_is_exact(m):
-            fast.append(_FastMasks(m))
+            m.apply_masks = no_op
+        elif fast_is_exact(m):
+            fast.append(FastMasks(m))
             fast[-1].install()
     manager.reapply_masks_every_step = False  # nothing writes to the weights between updates
 
@@ -594,7 +289,7 @@ def check_recipe(
     manager.attach(model, optimizer, steps_per_epoch=spe, example_inputs=probe)
 
     # what each modifier matched, in recipe order
-    ordered = sorted(manager.modifiers, key=_line_of)
+    ordered = sorted(manager.modifiers, key=line_of)
     pruners = [m for m in ordered if m in manager.pruning_modifiers]
     group_of = {id(m): f"P{i}" for i, m in enumerate(pruners, 1)}
     fast_ids = {id(f.mod) for f in fast}
@@ -612,7 +307,7 @@ def check_recipe(
         if getattr(m, "pruner", None) is not None
     }
     for i, m in enumerate(ordered, 1):
-        count, kind, names, numel = _matched(m, group_names, model)
+        count, kind, names, numel = matched(m, group_names, model)
         infos.append(
             ModifierInfo(
                 index=i,
@@ -625,7 +320,7 @@ def check_recipe(
                 kind=kind,
                 names=names,
                 numel=numel,
-                settings=_describe(m),
+                settings=describe(m),
             )
         )
         skipped = getattr(getattr(m, "pruner", None), "skipped", None)
@@ -652,7 +347,7 @@ def check_recipe(
             elif m.masks_active():  # ConstantPruningModifier: its masks change only when it starts
                 key = (id(m), m.masker.version)
                 if key not in held:
-                    held[key] = _held_sparsity(m)
+                    held[key] = held_sparsity(m)
                 value = held[key]
             targets[group_of[id(m)]] = value
         groups = optimizer.param_groups
@@ -667,7 +362,7 @@ def check_recipe(
                     for g, v in zip(groups, manager.applied_wd, strict=False)
                 ],
                 targets=targets,
-                events=[_event_text(e) for e in events[shown_events:]],
+                events=[event_text(e) for e in events[shown_events:]],
             )
         )
         shown_events = len(events)
@@ -685,52 +380,11 @@ def check_recipe(
     final_phase = manager.phase
     manager.finalize()
 
-    # zeros of every conv / linear weight at the end
+    zeros, other_zero = _zeros_at_end(model, fast, pruners, exact_masks)
     named = dict(model.named_parameters())
-    fractions: dict[str, float] = {}
-    for f in fast:
-        for n, frac in f.zeros().items():
-            fractions[n] = max(fractions.get(n, 0.0), frac)
-    for m in pruners:  # filter / channel pruning not cut out yet: the zeros its masks would hold
-        if getattr(m, "pruner", None) is not None and not exact_masks:
-            for n, mask in m.pruner.param_masks().items():
-                fractions[n] = max(fractions.get(n, 0.0), float((~mask).sum()) / max(mask.numel(), 1))
-    zeros: dict[str, int] = {}
-    for n in prunable_param_names(model):
-        p = named[n].detach()
-        zeros[n] = max(p.numel() - int(torch.count_nonzero(p)), round(fractions.get(n, 0.0) * p.numel()))
     weights_total = sum(named[n].numel() for n in zeros)
     weights_zero = sum(zeros.values())
     params_after = sum(p.numel() for p in model.parameters())
-    other_zero = sum(
-        max(p.numel() - int(torch.count_nonzero(p.detach())), round(fractions.get(n, 0.0) * p.numel()))
-        for n, p in named.items()
-        if n not in zeros
-    )
-    by_group: dict[str, Any] = {}
-    for m in pruners:
-        if hasattr(m, "final_by_param"):
-            names, target = [n for n in m.final_by_param if n in named], max(m.final_by_param.values(), default=None)
-        else:
-            names, target = [n for n in (m.masker.params if m.masker else {}) if n in named], None
-        numel = sum(named[n].numel() for n in names)
-        entry: dict[str, Any] = {
-            "sparsity": sum(zeros.get(n, 0) for n in names) / numel if numel else None,
-            "final_target": target,
-        }
-        if id(m) in channel_groups:  # its target is a fraction of channels
-            sizes = channel_groups[id(m)]
-            if getattr(m, "pruner", None) is not None:  # not cut out (yet)
-                gone = sum(int((~m.pruner.keep[gi]).sum()) for gi in sizes)
-            else:
-                gone = sum(min(removed_by_group.get(gi, 0), n) for gi, n in sizes.items())
-            entry.update(
-                sparsity=None,
-                channels=sum(sizes.values()),
-                channels_removed=gone,
-                channel_sparsity=gone / sum(sizes.values()) if sizes else None,
-            )
-        by_group[group_of[id(m)]] = entry
     final = {
         "phase": final_phase,
         "weights": weights_total,
@@ -738,7 +392,10 @@ def check_recipe(
         "sparsity": weights_zero / weights_total if weights_total else 0.0,
         "params": params_after,
         "params_sparsity": (weights_zero + other_zero) / params_after if params_after else 0.0,
-        "groups": by_group,
+        "groups": {
+            group_of[id(m)]: pruning_group_summary(m, named, zeros, channel_groups.get(id(m)), removed_by_group)
+            for m in pruners
+        },
     }
 
     after_flops = after.get("flops", before_flops)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sparseyolo.analysis.recipe_check import EpochRow, RecipeCheck, format_epoch
+from sparseyolo.analysis.recipe_check_describe import format_epoch
+from sparseyolo.analysis.recipe_check_result import EpochRow, RecipeCheck
 
 
 def _num(value: float | None, spec: str) -> str:
