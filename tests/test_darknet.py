@@ -19,14 +19,14 @@ from torch import nn
 from sparseyolo.models import build_model
 from sparseyolo.models.darknet import (
     darknet_bytes,
-    darknet_cfg_text,
-    darknet_layout,
     load_darknet_weights,
     read_header,
     save_darknet,
     save_darknet_weights,
 )
 from sparseyolo.models.darknet_cfg import parse_cfg
+from sparseyolo.models.darknet_cfg_export import darknet_cfg_text
+from sparseyolo.models.darknet_layout import darknet_layout
 from sparseyolo.utils.errors import ConfigError, WeightsError
 
 TINY_SHA = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"

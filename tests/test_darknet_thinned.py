@@ -8,8 +8,9 @@ import torch
 from helpers import BUILDS, thinned_model
 
 from sparseyolo.models import DetectionModel, build_model
-from sparseyolo.models.darknet import darknet_layout, load_darknet_weights, save_darknet
+from sparseyolo.models.darknet import load_darknet_weights, save_darknet
 from sparseyolo.models.darknet_cfg import parse_cfg
+from sparseyolo.models.darknet_layout import darknet_layout
 from sparseyolo.models.weights import load_model
 from sparseyolo.utils.errors import WeightsError
 

@@ -5,12 +5,9 @@ The file is a header (int32 major, minor, revision; images seen as int64 when
 BN bias, BN scale, running mean, running variance, conv weights (with ``batch_normalize=1``) or conv
 bias, conv weights (the linear detection convs).
 
-The Darknet layer order is derived from the YAML model itself, so a ``.cfg`` is optional:
-convs appear in YAML order, except that each Detect 1x1 conv is placed right after the layer that
-feeds it (Darknet puts a detection conv + ``[yolo]`` layer at the end of each branch, and routes
-back with ``[route] -4``). This gives the cfg order for yolov3, yolov3-spp and yolov3-tiny, with
-the large-stride level first. When a cfg is given every conv shape, the class count and the anchors
-are checked against it (and the anchors taken from it).
+The Darknet layer order is derived from the YAML model itself
+(:mod:`sparseyolo.models.darknet_layout`), so a ``.cfg`` is optional. When a cfg is given every conv
+shape, the class count and the anchors are checked against it (and the anchors taken from it).
 
 A thinned model (structured pruning removed channels) exports its actual filter counts:
 :func:`save_darknet` writes a ``.cfg`` generated from the model beside the ``.weights``, and
@@ -20,15 +17,15 @@ A thinned model (structured pruning removed channels) exports its actual filter 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from sparseyolo.models.common import SPP, Bottleneck, Concat, Conv
-from sparseyolo.models.darknet_cfg import CfgSection, DarknetCfg, format_sections, parse_cfg
+from sparseyolo.models.darknet_cfg import DarknetCfg, parse_cfg
+from sparseyolo.models.darknet_cfg_export import darknet_cfg_text
+from sparseyolo.models.darknet_layout import DarknetConv, darknet_layout
 from sparseyolo.models.yolo import STRIDE_PROBE
 from sparseyolo.sparsity.thinning import resize_layers
 from sparseyolo.utils.errors import SparseYoloError, WeightsError
@@ -36,75 +33,6 @@ from sparseyolo.utils.io import atomic_write_bytes, atomic_write_text
 from sparseyolo.utils.logging import LOGGER
 
 DEFAULT_HEADER = (0, 2, 0, 0)
-
-
-@dataclass
-class DarknetConv:
-    """One Darknet ``[convolutional]`` slot mapped onto our modules."""
-
-    name: str  # our module name, e.g. ``model.12.cv2`` or ``model.28.m.2``
-    conv: nn.Conv2d
-    bn: nn.BatchNorm2d | None  # None for the linear Detect convs (they carry a bias)
-    reverse_blocks: int = 0  # SPP cv2: Darknet concatenates [pool13, pool9, pool5, x]
-    level: int | None = None  # Detect level for the detection convs
-
-    @property
-    def n_floats(self) -> int:
-        n = self.conv.weight.numel()
-        return n + (4 * self.bn.num_features if self.bn is not None else self.conv.out_channels)
-
-    def describe(self) -> str:
-        w = self.conv.weight
-        return (
-            f"{self.name} ({w.shape[0]}x{w.shape[1]}x{w.shape[2]}x{w.shape[3]}"
-            f"{', BN' if self.bn is not None else ', bias'})"
-        )
-
-
-def _block_convs(module: nn.Module, prefix: str) -> list[DarknetConv]:
-    """The convs of one YAML layer in Darknet order."""
-    if isinstance(module, Conv):
-        if not isinstance(module.bn, nn.BatchNorm2d):
-            raise WeightsError(f"{prefix}: a fused Conv has no Darknet equivalent; export before fuse()")
-        return [DarknetConv(prefix, module.conv, module.bn)]
-    if isinstance(module, Bottleneck):
-        return _block_convs(module.cv1, f"{prefix}.cv1") + _block_convs(module.cv2, f"{prefix}.cv2")
-    if isinstance(module, SPP):
-        out = _block_convs(module.cv1, f"{prefix}.cv1") + _block_convs(module.cv2, f"{prefix}.cv2")
-        out[-1].reverse_blocks = len(module.m) + 1
-        return out
-    if isinstance(module, nn.Sequential):
-        return [c for k, child in module.named_children() for c in _block_convs(child, f"{prefix}.{k}")]
-    if any(True for _ in module.parameters()):
-        raise WeightsError(f"{prefix}: layer type {type(module).__name__} has no Darknet equivalent")
-    return []
-
-
-def detect_feeds(model: nn.Module) -> dict[int, list[int]]:
-    """``{layer index: [Detect levels it feeds]}``; Darknet puts each level's detection conv right
-    after the layer feeding it."""
-    detect = model.model[-1]
-    froms = [detect.f] if isinstance(detect.f, int) else list(detect.f)
-    feeds: dict[int, list[int]] = {}
-    for level, f in enumerate(froms):
-        feeds.setdefault(f % detect.i if f < 0 else f, []).append(level)
-    return feeds
-
-
-def detect_conv(model: nn.Module, level: int) -> DarknetConv:
-    """The linear detection conv of Detect ``level``."""
-    detect = model.model[-1]
-    return DarknetConv(f"model.{detect.i}.m.{level}", detect.m[level], None, level=level)
-
-
-def darknet_layout(model: nn.Module) -> list[DarknetConv]:
-    """Our model's convs in Darknet ``.weights`` order (see the module docstring)."""
-    feeds = detect_feeds(model)
-    out: list[DarknetConv] = []
-    for layer in list(model.model)[:-1]:
-        out += _block_convs(layer, f"model.{layer.i}")
-        out += [detect_conv(model, level) for level in feeds.get(layer.i, [])]
-    return out
 
 
 def _reorder_blocks(w: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -365,160 +293,3 @@ def save_darknet(
         Path(cfg_path) if cfg_path is not None else weights_path.with_suffix(".cfg"), darknet_cfg_text(model, img_size)
     )
     return cfg_file, save_darknet_weights(model, weights_path, cfg_file, header)
-
-
-# ---------------------------------------------------------------------------------------------
-# cfg export
-
-_ACTIVATIONS = {nn.LeakyReLU: "leaky", nn.ReLU: "relu", nn.SiLU: "swish", nn.Identity: "linear"}
-
-
-class _CfgWriter:
-    """Darknet sections in order; layer indices exclude ``[net]``, as in Darknet's routes."""
-
-    def __init__(self) -> None:
-        self.sections: list[CfgSection] = []
-
-    @property
-    def last(self) -> int:
-        return len(self.sections) - 1
-
-    def add(self, kind: str, **options: object) -> int:
-        self.sections.append(CfgSection(kind, 0, {k: str(v) for k, v in options.items()}))
-        return self.last
-
-    def route(self, *sources: int) -> int:
-        """``[route]`` to ``sources``: the previous layer as ``-1``, others by absolute index."""
-        prev = self.last
-        return self.add("route", layers=", ".join(str(-1 if s == prev else s) for s in sources))
-
-
-def darknet_cfg_text(model: nn.Module, img_size: int = 416) -> str:
-    """The Darknet ``.cfg`` of ``model`` (see :func:`darknet_cfg_sections`)."""
-    name = Path(str(getattr(model, "yaml", {}).get("yaml_file", "model"))).stem
-    return format_sections(
-        darknet_cfg_sections(model, img_size),
-        comment=f"{name}, written by sparseyolo: filters= are the model's actual layer widths",
-    )
-
-
-def darknet_cfg_sections(model: nn.Module, img_size: int = 416) -> list[CfgSection]:
-    """``[net]`` and every layer of ``model`` as Darknet cfg sections, with each conv's actual
-    (possibly thinned) ``filters=``; the convs come in :func:`darknet_layout` order, each Detect
-    level's conv and ``[yolo]`` right after the layer feeding it."""
-    w = _CfgWriter()
-    feeds = detect_feeds(model)
-    outs: dict[int, int] = {}  # our layer index -> Darknet index of its output (-1: the image)
-    for layer in list(model.model)[:-1]:
-        froms = [layer.f] if isinstance(layer.f, int) else list(layer.f)
-        sources = [outs.get(f if f >= 0 else layer.i + f, -1) for f in froms]
-        if isinstance(layer, Concat):
-            w.route(*sources)
-        elif len(sources) != 1:
-            raise WeightsError(f"model.{layer.i}: {type(layer).__name__} with several inputs has no Darknet equivalent")
-        else:
-            if sources[0] != w.last:  # e.g. the branch after a [yolo] goes back to an earlier layer
-                w.route(sources[0])
-            _write_block(w, layer, f"model.{layer.i}")
-        outs[layer.i] = w.last
-        for level in feeds.get(layer.i, []):
-            _write_detection(w, model, level)
-    net = CfgSection(
-        "net",
-        0,
-        {
-            "batch": "1",
-            "subdivisions": "1",
-            "width": str(img_size),
-            "height": str(img_size),
-            "channels": str(darknet_layout(model)[0].conv.in_channels),
-        },
-    )
-    return [net] + w.sections
-
-
-def _write_block(w: _CfgWriter, module: nn.Module, prefix: str) -> None:
-    """The sections of one YAML layer (the mirror of :func:`_block_convs`)."""
-    if isinstance(module, Conv):
-        w.add("convolutional", **_conv_options(_block_convs(module, prefix)[0], module.act))
-    elif isinstance(module, Bottleneck):
-        start = w.last
-        _write_block(w, module.cv1, f"{prefix}.cv1")
-        _write_block(w, module.cv2, f"{prefix}.cv2")
-        if module.add:
-            w.add("shortcut", **{"from": start - (w.last + 1), "activation": "linear"})
-    elif isinstance(module, SPP):  # Darknet concatenates [pool13, pool9, pool5, x]
-        _write_block(w, module.cv1, f"{prefix}.cv1")
-        x, pools = w.last, []
-        for j, pool in enumerate(module.m):
-            if j:
-                w.route(x)
-            pools.append(w.add("maxpool", size=_square(pool.kernel_size, prefix), stride=1))
-        w.route(*reversed(pools), x)
-        _write_block(w, module.cv2, f"{prefix}.cv2")
-    elif isinstance(module, nn.Sequential):
-        for k, child in module.named_children():
-            _write_block(w, child, f"{prefix}.{k}")
-    elif isinstance(module, nn.MaxPool2d):
-        size = _square(module.kernel_size, prefix)
-        w.add("maxpool", size=size, stride=_square(module.stride or size, prefix))
-    elif (
-        isinstance(module, nn.Upsample)
-        and module.mode == "nearest"
-        and isinstance(module.scale_factor, (int, float))
-        and float(module.scale_factor).is_integer()
-    ):
-        w.add("upsample", stride=int(module.scale_factor))
-    elif not (isinstance(module, nn.ZeroPad2d) and tuple(module.padding) == (0, 1, 0, 1)):
-        # (yolov3-tiny pads right / bottom before its stride-1 pool; Darknet's [maxpool] does that itself)
-        raise WeightsError(f"{prefix}: layer {module} has no Darknet cfg equivalent")
-
-
-def _write_detection(w: _CfgWriter, model: nn.Module, level: int) -> None:
-    """Detect ``level``'s linear 1x1 conv and its ``[yolo]`` section (all anchors, this level's mask)."""
-    detect = model.model[-1]
-    w.add("convolutional", **_conv_options(detect_conv(model, level), None))
-    anchors = detect.anchors.reshape(-1, 2).tolist()
-    w.add(
-        "yolo",
-        mask=",".join(str(level * detect.na + a) for a in range(detect.na)),
-        anchors=",  ".join(f"{_number(aw)},{_number(ah)}" for aw, ah in anchors),
-        classes=detect.nc,
-        num=len(anchors),
-    )
-
-
-def _conv_options(item: DarknetConv, act: nn.Module | None) -> dict[str, object]:
-    """``[convolutional]`` options of one conv (``act`` None: the linear detection conv)."""
-    c = item.conv
-    k = _square(c.kernel_size, item.name)
-    if _square(c.padding, item.name) != k // 2 or tuple(c.dilation) != (1, 1):
-        raise WeightsError(f"{item.describe()}: Darknet convolutions use 'same' padding and no dilation")
-    options: dict[str, object] = {"batch_normalize": 1} if item.bn is not None else {}
-    options.update(filters=c.out_channels, size=k, stride=_square(c.stride, item.name), pad=1)
-    if c.groups > 1:
-        options["groups"] = c.groups
-    options["activation"] = _activation(act, item.name)
-    return options
-
-
-def _activation(act: nn.Module | None, name: str) -> str:
-    if act is None:
-        return "linear"
-    kind = _ACTIVATIONS.get(type(act))
-    if kind is None or (kind == "leaky" and act.negative_slope != 0.1):
-        raise WeightsError(f"{name}: activation {act} has no Darknet equivalent")
-    return kind
-
-
-def _square(value: int | tuple[int, ...], name: str) -> int:
-    """``3`` or ``(3, 3)`` -> 3; Darknet layers are square."""
-    values = {value} if isinstance(value, int) else set(value)
-    if len(values) != 1:
-        raise WeightsError(f"{name}: non-square size {value} has no Darknet equivalent")
-    return int(values.pop())
-
-
-def _number(v: float) -> str:
-    """An anchor as Darknet text: ``116`` or the float's exact repr."""
-    return str(int(v)) if float(v).is_integer() else repr(float(v))

@@ -17,8 +17,9 @@ import torch
 import yaml
 
 from sparseyolo.models.checkpoint import apply_qat_structure, load_checkpoint, model_from_checkpoint, qat_state
-from sparseyolo.models.darknet import darknet_layout, load_darknet_weights, read_header
+from sparseyolo.models.darknet import load_darknet_weights, read_header
 from sparseyolo.models.darknet_cfg import parse_cfg
+from sparseyolo.models.darknet_layout import darknet_layout
 from sparseyolo.models.parse import MODELS, load_model_yaml
 from sparseyolo.models.yolo import DetectionModel
 from sparseyolo.utils.downloads import cache_dir, download
