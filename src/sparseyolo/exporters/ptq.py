@@ -27,13 +27,8 @@ import torch
 from torch import nn
 
 from sparseyolo.quantization import QATConfig, is_qat_model, prepare_qat
-from sparseyolo.quantization.calibration import (
-    DEFAULT_PERCENTILE,
-    CalibrationError,
-    CalibrationReport,
-    calibrate,
-    check_method,
-)
+from sparseyolo.quantization.calibration import CalibrationReport, calibrate
+from sparseyolo.quantization.histogram import DEFAULT_PERCENTILE, CalibrationError, check_method
 from sparseyolo.utils.logging import LOGGER
 
 DEFAULT_CALIB_IMAGES = 128

@@ -7,15 +7,10 @@ calibrate(model, batches, method="mse")                   # post-training: range
 ```
 """
 
-from sparseyolo.quantization.calibration import (
-    CalibrationError,
-    CalibrationReport,
-    HistogramObserver,
-    calibrate,
-    correct_bias,
-)
+from sparseyolo.quantization.calibration import CalibrationReport, calibrate, correct_bias
 from sparseyolo.quantization.config import QATConfig
 from sparseyolo.quantization.fake_quant import ActivationQuantizer, WeightQuantizer
+from sparseyolo.quantization.histogram import CalibrationError, HistogramObserver
 from sparseyolo.quantization.modules import QATConv2d, QATConvBnAct, QATLinear
 from sparseyolo.quantization.prepare import (
     disable_observers,
