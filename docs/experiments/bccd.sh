@@ -326,3 +326,24 @@ for r in bccd-tiny-base29-stage2 bccd-tiny-pruned-lr7080-32; do
     python docs/experiments/bn_reestimate.py runs/train/$r/weights/best.pt /tmp/$r-bn.pt
     sparseyolo val --weights /tmp/$r-bn.pt --data $D --img 416 --no-rect
 done
+
+# stop 33 (the same Zen 3; B29 still on the machine): #16's last two ablation rows on B29 with the current
+# recipes. Distillation: the shipped pruned-int8 recipe plus the stop-24 DistillationModifier (teacher =
+# --weights = B29); its reference without is stop 31's bccd-tiny-pq-default31. Optimizer steps per mask
+# update: the pruned default with --nbs 64 (one optimizer step every 4 batches); its reference is stop 32's
+# bccd-tiny-pruned-lr7080-32 (the default command)
+python - <<'PY'
+from pathlib import Path
+text = Path("src/sparseyolo/configs/recipes/yolov3-tiny.pruned_quantized.md").read_text()
+block = ("distillation_modifiers:\n  - !DistillationModifier\n    start_epoch: 0.0\n    end_epoch: *num_epochs\n"
+         "    hardness: 0.5\n    temperature: 2.0\n\n")
+Path("pq_distill.md").write_text(text.replace("quantization_modifiers:", block + "quantization_modifiers:", 1))
+PY
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned_quantized --recipe pq_distill.md \
+    --name bccd-tiny-pq-distill33
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned --recipe yolov3-tiny.pruned.md \
+    --nbs 64 --name bccd-tiny-pruned-nbs64-33
+for r in bccd-tiny-pq-distill33 bccd-tiny-pruned-nbs64-33; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
