@@ -12,6 +12,7 @@ import torch
 from sparseyolo.engine.base import HookBase
 from sparseyolo.engine.ddp import barrier
 from sparseyolo.engine.ema import de_parallel
+from sparseyolo.engine.setup import TrainConfig, merge_resume_config
 from sparseyolo.utils.errors import WeightsError
 from sparseyolo.utils.io import DiskFullError
 from sparseyolo.utils.logging import LOGGER
@@ -61,6 +62,43 @@ def find_last_checkpoint(project: str | Path) -> Path:
     if not candidates:
         raise WeightsError(f"--resume: no weights/last.pt found under {project}; pass the checkpoint path")
     return candidates[-1]
+
+
+def resume_checkpoint(cfg: TrainConfig, given: set[str]) -> tuple[dict | None, TrainConfig]:
+    """For ``--resume``: the checkpoint to continue from and the settings to continue with, or
+    ``(None, cfg)`` for a new run. ``given``: the settings the command set (compared with the saved ones)."""
+    if not cfg.resume:
+        return None, cfg
+    from sparseyolo.models.checkpoint import load_checkpoint
+
+    path = find_last_checkpoint(cfg.project) if cfg.resume is True or cfg.resume == "" else Path(cfg.resume)
+    ckpt = load_checkpoint(path)
+    if not ckpt.get("train_args") or ckpt.get("optimizer") is None:
+        raise WeightsError(
+            f"{path}: this run already finished (or is not a training checkpoint); nothing "
+            f"to resume. Start a new run with --weights {path}"
+        )
+    # the hardware and outputs may differ from the interrupted run; everything else continues as it
+    # was, and a command that asks for another value is refused rather than silently overridden
+    saved = merge_resume_config(TrainConfig.from_dict(ckpt["train_args"]), cfg, given, path)
+    LOGGER.info(f"resuming {path} from epoch {ckpt['epoch'] + 2}")
+    return ckpt, saved
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, state: dict, where: str) -> None:
+    """A checkpoint's optimizer state, refused in one line (naming ``where``) when it does not fit ``model``."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{where}: does not fit this model's optimizer: {e}") from None
+    names = {id(p): n for n, p in de_parallel(model).named_parameters()}
+    for p, buffers in optimizer.state.items():
+        for key, value in buffers.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                raise WeightsError(
+                    f"{where}: {key} of {names.get(id(p), 'a parameter')} has shape "
+                    f"{list(value.shape)} in the file, {list(p.shape)} in the model"
+                )
 
 
 class CheckpointDiskFullError(DiskFullError):

@@ -96,6 +96,14 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel (one device per process on CUDA, none on CPU)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+
+
 def broadcast_state(model: torch.nn.Module, info: DistInfo) -> None:
     """Give every rank rank 0's parameters and buffers.
 

@@ -300,3 +300,42 @@ def load_teacher(cfg: TrainConfig, nc: int, log: bool = True) -> torch.nn.Module
     if log:
         LOGGER.info(f"distillation teacher: {path} (not saved in checkpoints or the EMA)")
     return teacher.float()
+
+
+def attach_recipe(
+    recipe: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    *,
+    state: dict | None,
+    batches_per_epoch: int,
+    accumulate: int,
+    device: torch.device,
+    log: bool = True,
+) -> Any:
+    """``recipe``'s manager, attached to ``model`` and ``optimizer`` (``state``: a resumed run's recipe
+    state), with the distillation teacher loaded and, when ``log``, what the schedule means on this
+    data: the epochs the recipe sets, too few optimizer steps between mask updates, short recovery."""
+    from sparseyolo.engine.schedule_checks import recovery_note, schedule_warnings
+    from sparseyolo.recipe.modifiers.distillation import DistillationModifier
+
+    manager = recipe.manager()
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate)
+    # structured pruning traces the model once: a small input of the right channel count
+    probe = torch.zeros(1, int(model.yaml.get("ch", 3)), 64, 64, device=device)
+    manager.attach(model, optimizer, steps_per_epoch=steps_per_epoch, state_dict=state or None, example_inputs=probe)
+    if log:
+        if int(manager.max_epochs) != cfg.epochs:
+            n = int(manager.max_epochs)
+            LOGGER.info(f"the recipe sets the number of epochs: {n} (--epochs {cfg.epochs} ignored)")
+        for line in schedule_warnings(manager, steps_per_epoch, batches_per_epoch, accumulate, cfg.batch_size):
+            LOGGER.warning(line)
+        note = recovery_note(manager, steps_per_epoch)
+        if note:
+            LOGGER.info(note)
+    if any(isinstance(m, DistillationModifier) for m in manager.modifiers):
+        teacher = load_teacher(cfg, model.nc, log=log)
+        if teacher is not None:
+            manager.set_teacher(teacher.to(device))
+    return manager

@@ -18,7 +18,14 @@ import torch
 import yaml
 
 from sparseyolo.engine.base import TrainerBase
-from sparseyolo.engine.checkpointing import CheckpointHook, find_last_checkpoint, rng_state, seed_all, set_rng_state
+from sparseyolo.engine.checkpointing import (
+    CheckpointHook,
+    load_optimizer_state,
+    resume_checkpoint,
+    rng_state,
+    seed_all,
+    set_rng_state,
+)
 from sparseyolo.engine.ddp import (
     any_rank,
     barrier,
@@ -28,6 +35,7 @@ from sparseyolo.engine.ddp import (
     dist_info,
     init_distributed,
     select_device,
+    wrap_ddp,
 )
 from sparseyolo.engine.ema import ModelEMA, de_parallel
 from sparseyolo.engine.hooks import DDPBufferSyncHook, EMAHook, EvalHook, LRScheduleHook, RecipeHook
@@ -36,18 +44,15 @@ from sparseyolo.engine.loaders import build_loaders
 from sparseyolo.engine.logger import LoggerHook, progress_header
 from sparseyolo.engine.loss import YoloLoss
 from sparseyolo.engine.optim import accumulate_steps, build_optimizer, scaled_weight_decay
-from sparseyolo.engine.schedule_checks import recovery_note, schedule_warnings
 from sparseyolo.engine.setup import (
     TrainConfig,
+    attach_recipe,
     build_train_model,
     check_img_size,
     freeze_layers,
     given_fields,
-    load_teacher,
-    merge_resume_config,
     nominal_batch,
 )
-from sparseyolo.recipe.modifiers.distillation import DistillationModifier
 from sparseyolo.utils.errors import SparseYoloError, WeightsError
 from sparseyolo.utils.io import atomic_write_text, increment_path
 from sparseyolo.utils.logging import LOGGER
@@ -67,7 +72,7 @@ class Trainer(TrainerBase):
         them with the saved ones. None: every field that differs from its default counts as given."""
         super().__init__()
         cfg.check()
-        resume_ckpt, cfg = self._resume_config(cfg, given_fields(cfg) if given is None else set(given))
+        resume_ckpt, cfg = resume_checkpoint(cfg, given_fields(cfg) if given is None else set(given))
         self.dist = dist_info()
         self.device = select_device(cfg.device, self.dist)
         init_distributed(self.dist, self.device)
@@ -93,24 +98,6 @@ class Trainer(TrainerBase):
             atomic_write_text(self.save_dir / "opt.yaml", yaml.safe_dump(self.config_dict(), sort_keys=False))
 
     # -- setup ------------------------------------------------------------------------------------
-    def _resume_config(self, cfg: TrainConfig, given: set[str]) -> tuple[dict | None, TrainConfig]:
-        if not cfg.resume:
-            return None, cfg
-        from sparseyolo.models.checkpoint import load_checkpoint
-
-        path = find_last_checkpoint(cfg.project) if cfg.resume is True or cfg.resume == "" else Path(cfg.resume)
-        ckpt = load_checkpoint(path)
-        if not ckpt.get("train_args") or ckpt.get("optimizer") is None:
-            raise WeightsError(
-                f"{path}: this run already finished (or is not a training checkpoint); nothing "
-                f"to resume. Start a new run with --weights {path}"
-            )
-        # the hardware and outputs may differ from the interrupted run; everything else continues as it
-        # was, and a command that asks for another value is refused rather than silently overridden
-        saved = merge_resume_config(TrainConfig.from_dict(ckpt["train_args"]), cfg, given, path)
-        LOGGER.info(f"resuming {path} from epoch {ckpt['epoch'] + 2}")
-        return ckpt, saved
-
     def _load_recipe(self, ckpt: dict | None):
         """The resumed run's own recipe (stored in its checkpoint), else ``--recipe``, else None."""
         recipe_text = ckpt.get("recipe") if ckpt else None
@@ -176,48 +163,27 @@ class Trainer(TrainerBase):
         self.accumulate = accumulate_steps(batch, nbs)
         wd = scaled_weight_decay(hyp["weight_decay"], batch, self.accumulate, nbs)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, hyp["lr0"], hyp["momentum"], wd)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accumulate)
         self.loss_fn = YoloLoss(self.model, hyp, self.img_size, cfg.label_smoothing)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.manager = None
+        self.max_epochs = cfg.epochs
         if self.recipe is not None:
-            self.manager = self.recipe.manager()
-            state = ckpt.get("recipe_state") if ckpt is not None else None
-            # structured pruning traces the model once: a small input of the right channel count
-            probe = torch.zeros(1, int(self.model.yaml.get("ch", 3)), 64, 64, device=self.device)
-            self.manager.attach(
+            self.manager = attach_recipe(
+                self.recipe,
                 self.model,
                 self.optimizer,
-                steps_per_epoch=self.steps_per_epoch,
-                state_dict=state or None,
-                example_inputs=probe,
+                cfg,
+                state=ckpt.get("recipe_state") if ckpt is not None else None,
+                batches_per_epoch=self.batches_per_epoch,
+                accumulate=self.accumulate,
+                device=self.device,
+                log=self.dist.main,
             )
-            if int(self.manager.max_epochs) != cfg.epochs:
-                LOGGER.info(
-                    f"the recipe sets the number of epochs: {int(self.manager.max_epochs)} "
-                    f"(--epochs {cfg.epochs} ignored)"
-                )
             self.max_epochs = int(math.ceil(self.manager.max_epochs))
-            if self.dist.main:
-                spe, bpe = self.steps_per_epoch, self.batches_per_epoch
-                for line in schedule_warnings(self.manager, spe, bpe, self.accumulate, batch):
-                    LOGGER.warning(line)
-                note = recovery_note(self.manager, spe)
-                if note:
-                    LOGGER.info(note)
-            if any(isinstance(m, DistillationModifier) for m in self.manager.modifiers):
-                teacher = load_teacher(cfg, de_parallel(self.model).nc, log=self.dist.main)
-                if teacher is not None:
-                    self.manager.set_teacher(teacher.to(self.device))
-        else:
-            self.max_epochs = cfg.epochs
         self.ema = ModelEMA(self.model) if self.dist.main else None
         if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+            self.model = wrap_ddp(self.model, self.device)
 
     def _register_default_hooks(self) -> None:
         cfg = self.cfg
@@ -246,7 +212,7 @@ class Trainer(TrainerBase):
     def _restore(self, ckpt: dict) -> None:
         self.start_epoch = int(ckpt["epoch"]) + 1
         self.global_iter = self.start_epoch * self.batches_per_epoch
-        self._load_optimizer(ckpt["optimizer"])
+        load_optimizer_state(self.optimizer, self.model, ckpt["optimizer"], f"{self.cfg.resume} (optimizer)")
         if ckpt.get("scaler") and self.amp:
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
@@ -263,22 +229,6 @@ class Trainer(TrainerBase):
         set_rng_state(ckpt.get("rng"))
         if self.start_epoch >= self.max_epochs:
             raise WeightsError(f"{self.cfg.resume}: all {self.max_epochs} epochs are done; nothing to resume")
-
-    def _load_optimizer(self, state: dict) -> None:
-        """The optimizer state of a checkpoint, refused in one line when it does not fit the model."""
-        where = f"{self.cfg.resume} (optimizer)"
-        try:
-            self.optimizer.load_state_dict(state)
-        except (ValueError, KeyError, TypeError) as e:
-            raise WeightsError(f"{where}: does not fit this model's optimizer: {e}") from None
-        names = {id(p): n for n, p in de_parallel(self.model).named_parameters()}
-        for p, buffers in self.optimizer.state.items():
-            for key, value in buffers.items():
-                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
-                    raise WeightsError(
-                        f"{where}: {key} of {names.get(id(p), 'a parameter')} has shape "
-                        f"{list(value.shape)} in the file, {list(p.shape)} in the model"
-                    )
 
     # -- the loop ---------------------------------------------------------------------------------
     def batches(self):
@@ -361,10 +311,7 @@ class Trainer(TrainerBase):
         bare = de_parallel(self.model)
         bare.record_widths()
         if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DDP(bare, device_ids=ids, output_device=ids[0] if ids else None)
+            self.model = wrap_ddp(bare, self.device)
         if self.dist.main:
             LOGGER.info(
                 f"thinned model: {sum(p.numel() for p in bare.parameters()):,} parameters, "
