@@ -16,7 +16,6 @@ replaced by the next readable one; its path travels to the main process in the b
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, distributed
+from torch.utils.data import DataLoader, Dataset, distributed
 
 from sparseyolo.data.augment import (
     augment_hsv,
@@ -38,6 +37,7 @@ from sparseyolo.data.augment import (
 )
 from sparseyolo.data.image_cache import ImageCache
 from sparseyolo.data.labels import Problems, cache_path_for, img2label_paths, list_images, scan_labels
+from sparseyolo.data.sampling import EpochSampler, seed_worker, seeded
 from sparseyolo.utils.errors import ConfigError, DataError
 from sparseyolo.utils.logging import LOGGER
 
@@ -170,7 +170,7 @@ class YoloDataset(Dataset):
         ``np.random`` are seeded with ``seed`` for this sample (and restored afterwards)."""
         if isinstance(index, (tuple, list)):
             index, seed = index
-            with _seeded(seed):
+            with seeded(seed):
                 return self._get(int(index))
         return self._get(int(index))
 
@@ -291,75 +291,6 @@ def _xyxy_to_xywhn(labels: np.ndarray, w: int, h: int) -> np.ndarray:
     return labels[(labels[:, 3] > 0) & (labels[:, 4] > 0)]
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Seed ``random`` and ``np.random`` for one sample, restoring their state afterwards (the main
-    process's streams stay untouched with ``workers=0``)."""
-    py, npy = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-
-
-def _mix(*values: int) -> int:
-    """A 32-bit seed from non-negative ints (well mixed: neighbouring epochs / indices are unrelated)."""
-    return int(np.random.SeedSequence([int(v) % 2**32 for v in values]).generate_state(1)[0])
-
-
-class EpochSampler(Sampler):
-    """Order of one epoch, and a seed per sample, as functions of ``(seed, epoch, index)`` only.
-
-    Yields ``(index, sample_seed)`` (``seeds=True``, for augmenting datasets) or plain indices.
-    ``set_epoch(e)`` selects the epoch; without it each new iteration moves on to the next epoch.
-    A DataLoader's own shuffle draws from a generator that its workers' base seed also draws from,
-    and persistent workers keep their random streams across epochs, so an epoch's batches there
-    depend on the epochs before it: a run resumed with fresh workers would see other batches.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        shuffle: bool,
-        seed: int = 0,
-        seeds: bool = True,
-        base: distributed.DistributedSampler | None = None,
-    ):
-        self.n, self.shuffle, self.seed, self.seeds, self.base = n, shuffle, seed, seeds, base
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.base) if self.base is not None else self.n
-
-    def __iter__(self):
-        epoch = self.epoch
-        self.epoch += 1  # the next iteration is the next epoch unless set_epoch says otherwise
-        if self.base is not None:
-            self.base.set_epoch(epoch)
-            order = list(self.base)
-        elif self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(_mix(self.seed, epoch, 0x5EED))
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        for i in order:
-            yield (i, _mix(self.seed, epoch, i)) if self.seeds else i
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Give numpy and ``random`` in each worker the seed torch derived from the loader's generator."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def create_dataloader(
     path,
     img_size: int,
@@ -427,7 +358,7 @@ def create_dataloader(
         num_workers=nw,
         pin_memory=torch.cuda.is_available(),
         collate_fn=YoloDataset.collate_fn,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_worker,
         generator=generator,
         persistent_workers=nw > 0,
     )

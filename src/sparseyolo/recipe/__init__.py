@@ -5,8 +5,9 @@ starts) ``sparseyolo.quantization``.
 """
 
 from sparseyolo.recipe.expressions import resolve_variables, safe_eval
-from sparseyolo.recipe.manager import RecipeManager, restore_qat_structure
+from sparseyolo.recipe.manager import RecipeManager
 from sparseyolo.recipe.modifiers import MODIFIERS, Modifier
+from sparseyolo.recipe.modifiers.quantization import restore_qat_structure
 from sparseyolo.recipe.recipe import Recipe, parse_recipe_args
 
 __all__ = [

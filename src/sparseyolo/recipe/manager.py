@@ -447,20 +447,3 @@ def _tick_order(modifiers: list[Modifier]) -> list[Modifier]:
     for i, m in zip(slots, ordered, strict=True):
         tick[i] = m
     return tick
-
-
-def restore_qat_structure(model: nn.Module, recipe_state: dict[str, Any] | None) -> bool:
-    """Re-apply the QAT structure recorded in a manager state (before loading QAT weights).
-
-    Used by checkpoint loading: ``recipe_state["qat"] = {"submodules": [...], "config": {...}}``.
-    Returns True when the model is (now) quantization-aware, False when the state has no QAT.
-    """
-    qat = (recipe_state or {}).get("qat")
-    if not qat:
-        return False
-    from sparseyolo.recipe.modifiers.quantization import quantization_api
-
-    api = quantization_api()
-    if not api.is_qat_model(model):
-        api.prepare_qat(model, submodules=qat.get("submodules"), config=api.QATConfig(**qat.get("config", {})))
-    return True

@@ -22,6 +22,8 @@ from sparseyolo.recipe.modifiers.base import EPS, Modifier, register
 from sparseyolo.utils.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from sparseyolo.recipe.manager import RecipeManager
 
 
@@ -167,3 +169,18 @@ class QuantizationModifier(Modifier):
                 api.disable_observers(manager.model)
         self.bn_frozen = bool(state.get("bn_frozen"))
         self.observers_disabled = bool(state.get("observers_disabled"))
+
+
+def restore_qat_structure(model: nn.Module, recipe_state: dict[str, Any] | None) -> bool:
+    """Re-apply the QAT structure recorded in a manager state (before loading QAT weights).
+
+    Used by checkpoint loading: ``recipe_state["qat"] = {"submodules": [...], "config": {...}}``.
+    Returns True when the model is (now) quantization-aware, False when the state has no QAT.
+    """
+    qat = (recipe_state or {}).get("qat")
+    if not qat:
+        return False
+    api = quantization_api()
+    if not api.is_qat_model(model):
+        api.prepare_qat(model, submodules=qat.get("submodules"), config=api.QATConfig(**qat.get("config", {})))
+    return True
