@@ -347,3 +347,24 @@ for r in bccd-tiny-pq-distill33 bccd-tiny-pruned-nbs64-33; do
     sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
     sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
 done
+
+# stop 34 (the same Zen 3; B29 still on the machine). #16's learning-rate row on one baseline: the pruned
+# default recipe with its three learning-rate / weight-decay modifiers removed, so hyp.pruned.yaml's warm-up
+# and decay drive the rate as before stop 32 (70/80% targets; its reference is stop 32's
+# bccd-tiny-pruned-lr7080-32). #11's int8 channel-pruned row: the default command with the shipped
+# channel-pruned int8 recipe (half the channels, round_to 8, then QAT)
+python - <<'PY'
+from pathlib import Path
+text = Path("src/sparseyolo/configs/recipes/yolov3-tiny.pruned.md").read_text()
+start = text.index("  # pruning phase\n  - !SetLearningRateModifier")
+Path("pruned_oldlr.md").write_text(text[:start] + "\n" + text[text.index("pruning_modifiers:"):])
+PY
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned --recipe pruned_oldlr.md \
+    --name bccd-tiny-pruned-oldlr34
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.channel_pruned_quantized.md --name bccd-tiny-cpq34
+for r in bccd-tiny-pruned-oldlr34 bccd-tiny-cpq34; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --data $D --img 416 --verbose
+done
+sparseyolo analyze --weights runs/train/bccd-tiny-cpq34/weights/best.pt --no-plot
