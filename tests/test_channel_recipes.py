@@ -127,24 +127,22 @@ def test_round_to_8_needs_16_channels_and_the_error_says_so():
         manager.attach(model, torch.optim.SGD(model.parameters(), lr=0.01), steps_per_epoch=2)
 
 
-@pytest.mark.parametrize("name", ["yolov3-tiny.channel_pruned", "yolov3-tiny.channel_pruned_quantized"])
-def test_short_real_training_run(name, tmp_path):
-    """3 epochs on 16 shapes images at 64 px: prune, thin, recover (and QAT); best.pt is the thinned model."""
+def _short_run(name: str, tmp_path, **extra_args):
+    """3 epochs of ``name`` on 16 shapes images at 64 px (quarter-width YOLOv3-tiny); the run folder."""
     import yaml
 
     from sparseyolo.data.synthetic import make_shapes_dataset
     from sparseyolo.engine.trainer import train
     from sparseyolo.models.parse import load_model_yaml
-    from sparseyolo.models.weights import load_model
 
     data = make_shapes_dataset(tmp_path / "shapes", n_train=16, n_val=4, img_size=64)
     d, _ = load_model_yaml("yolov3-tiny")
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({**d, "width_multiple": 0.25}, sort_keys=False))
-    args = {"num_epochs": 3, "pruning_end_epoch": 1, "pruning_update_frequency": 0.25, "round_to": 2}
+    args = {"num_epochs": 3, "pruning_end_epoch": 1, "pruning_update_frequency": 0.25, "round_to": 2, **extra_args}
     if name.endswith("quantized"):
         args["quantization_epochs"] = 1
-    run = train(
+    return train(
         cfg=str(cfg),
         data=str(data),
         recipe=name,
@@ -161,6 +159,14 @@ def test_short_real_training_run(name, tmp_path):
         hyp="pruned_quantized" if name.endswith("quantized") else "pruned",
         patience=0,
     )
+
+
+@pytest.mark.parametrize("name", ["yolov3-tiny.channel_pruned", "yolov3-tiny.channel_pruned_quantized"])
+def test_short_real_training_run(name, tmp_path):
+    """3 epochs on 16 shapes images at 64 px: prune, thin, recover (and QAT); best.pt is the thinned model."""
+    from sparseyolo.models.weights import load_model
+
+    run = _short_run(name, tmp_path)
     rows = (run / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3  # header + the recipe's 3 epochs
     model, _ = load_model(run / "weights" / "best.pt")
@@ -170,3 +176,31 @@ def test_short_real_training_run(name, tmp_path):
     assert is_qat_model(model) == name.endswith("quantized")
     out = model.float().eval()(torch.zeros(1, 3, 64, 64))
     assert out[0].shape[-1] == 5 + 3
+
+
+def test_7_bit_per_channel_weights_train_and_export_as_int8(tmp_path):
+    """``--recipe-args weight_bits=7,per_channel=true``: QAT on the 7-bit grid, one scale per output
+    channel, kept through the checkpoint, and exported as plain int8 weights within -64..63."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from sparseyolo.exporters import export_onnx
+    from sparseyolo.models.weights import load_model
+    from sparseyolo.quantization import WeightQuantizer
+
+    run = _short_run("yolov3-tiny.channel_pruned_quantized", tmp_path, weight_bits=7, per_channel=True)
+    model, _ = load_model(run / "weights" / "best.pt")
+    quantizers = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
+    assert quantizers and all(q.per_channel and (q.quant_min, q.quant_max) == (-64, 63) for q in quantizers)
+    path = export_onnx(model.float().eval(), tmp_path / "q.onnx", img_size=64)
+    proto = onnx.load(path)
+    assert not [n.op_type for n in proto.graph.node if n.op_type in ("Max", "Min")]  # the clamps are folded
+    weights = [
+        numpy_helper.to_array(t)
+        for t in proto.graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4
+    ]
+    assert len(weights) == len(quantizers)  # every quantized conv stores int8 weights
+    assert all(-64 <= w.min() and w.max() <= 63 for w in weights)
+    assert np.abs(np.concatenate([w.ravel() for w in weights])).max() >= 60

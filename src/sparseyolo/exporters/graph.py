@@ -2,7 +2,8 @@
 
 - drop Identity nodes on initializers (the TorchScript exporter emits them for shared constants);
 - fold QuantizeLinear of constant weights into int8 initializers (DequantizeLinear stays), so a
-  quantized file stores 1 byte per weight;
+  quantized file stores 1 byte per weight; a clamp in front of it (Max / Min on constants, how a
+  narrower weight range such as 7 bits is exported) is folded first;
 - quantize float conv biases to int32 + DequantizeLinear (scale = input scale * weight scale), the
   form ONNX Runtime needs to run the conv with int8 kernels;
 - remove dead nodes and initializers, and opset imports no node uses;
@@ -107,8 +108,29 @@ def remove_constant_identities(model) -> int:
     return len(removed)
 
 
+def fold_constant_clamps(model) -> int:
+    """Max / Min nodes whose inputs are all constants -> one initializer (numpy's broadcasting is ONNX's)."""
+    g = Graph(model)
+    n = 0
+    for node in list(g.graph.node):
+        if node.op_type not in ("Max", "Min") or node.output[0] in g.outputs:
+            continue
+        values = [g.const(name) for name in node.input]
+        if not values or any(v is None for v in values):
+            continue
+        out = values[0]
+        for v in values[1:]:
+            out = (np.maximum if node.op_type == "Max" else np.minimum)(out, v)
+        g.add_init(node.output[0], out.astype(values[0].dtype))
+        g.graph.node.remove(node)  # its output name now names the initializer
+        g.producer.pop(node.output[0], None)
+        n += 1
+    return n
+
+
 def fold_constant_quantize(model) -> int:
     """QuantizeLinear(const W) -> int8/uint8 initializer (consumers, e.g. DequantizeLinear, keep working)."""
+    fold_constant_clamps(model)
     g = Graph(model)
     folded = []
     for node in g.graph.node:

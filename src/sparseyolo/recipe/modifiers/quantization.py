@@ -7,7 +7,9 @@ is refused: a recipe must not choose which code runs),
 ``freeze_bn_stats_epoch``, ``disable_quantization_observer_epoch`` (-1/absent = never),
 ``quantize_conv_activations``, ``quantize_linear_activations``, ``activation_bits``,
 ``weight_bits``, ``reduce_range``, ``exclude_module_types``, ``custom_quantizable_module_types``,
-``exclude_batchnorm``, ``tensorrt``. The work is done by :mod:`sparseyolo.quantization`.
+``exclude_batchnorm``, ``tensorrt``; and one of ours, ``per_channel`` (one weight scale per output
+channel; SparseML's modifier had it only through ``tensorrt``). The work is done by
+:mod:`sparseyolo.quantization`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class QuantizationModifier(Modifier):
         "custom_quantizable_module_types": None,
         "exclude_batchnorm": True,
         "tensorrt": False,
+        "per_channel": False,
     }
     EPOCH_KEYS = ("start_epoch", "end_epoch", "freeze_bn_stats_epoch", "disable_quantization_observer_epoch")
     BOOLS = (
@@ -60,6 +63,7 @@ class QuantizationModifier(Modifier):
         "reduce_range",
         "exclude_batchnorm",
         "tensorrt",
+        "per_channel",
     )
 
     def validate(self) -> None:
@@ -115,6 +119,7 @@ class QuantizationModifier(Modifier):
             "custom_quantizable_module_types": tuple(self.custom_quantizable_module_types or ()),
             "exclude_batchnorm": self.exclude_batchnorm,
             "tensorrt": self.tensorrt,
+            "per_channel": self.per_channel or self.tensorrt,
             "fuse": self.model_fuse_fn_name or "conv_bn_relus",
         }
 
