@@ -265,9 +265,10 @@ def stop_after_epoch(n: int):
     return StopAfterEpoch()
 
 
-def qat_checkpoint(model, path: Path, batches: int = 1) -> Path:
+def qat_checkpoint(model, path: Path, batches: int = 1, **config_overrides) -> Path:
     """``model`` (a DetectionModel) made quantization-aware (all but the Detect head), observers fed
-    ``batches`` random batches, saved as a checkpoint whose recipe state records the QAT structure."""
+    ``batches`` random batches, saved as a checkpoint whose recipe state records the QAT structure.
+    ``config_overrides``: ``QATConfig`` keys, e.g. ``weight_bits=7``."""
     import copy
 
     import torch
@@ -277,7 +278,7 @@ def qat_checkpoint(model, path: Path, batches: int = 1) -> Path:
 
     model = copy.deepcopy(model)
     submodules = [f"model.{i}" for i in range(len(model.model) - 1)]
-    config = {"weight_bits": 8, "activation_bits": 8, "fuse": "conv_bn_relus"}
+    config = {"weight_bits": 8, "activation_bits": 8, "fuse": "conv_bn_relus", **config_overrides}
     prepare_qat(model, submodules, QATConfig(**config))
     freeze_bn_stats(model)
     model.train()

@@ -221,6 +221,26 @@ def test_val_and_detect_log_the_file_used(exports, cli, tmp_path, openvino_prefe
     assert "openvino: running int8.onnx (QDQ) instead of int8.qlinear.onnx" in log and "4 images" in log
 
 
+def test_reference_engine_runs_the_qdq_file_and_refuses_qlinear(exports, cli, tmp_path, val_map):
+    """``--engine onnxruntime-reference`` given the QLinear file runs its QDQ sibling (its exactness is
+    tested in test_export.py) and scores what the QDQ file scores there; ``--exact-file`` on the QLinear
+    file is one line saying why not."""
+    rc, log = cli(
+        "val", "--weights", exports["qlinear"], "--data", exports["data"], "--img", "64", "--batch-size", "4",
+        "--workers", "0", "--noplots", "--engine", "onnxruntime-reference", "--project", tmp_path, "--name", "val",
+    )  # fmt: skip
+    assert rc == 0, log[-3000:]
+    assert "onnxruntime-reference: running int8.onnx (QDQ) instead of int8.qlinear.onnx" in log
+    reference = val_map("qdq", "onnxruntime-reference")
+    assert reference[0] > 0.2 and f"{reference[0]:.3g}" in log
+    assert abs(reference[0] - val_map("qdq", "onnxruntime")[0]) <= 0.05  # the same int8 model
+    rc, log = cli(
+        "val", "--weights", exports["qlinear"], "--data", exports["data"], "--img", "64", "--workers", "0",
+        "--noplots", "--engine", "onnxruntime-reference", "--exact-file", "--project", tmp_path, "--name", "val",
+    )  # fmt: skip
+    assert rc != 0 and "runs QDQ files only, and this one has QLinearConv" in log
+
+
 def test_benchmark_swaps_a_single_int8_file_only(exports, caplog, openvino_prefers_qdq):
     from sparseyolo.timing.runner import benchmark
 

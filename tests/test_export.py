@@ -264,6 +264,35 @@ def test_qat_with_7_bit_weights_is_exact_on_every_cpu(tmp_path, per_channel):
         assert (got != ref).sum() <= 5 and np.abs(got - ref).max() <= 1.01 * step
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_reference_engine_computes_8_bit_weights_exactly_on_every_cpu(tmp_path, per_channel):
+    """``--engine onnxruntime-reference`` runs the QDQ file's own arithmetic (no fused int8 kernels), so
+    8-bit weights give what the fake-quantized model gives, VNNI or not; QLinear files are refused."""
+    from sparseyolo.exporters import export_qlinear
+    from sparseyolo.runtime import get_engine
+
+    torch.manual_seed(0)
+    net = nn.Sequential(Block(3, 32), Block(32, 32))
+    randomize_bn(net)
+    prepare_qat(net, None, QATConfig(per_channel=per_channel))
+    net.train()
+    for _ in range(3):
+        net(torch.rand(4, 3, 96, 96))
+    freeze_bn_stats(net)
+    net.eval()
+    x = torch.rand(2, 3, 96, 96)
+    path = export_onnx(net, tmp_path / "b.onnx", img_size=96, batch_size=2)
+    got = get_engine("onnxruntime-reference").load(path, batch_size=2).run(x.numpy())[0]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    # float accumulation of the dequantized products may round a tie the other way: a few values
+    step = float(net[1].conv_out_quant.scale) + float(net[1].out_quant.scale)
+    assert (got != ref).sum() <= 5 and np.abs(got - ref).max() <= 1.01 * step
+    qlinear = export_qlinear(path, tmp_path / "b.qlinear.onnx", ("Conv",))
+    with pytest.raises(SparseYoloError, match="runs QDQ files only, and this one has QLinearConv"):
+        get_engine("onnxruntime-reference").load(qlinear, batch_size=2)
+
+
 def test_qlinear_matches_qdq_and_uint8_input(qat_model, tmp_path):
     x = torch.rand(1, 3, 64, 64)
     qat = qat_model

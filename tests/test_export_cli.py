@@ -64,6 +64,19 @@ def test_export_qat_checkpoint_writes_qdq_and_qlinear(tiny_model, tmp_path, caps
     assert types.count("QLinearConv") == 11 and types.count("QLinearLeakyRelu") == 11
 
 
+@pytest.mark.parametrize("cpu", ["avx2", "vnni"])
+def test_qat_export_notes_saturation_for_8_bit_weights_without_vnni(tiny_model, tmp_path, caplog, monkeypatch, cpu):
+    import sparseyolo.runtime.forms as forms
+
+    monkeypatch.setattr(forms, "cpu_class", lambda flags=None: cpu)
+    for bits in (8, 7):
+        weights = qat_checkpoint(tiny_model, tmp_path / f"q{bits}.pt", weight_bits=bits, per_channel=bits == 7)
+        caplog.clear()
+        assert main(["export", "--weights", str(weights), "--img-size", "64"]) == 0
+        noted = "saturate 8-bit weights here" in caplog.text and "onnxruntime-reference" in caplog.text
+        assert noted == (cpu == "avx2" and bits == 8), (cpu, bits, caplog.text[-400:])
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"PK\x03\x04 not really a zip")

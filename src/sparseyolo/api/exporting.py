@@ -91,7 +91,32 @@ def export_weights(weights: str | Path, **options: Any) -> ExportOutcome:
     if o.pack_sparse:
         files += _pack(out, weights.with_suffix(".packed.onnx"), LOGGER)
     LOGGER.info(f"export: wrote {', '.join(str(f) for f in files)}\n")
+    if is_qat_model(model) and _max_weight_int(model) > 64:
+        _note_saturation(
+            LOGGER, "QAT with weight_bits: 7 and per_channel: true in the recipe's QuantizationModifier gives files"
+        )
     return ExportOutcome(files)
+
+
+def _max_weight_int(model) -> int:
+    """The largest integer magnitude a QAT model's weight quantizers allow."""
+    from sparseyolo.quantization import WeightQuantizer
+
+    return max((max(-q.quant_min, q.quant_max) for q in model.modules() if isinstance(q, WeightQuantizer)), default=0)
+
+
+def _note_saturation(logger, exact_files: str) -> None:
+    """On a CPU without VNNI / AMX: say that ONNX Runtime's int8 kernels saturate 8-bit weights here,
+    how to measure what VNNI CPUs compute, and which files compute exactly everywhere."""
+    from sparseyolo.runtime.forms import cpu_class
+
+    if cpu_class() == "avx2":
+        logger.warning(
+            "note: this CPU has no VNNI/AMX int8 instructions: ONNX Runtime's int8 convolutions saturate 8-bit "
+            "weights here, which can cost int8 mAP that VNNI CPUs do not lose (`val --engine "
+            f"onnxruntime-reference` measures what they compute); {exact_files} that compute exactly on every "
+            "CPU (docs/quantization.md)"
+        )
 
 
 def _onnx_options(o: ExportOptions, img_size, device) -> dict[str, Any]:
@@ -186,14 +211,7 @@ def _int8(o: ExportOptions, model, weights, img_size, device, logger) -> ExportO
         return outcome
     outcome.map_rows = _compare_map([("FP32", fp32), ("int8 QDQ", qdq), ("int8 QLinear", qlinear)], o, img_size)
     if o.weight_bits == 8:
-        from sparseyolo.runtime.forms import cpu_class
-
-        if cpu_class() == "avx2":
-            logger.warning(
-                "note: this CPU has no VNNI/AMX int8 instructions: ONNX Runtime's int8 convolutions saturate "
-                "here, which can cost int8 mAP that VNNI CPUs do not lose; files made with --weight-bits 7 "
-                "compute exactly on every CPU (docs/quantization.md)"
-            )
+        _note_saturation(logger, "--weight-bits 7 (the default) makes files")
     return outcome
 
 

@@ -6,7 +6,7 @@ import argparse
 
 HELP = "evaluate a model (.pt, Darknet .weights, .onnx) on a dataset: P, R, mAP@0.5, mAP@0.5:0.95"
 
-ONNX_ENGINES = ("onnxruntime", "openvino", "deepsparse")
+ONNX_ENGINES = ("onnxruntime", "openvino", "deepsparse", "onnxruntime-reference")
 
 
 def add_onnx_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,8 @@ def add_onnx_engine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ONNX_ENGINES,
         default=None,
         help="runtime for .onnx files (default onnxruntime); an int8 export (W.onnx QDQ / W.qlinear.onnx) "
-        "runs in the form that engine runs fastest, and the log says which file ran",
+        "runs in the form that engine runs fastest, and the log says which file ran. onnxruntime-reference: "
+        "a QDQ file's int8 arithmetic without int8 kernels, on any CPU (what VNNI / AMX CPUs compute; slow)",
     )
     parser.add_argument(
         "--exact-file",

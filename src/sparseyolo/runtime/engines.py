@@ -196,6 +196,7 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
     install_hint = "pip install onnxruntime"
     dynamic_shapes = True
+    optimize = True  # ONNX Runtime's graph optimisations, which fuse QDQ into int8 kernels
 
     def _version(self) -> str:
         import onnxruntime
@@ -205,8 +206,32 @@ class OnnxRuntimeEngine(Engine):
     def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed, dynamic=False, device="cpu"):
         from sparseyolo.runtime.sessions import ort_session
 
-        session = ort_session(path, threads, device=device)
+        session = ort_session(path, threads, device=device, optimize=self.optimize)
         return _OrtRunner(session, shapes, dtypes, seed)
+
+
+@ENGINES.register("onnxruntime-reference")
+class OnnxRuntimeReferenceEngine(OnnxRuntimeEngine):
+    """ONNX Runtime with graph optimisations off: a QDQ file's int8 arithmetic computed on any CPU by
+    float Quantize/DequantizeLinear around float ops (no fused int8 kernels), i.e. what int8 kernels
+    compute where they do not saturate (VNNI / AMX CPUs), up to float rounding of a rare tie (a few
+    values in 10^5, tests/test_export.py). Slow; for accuracy checks on a CPU
+    without VNNI, where ONNX Runtime's own int8 kernels saturate 8-bit weights (docs/quantization.md).
+    QLinear files are refused: their QLinearConv always runs ONNX Runtime's int8 kernel."""
+
+    name = "onnxruntime-reference"
+    optimize = False
+
+    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed, dynamic=False, device="cpu"):
+        from sparseyolo.runtime.onnx_info import read_model_info
+
+        fused = sorted(read_model_info(path).op_types & {"QLinearConv", "QLinearMatMul", "ConvInteger"})
+        if fused:
+            raise SparseYoloError(
+                f"{path}: --engine {self.name} runs QDQ files only, and this one has {', '.join(fused)} "
+                "(int8 kernels); run the QDQ export W.onnx"
+            )
+        return super()._compile(path, batch_size, threads, shapes, dtypes, static, seed, dynamic, "cpu")
 
 
 # ------------------------------------------------------------------------------------------ OpenVINO

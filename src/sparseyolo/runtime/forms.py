@@ -29,6 +29,8 @@ class FormRule:
     why: str
 
 
+_REFERENCE_RULE = FormRule("qdq", "the reference engine computes QDQ exactly (QLinearConv is an int8 kernel)")
+
 # The one table: (engine, CPU class) -> rule. "vnni": int8 dot-product instructions (AVX-512 VNNI,
 # AVX-VNNI or AMX); "avx2": without them. Measured with `sparseyolo benchmark` (interleaved slices,
 # batch 1, 2 threads), speed-ups vs. the fp32 export on the same engine; docs/results.md, "Which int8
@@ -60,6 +62,9 @@ PREFERRED_INT8_FORM: dict[tuple[str, str], FormRule] = {
     ),
     ("openvino", "vnni"): FormRule(None, "OpenVINO runs QDQ and QLinear alike (YOLOv3-SPP 512: 3.52x vs 3.44x)"),
     ("openvino", "avx2"): FormRule(None, "OpenVINO runs QDQ and QLinear alike (YOLOv3-tiny 416: 5.29 vs 5.30 img/s)"),
+    # not a speed rule: the reference engine computes exactly only what Quantize/DequantizeLinear spell out
+    ("onnxruntime-reference", "vnni"): _REFERENCE_RULE,
+    ("onnxruntime-reference", "avx2"): _REFERENCE_RULE,
 }
 
 

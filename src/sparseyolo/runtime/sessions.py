@@ -10,20 +10,27 @@ from sparseyolo.utils.errors import WeightsError
 
 
 def ort_session(
-    model: str | Path | bytes, threads: int | None = None, device: str = "cpu", label: str | Path | None = None
+    model: str | Path | bytes,
+    threads: int | None = None,
+    device: str = "cpu",
+    label: str | Path | None = None,
+    optimize: bool = True,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` over a file path or serialized model bytes.
 
-    All graph optimisations, sequential execution with ``threads`` intra-op threads (``None``/0 =
-    ONNX Runtime's default: all physical cores), warnings off. ``device`` other than ``cpu``/``''``
-    puts CUDA first when this onnxruntime build has it. A model ONNX Runtime cannot load raises one
-    :class:`WeightsError` line naming ``label`` (default: the path).
+    All graph optimisations (none with ``optimize=False``: every node then runs as the ONNX operator
+    it is, so a QDQ graph computes its int8 arithmetic through float Quantize/DequantizeLinear and
+    Conv instead of fused int8 kernels), sequential execution with ``threads`` intra-op threads
+    (``None``/0 = ONNX Runtime's default: all physical cores), warnings off. ``device`` other than
+    ``cpu``/``''`` puts CUDA first when this onnxruntime build has it. A model ONNX Runtime cannot
+    load raises one :class:`WeightsError` line naming ``label`` (default: the path).
     """
     import onnxruntime as ort
 
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    level = ort.GraphOptimizationLevel
+    opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = int(threads or 0)
     opts.inter_op_num_threads = 1
