@@ -291,7 +291,7 @@ def test_deepsparse_worker_matches_onnxruntime(models, monkeypatch):
 
 
 def test_deepsparse_gets_a_private_static_copy(models):
-    from sparseyolo.runtime.engines import _deepsparse_copy
+    from sparseyolo.runtime.deepsparse_engine import _deepsparse_copy
 
     assert onnx.load(str(models["u8"])).ir_version > 9  # helper.make_model writes the newest IR
     tmp = _deepsparse_copy(models["u8"], {"images": (1, 3, 8, 8)}, static=False)

@@ -1,6 +1,7 @@
 """Inference on every runtime: ONNX Runtime, OpenVINO and DeepSparse (through its worker process).
 
-- ``engines``: the registry the benchmark times (``get_engine("openvino").load(path, ...)``);
+- ``engines``: the registry the benchmark times (``get_engine("openvino").load(path, ...)``), with
+  ``deepsparse_engine`` beside it;
 - ``sessions``: the one place ONNX Runtime sessions are made;
 - ``backends``: ``val`` / ``detect`` model runners (ONNX files, and PyTorch via ``evaluation.backend``);
 - ``predict`` and ``val``: ``sparseyolo detect`` and ``sparseyolo val``;

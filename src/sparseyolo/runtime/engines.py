@@ -8,8 +8,6 @@ if not, how to install it; the benchmark reports a missing engine instead of cra
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import numpy as np
 from sparseyolo.runtime.deepsparse_worker import time_slice
 from sparseyolo.runtime.onnx_info import random_inputs
 from sparseyolo.utils.errors import SparseYoloError
-from sparseyolo.utils.logging import LOGGER
 from sparseyolo.utils.registry import Registry
 
 ENGINES: Registry[type[Engine]] = Registry("engine")
@@ -288,143 +285,5 @@ class OpenVinoEngine(Engine):
         return _OvRunner(compiled, shapes, dtypes, seed)
 
 
-# ---------------------------------------------------------------------------------------- DeepSparse
-class _DsRunner(Runner):
-    """DeepSparse in this interpreter (when ``import deepsparse`` works here)."""
-
-    def __init__(self, engine, shapes, dtypes, seed):
-        super().__init__(shapes, dtypes, seed)
-        self.engine = engine
-        self.ordered = list(self.shapes)
-
-    def run(self, inputs=None):
-        feed = self._feed(inputs)
-        return self.engine.run([feed[name] for name in self.ordered])
-
-    def time_slice(self, seconds, min_iters=1):
-        arrays = [self.inputs[name] for name in self.ordered]
-        return time_slice(lambda: self.engine.run(arrays), seconds, min_iters)
-
-    def close(self):
-        self.engine = None
-
-
-def deepsparse_python() -> Path | None:
-    """The interpreter of the separate DeepSparse venv: ``$SPARSEYOLO_DEEPSPARSE_PYTHON``, else
-    ``.venv-deepsparse`` in the working directory, else in the source checkout (editable installs)."""
-    env = os.environ.get("SPARSEYOLO_DEEPSPARSE_PYTHON")
-    if env:
-        return Path(env) if Path(env).exists() else None
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        candidate = root / ".venv-deepsparse" / "bin" / "python"
-        if candidate.exists():
-            return candidate
-    return None
-
-
-DEEPSPARSE_MAX_IR = 9  # DeepSparse 1.8 embeds an ONNX Runtime that reads IR versions <= 9
-
-
-def _deepsparse_copy(path: Path, shapes: Mapping[str, tuple[int, ...]], static: bool) -> Path | None:
-    """A temporary copy of ``path`` that DeepSparse 1.8 can take as is, or None if the file already fits.
-
-    - DeepSparse's own ``input_shapes`` override rewrites the user's ONNX file in place (seen with
-      1.8.0), so dynamic axes are fixed here, in a private copy, instead;
-    - ``ir_version`` is lowered to 9 when newer (recent onnx writes IR 10+ for graphs that use
-      nothing newer), since DeepSparse's embedded ONNX Runtime rejects it.
-    """
-    import tempfile
-
-    import onnx
-
-    header = onnx.load(str(path), load_external_data=False)
-    if static and header.ir_version <= DEEPSPARSE_MAX_IR:
-        return None
-    model = onnx.load(str(path))
-    if header.ir_version > DEEPSPARSE_MAX_IR:
-        LOGGER.info(f"{path.name}: ONNX IR version {header.ir_version} -> {DEEPSPARSE_MAX_IR} for DeepSparse 1.8")
-        model.ir_version = DEEPSPARSE_MAX_IR
-    for vi in model.graph.input:
-        if vi.name in shapes:
-            for d, size in zip(vi.type.tensor_type.shape.dim, shapes[vi.name], strict=False):
-                d.ClearField("dim_param")
-                d.dim_value = int(size)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.stem}.deepsparse.", suffix=".onnx")
-    os.close(fd)
-    onnx.save(model, tmp)
-    return Path(tmp)
-
-
-@functools.cache
-def _worker_version(python: str) -> str:
-    from sparseyolo.runtime.worker_client import WorkerClient
-
-    try:
-        with WorkerClient(python) as client:
-            info = client.request({"cmd": "version"})
-    except SparseYoloError as e:  # a broken venv counts as "not installed", with the reason
-        raise ImportError(f"deepsparse worker {python} failed: {e}", name="deepsparse") from None
-    return f"{info['deepsparse']} (worker: {python})"
-
-
-@ENGINES.register("deepsparse")
-class DeepSparseEngine(Engine):
-    """Neural Magic DeepSparse 1.8 (``num_cores`` = ``threads``); in-process or in a worker subprocess."""
-
-    name = "deepsparse"
-    install_hint = (
-        "run scripts/setup_deepsparse.sh (creates .venv-deepsparse with deepsparse==1.8.0) "
-        "or set SPARSEYOLO_DEEPSPARSE_PYTHON"
-    )
-
-    def _in_process(self) -> bool:
-        try:
-            import deepsparse  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def _version(self) -> str:
-        if self._in_process():
-            import deepsparse
-
-            return deepsparse.__version__
-        python = deepsparse_python()
-        if python is None:
-            env = os.environ.get("SPARSEYOLO_DEEPSPARSE_PYTHON")
-            where = (
-                f"SPARSEYOLO_DEEPSPARSE_PYTHON={env} does not exist"
-                if env
-                else "no deepsparse in this interpreter and no ./.venv-deepsparse"
-            )
-            raise ImportError(where, name="deepsparse")
-        return _worker_version(str(python))
-
-    def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed, dynamic=False, device="cpu"):
-        tmp = _deepsparse_copy(Path(path), shapes, static)
-        try:
-            # the copy has static shapes: DeepSparse must not override (and rewrite) them itself
-            runner = self._compile_file(tmp or path, batch_size, threads, shapes, dtypes, True, seed)
-        except BaseException:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise
-        if tmp is not None:
-            runner.cleanup_paths.append(tmp)
-        return runner
-
-    def _compile_file(self, path, batch_size, threads, shapes, dtypes, static, seed):
-        if self._in_process():
-            from sparseyolo.runtime.deepsparse_worker import compile_engine
-
-            try:
-                engine = compile_engine(str(path), batch_size, threads, shapes, not static)
-            except Exception as e:
-                raise SparseYoloError(f"{path}: deepsparse cannot compile the model: {e}") from None
-            return _DsRunner(engine, shapes, dtypes, seed)
-        python = deepsparse_python()
-        if python is None:
-            raise EngineUnavailable(f"deepsparse: not installed; {self.install_hint}")
-        from sparseyolo.runtime.worker_client import RemoteRunner
-
-        return RemoteRunner(python, path, batch_size, threads, shapes, dtypes, static, seed)
+# registers "deepsparse" (its own module: the worker venv, file copies); imported last, as it builds on the above
+from sparseyolo.runtime import deepsparse_engine  # noqa: E402, F401
