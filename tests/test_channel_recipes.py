@@ -58,6 +58,12 @@ def test_recipe_loads_with_the_documented_schedule(name):
         assert (
             q.freeze_bn_stats_epoch >= q.start_epoch + 1 and q.disable_quantization_observer_epoch >= q.start_epoch + 1
         )
+        # 7-bit weights with one scale per channel: exact on ONNX Runtime with or without VNNI
+        assert (q.weight_bits, q.per_channel) == (7, True)
+        sparseml = Recipe.load(name, args={"weight_bits": 8, "per_channel": False}).manager()
+        assert [(m.weight_bits, m.per_channel) for m in sparseml.modifiers if m.tag == "QuantizationModifier"] == [
+            (8, False)
+        ]
     # the run's length scales the phases (the prose's --recipe-args advice)
     longer = Recipe.load(name, args={"num_epochs": 60}).variables
     assert longer["pruning_end_epoch"] == 36
@@ -179,8 +185,8 @@ def test_short_real_training_run(name, tmp_path):
 
 
 def test_7_bit_per_channel_weights_train_and_export_as_int8(tmp_path):
-    """``--recipe-args weight_bits=7,per_channel=true``: QAT on the 7-bit grid, one scale per output
-    channel, kept through the checkpoint, and exported as plain int8 weights within -64..63."""
+    """The recipe's default ``weight_bits: 7``, ``per_channel: true``: QAT on the 7-bit grid, one scale per
+    output channel, kept through the checkpoint, and exported as plain int8 weights within -64..63."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -189,7 +195,7 @@ def test_7_bit_per_channel_weights_train_and_export_as_int8(tmp_path):
     from sparseyolo.models.weights import load_model
     from sparseyolo.quantization import WeightQuantizer
 
-    run = _short_run("yolov3-tiny.channel_pruned_quantized", tmp_path, weight_bits=7, per_channel=True)
+    run = _short_run("yolov3-tiny.channel_pruned_quantized", tmp_path)
     model, _ = load_model(run / "weights" / "best.pt")
     quantizers = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
     assert quantizers and all(q.per_channel and (q.quant_min, q.quant_max) == (-64, 63) for q in quantizers)

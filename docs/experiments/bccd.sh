@@ -373,3 +373,27 @@ sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned_qua
     --recipe yolov3-tiny.channel_pruned_quantized.md --recipe-args channel_sparsity=0.3 --name bccd-tiny-cpq30-34
 sparseyolo export --weights runs/train/bccd-tiny-cpq30-34/weights/best.pt --img-size 416 416
 sparseyolo val --weights runs/train/bccd-tiny-cpq30-34/weights/best.onnx --data $D --img 416 --verbose
+
+# stop 35 (the same Zen 3). The 30% int8 row computed exactly, then the QAT weight schemes: the 7-bit
+# per-channel run (now the channel-pruned recipes' default; stopped after epoch 4 and resumed with
+# --save-period 1 for the branches), and three branches from its epoch34.pt.
+sparseyolo val --weights runs/train/bccd-tiny-cpq30-34/weights/best.onnx --engine onnxruntime-reference \
+    --data $D --img 416 --verbose
+R=bccd-tiny-cpq30-w7pc35
+sparseyolo train --weights $B29 --data $D --img 416 --cache ram --hyp pruned_quantized \
+    --recipe yolov3-tiny.channel_pruned_quantized.md --recipe-args channel_sparsity=0.3,weight_bits=7,per_channel=true \
+    --save-period 1 --name $R
+RECIPE=src/sparseyolo/configs/recipes/yolov3-tiny.channel_pruned_quantized.md
+for b in "w7pt weight_bits=7,per_channel=false" "w8pt weight_bits=8,per_channel=false" "w8pc weight_bits=8,per_channel=true"; do
+    set -- $b
+    python docs/experiments/branch_run.py runs/train/$R/weights/epoch34.pt $RECIPE runs/train/bccd-tiny-cpq30-$1-branch35 $2
+    sparseyolo train --resume runs/train/bccd-tiny-cpq30-$1-branch35/weights/last.pt
+done
+for r in $R bccd-tiny-cpq30-w7pt-branch35 bccd-tiny-cpq30-w8pt-branch35 bccd-tiny-cpq30-w8pc-branch35; do
+    sparseyolo export --weights runs/train/$r/weights/best.pt --img-size 416 416
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --exact-file --data $D --img 416 --verbose
+    sparseyolo val --weights runs/train/$r/weights/best.onnx --engine onnxruntime-reference --data $D --img 416 --verbose
+done
+sparseyolo benchmark runs/train/bccd-tiny-base29-stage2/weights/best.onnx runs/train/bccd-tiny-cpq30-34/weights/best.onnx \
+    runs/train/$R/weights/best.onnx runs/train/bccd-tiny-cpq30-w7pt-branch35/weights/best.onnx \
+    --engine onnxruntime --img 416 --threads 2 --time 20 --warmup 3 --exact-file

@@ -36,10 +36,14 @@ def main() -> None:
     args.update(parse_recipe_args(a.args))
     old, new = Recipe.load(ckpt["recipe"]), Recipe.load(a.recipe, args)
     done = ckpt["epoch"] + 1  # epochs already trained
-    for m_old, m_new in zip(old.modifiers, new.modifiers, strict=True):
-        started = m_old.start_epoch < done  # -1: from the first epoch
-        if started and m_old.to_dict() != m_new.to_dict():
-            raise SystemExit(f"{m_old.tag} started at epoch {m_old.start_epoch} < {done}: cannot change it")
+    # the saved state says which modifiers have started: one starting at an epoch boundary (QAT at 35 in
+    # epoch35.pt) has already run its start, after the previous epoch's last step
+    states = (ckpt.get("recipe_state") or {}).get("modifiers") or []
+    if len(states) != len(old.modifiers):
+        raise SystemExit(f"{a.checkpoint}: its recipe state does not match its recipe")
+    for m_old, m_new, state in zip(old.modifiers, new.modifiers, states, strict=True):
+        if state.get("started") and m_old.to_dict() != m_new.to_dict():
+            raise SystemExit(f"{m_old.tag} has started in {a.checkpoint} (epoch {done}): cannot change it")
     diff = difflib.unified_diff(old.to_yaml().splitlines(), new.to_yaml().splitlines(), lineterm="", n=0)
     print("\n".join(diff) or "no change")
 

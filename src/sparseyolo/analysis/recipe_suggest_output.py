@@ -98,6 +98,9 @@ def recipe_text(s: Suggestion, epochs: int = 40, qat_epochs: int = 5, init_lr: f
             "    start_epoch: *quantization_start_epoch",
             f"    freeze_bn_stats_epoch: {max(quant_start + 1, epochs - 2)}",
             f"    disable_quantization_observer_epoch: {max(quant_start + 1, epochs - 1)}",
+            "    # 7-bit weights, one scale per channel: exact on ONNX Runtime with or without VNNI",
+            "    weight_bits: 7",
+            "    per_channel: true",
         ]
         if s.stem_ms:
             lines.append(
