@@ -213,21 +213,34 @@ ORT_SATURATES = pytest.mark.xfail(
 def test_qat_model_computes_exactly_what_the_int8_engine_computes(tmp_path, per_channel):
     """The fake-quantized conv adds its bias on the int32 grid the export stores (input scale x weight
     scale). With a float bias, 101 of these 589,824 outputs (per tensor) land one step off the engine's."""
-    torch.manual_seed(0)
+    net, x, path = _observed_qat_blocks(tmp_path, seed=0, per_channel=per_channel)
+    got = session(path).run(None, {"images": x.numpy()})[0]  # ONNX Runtime's int8 kernels
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_array_equal(got, ref)
+
+
+def _observed_qat_blocks(tmp_path, seed: int, **config):
+    """``(net, x, path)``: two 32-channel QAT conv blocks (``QATConfig(**config)``) whose observers and
+    BatchNorm statistics saw three random batches, an input ``x`` and the net's QDQ export."""
+    torch.manual_seed(seed)
     net = nn.Sequential(Block(3, 32), Block(32, 32))
     randomize_bn(net)
-    prepare_qat(net, None, QATConfig(per_channel=per_channel))
+    prepare_qat(net, None, QATConfig(**config))
     net.train()
     for _ in range(3):  # observers see data; BN statistics move
         net(torch.rand(4, 3, 96, 96))
     freeze_bn_stats(net)
     net.eval()
     x = torch.rand(2, 3, 96, 96)
-    path = export_onnx(net, tmp_path / "b.onnx", img_size=96, batch_size=2)
-    got = session(path).run(None, {"images": x.numpy()})[0]  # ONNX Runtime's int8 kernels
-    with torch.no_grad():
-        ref = net(x).numpy()
-    np.testing.assert_array_equal(got, ref)
+    return net, x, export_onnx(net, tmp_path / "b.onnx", img_size=96, batch_size=2)
+
+
+def _assert_at_most_a_few_ties(got: np.ndarray, ref: np.ndarray, net: nn.Module) -> None:
+    """Equal but for a few values one conv-output step apart (a rounding tie taken the other way, then
+    rounded once more by the output quantizer)."""
+    step = float(net[1].conv_out_quant.scale) + float(net[1].out_quant.scale)
+    assert (got != ref).sum() <= 5 and np.abs(got - ref).max() <= 1.01 * step
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
@@ -235,17 +248,7 @@ def test_qat_with_7_bit_weights_is_exact_on_every_cpu(tmp_path, per_channel):
     """7-bit weights (-64..63) keep ONNX Runtime's u8 x s8 pair sums inside int16 (255 x 64 x 2 < 32767),
     so the int8 engine computes what the fake-quantized model computes, VNNI or not. (With 8-bit
     weights on a CPU without VNNI, 24,000-125,000 of these 589,824 outputs differ, up to 3 steps.)"""
-    torch.manual_seed(1)
-    net = nn.Sequential(Block(3, 32), Block(32, 32))
-    randomize_bn(net)
-    prepare_qat(net, None, QATConfig(per_channel=per_channel, weight_bits=7))
-    net.train()
-    for _ in range(3):
-        net(torch.rand(4, 3, 96, 96))
-    freeze_bn_stats(net)
-    net.eval()
-    x = torch.rand(2, 3, 96, 96)
-    path = export_onnx(net, tmp_path / "b7.onnx", img_size=96, batch_size=2)
+    net, x, path = _observed_qat_blocks(tmp_path, seed=1, per_channel=per_channel, weight_bits=7)
     weights = [
         onnx.numpy_helper.to_array(t)
         for t in onnx.load(path).graph.initializer
@@ -258,10 +261,8 @@ def test_qat_with_7_bit_weights_is_exact_on_every_cpu(tmp_path, per_channel):
         ref = net(x).numpy()
     if not per_channel:
         np.testing.assert_array_equal(got, ref)
-    else:  # per-channel requantization can round a tie the other way: a few values, one conv-output
-        # step, which the output quantizer rounds once more
-        step = float(net[1].conv_out_quant.scale) + float(net[1].out_quant.scale)
-        assert (got != ref).sum() <= 5 and np.abs(got - ref).max() <= 1.01 * step
+    else:  # per-channel requantization can round a tie the other way
+        _assert_at_most_a_few_ties(got, ref, net)
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
@@ -271,23 +272,11 @@ def test_reference_engine_computes_8_bit_weights_exactly_on_every_cpu(tmp_path, 
     from sparseyolo.exporters import export_qlinear
     from sparseyolo.runtime import get_engine
 
-    torch.manual_seed(0)
-    net = nn.Sequential(Block(3, 32), Block(32, 32))
-    randomize_bn(net)
-    prepare_qat(net, None, QATConfig(per_channel=per_channel))
-    net.train()
-    for _ in range(3):
-        net(torch.rand(4, 3, 96, 96))
-    freeze_bn_stats(net)
-    net.eval()
-    x = torch.rand(2, 3, 96, 96)
-    path = export_onnx(net, tmp_path / "b.onnx", img_size=96, batch_size=2)
+    net, x, path = _observed_qat_blocks(tmp_path, seed=0, per_channel=per_channel)
     got = get_engine("onnxruntime-reference").load(path, batch_size=2).run(x.numpy())[0]
     with torch.no_grad():
         ref = net(x).numpy()
-    # float accumulation of the dequantized products may round a tie the other way: a few values
-    step = float(net[1].conv_out_quant.scale) + float(net[1].out_quant.scale)
-    assert (got != ref).sum() <= 5 and np.abs(got - ref).max() <= 1.01 * step
+    _assert_at_most_a_few_ties(got, ref, net)  # float accumulation of the dequantized products
     qlinear = export_qlinear(path, tmp_path / "b.qlinear.onnx", ("Conv",))
     with pytest.raises(SparseYoloError, match="runs QDQ files only, and this one has QLinearConv"):
         get_engine("onnxruntime-reference").load(qlinear, batch_size=2)
