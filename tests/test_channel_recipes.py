@@ -169,7 +169,9 @@ def _short_run(name: str, tmp_path, **extra_args):
 
 @pytest.mark.parametrize("name", ["yolov3-tiny.channel_pruned", "yolov3-tiny.channel_pruned_quantized"])
 def test_short_real_training_run(name, tmp_path):
-    """3 epochs on 16 shapes images at 64 px: prune, thin, recover (and QAT); best.pt is the thinned model."""
+    """3 epochs on 16 shapes images at 64 px: prune, thin, recover (and QAT); best.pt is the thinned model.
+    With QAT: the recipe's ``weight_bits: 7``, ``per_channel: true`` survive the checkpoint, and the
+    export stores plain int8 weights within -64..63 (the 7-bit clamp folded)."""
     from sparseyolo.models.weights import load_model
 
     run = _short_run(name, tmp_path)
@@ -182,25 +184,21 @@ def test_short_real_training_run(name, tmp_path):
     assert is_qat_model(model) == name.endswith("quantized")
     out = model.float().eval()(torch.zeros(1, 3, 64, 64))
     assert out[0].shape[-1] == 5 + 3
+    if name.endswith("quantized"):
+        _check_7_bit_per_channel_export(model, tmp_path)
 
 
-def test_7_bit_per_channel_weights_train_and_export_as_int8(tmp_path):
-    """The recipe's default ``weight_bits: 7``, ``per_channel: true``: QAT on the 7-bit grid, one scale per
-    output channel, kept through the checkpoint, and exported as plain int8 weights within -64..63."""
+def _check_7_bit_per_channel_export(model: nn.Module, tmp_path) -> None:
     import numpy as np
     import onnx
     from onnx import numpy_helper
 
     from sparseyolo.exporters import export_onnx
-    from sparseyolo.models.weights import load_model
     from sparseyolo.quantization import WeightQuantizer
 
-    run = _short_run("yolov3-tiny.channel_pruned_quantized", tmp_path)
-    model, _ = load_model(run / "weights" / "best.pt")
     quantizers = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
     assert quantizers and all(q.per_channel and (q.quant_min, q.quant_max) == (-64, 63) for q in quantizers)
-    path = export_onnx(model.float().eval(), tmp_path / "q.onnx", img_size=64)
-    proto = onnx.load(path)
+    proto = onnx.load(export_onnx(model, tmp_path / "q.onnx", img_size=64))
     assert not [n.op_type for n in proto.graph.node if n.op_type in ("Max", "Min")]  # the clamps are folded
     weights = [
         numpy_helper.to_array(t)

@@ -119,7 +119,7 @@ class QuantizationModifier(Modifier):
             "custom_quantizable_module_types": tuple(self.custom_quantizable_module_types or ()),
             "exclude_batchnorm": self.exclude_batchnorm,
             "tensorrt": self.tensorrt,
-            "per_channel": self.per_channel or self.tensorrt,
+            "per_channel": self.per_channel,  # (QATConfig turns it on for tensorrt)
             "fuse": self.model_fuse_fn_name or "conv_bn_relus",
         }
 
