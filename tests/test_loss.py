@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sparseyolo.engine.hyp import load_hyp
-from sparseyolo.engine.loss import YoloLoss, level_balance, objectness_target, scaled_gains
+from sparseyolo.engine.loss import YoloLoss, gather_cells, level_balance, objectness_target, scaled_gains
 from sparseyolo.models import Detect, DetectionModel
 
 
@@ -152,3 +152,27 @@ def test_objectness_target_takes_the_best_score_of_shared_cells_whatever_the_wri
     for _ in range(10):
         assert torch.equal(objectness_target(torch.Size(shape), index, score), expected)
     assert torch.equal(objectness_target(torch.Size(shape), tuple(t[:0] for t in index), score[:0]), torch.zeros(shape))
+
+
+def test_gather_cells_adds_the_gradients_of_shared_cells_in_index_order():
+    """Many targets on few (image, anchor, cell)s, gradients of very different sizes, so the order of
+    the additions shows in the float32 result. The gradient must equal a sequential sum in index
+    order (numpy's unbuffered ``add.at``) on every call. Advanced indexing (what this replaced) adds
+    them in parallel on CPU and matched on none of ten calls here; across processes its order
+    changed the weights of a resumed BCCD run."""
+    g = torch.Generator().manual_seed(0)
+    n, shape = 40_000, (16, 3, 26, 26)
+    index = tuple(torch.randint(0, size, (n,), generator=g) for size in shape)
+    upstream = torch.randn(n, 8, generator=g) * 10.0 ** torch.randint(-4, 5, (n, 1), generator=g)
+    linear = np.ravel_multi_index(tuple(t.numpy() for t in index), shape)
+    expected = np.zeros((int(np.prod(shape)), 8), np.float32)
+    np.add.at(expected, linear, upstream.numpy())
+    reversed_order = np.zeros_like(expected)
+    np.add.at(reversed_order, linear[::-1], upstream.numpy()[::-1])
+    assert not np.array_equal(reversed_order, expected)  # the data is order-sensitive
+    for _ in range(5):
+        pred = torch.randn(*shape, 8, generator=g).requires_grad_()
+        rows = gather_cells(pred, index)
+        assert torch.equal(rows, pred[index])
+        rows.backward(upstream)
+        assert torch.equal(pred.grad.reshape(-1, 8), torch.from_numpy(expected))

@@ -57,6 +57,27 @@ def scaled_gains(hyp: dict[str, float], nl: int, nc: int, img_size: int) -> dict
     }
 
 
+def _cell_index(shape: torch.Size, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Row-major linear positions of ``index`` (one tensor per leading dim) in a tensor of ``shape``."""
+    linear = index[0]
+    for i, size in zip(index[1:], shape[1 : len(index)], strict=True):
+        linear = linear * size + i
+    return linear
+
+
+def gather_cells(pred: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``pred[b, a, gj, gi]`` (one row per target; ``pred`` has one more dim than ``index``), with a
+    backward pass that adds the gradients of targets sharing an (image, anchor, cell) in index order.
+
+    Advanced indexing's backward is ``index_put_(accumulate=True)``, which on CPU adds such
+    duplicates with parallel atomic adds: their order, hence the float rounding, changed from process
+    to process (two of six resumes of the same BCCD epoch drifted apart), so a resumed run did not
+    reproduce an uninterrupted one. ``index_select``'s backward, ``index_add_``, adds one index after
+    the other on CPU (CUDA's still adds atomically).
+    """
+    return pred.reshape(-1, pred.shape[-1]).index_select(0, _cell_index(pred.shape, index))
+
+
 def objectness_target(shape: torch.Size, index: tuple[torch.Tensor, ...], score: torch.Tensor) -> torch.Tensor:
     """Zeros of ``shape`` with ``score`` (>= 0) written at ``index``; where several targets share an
     anchor and a cell, the cell takes the best-fitting one's (the largest) score.
@@ -66,11 +87,8 @@ def objectness_target(shape: torch.Size, index: tuple[torch.Tensor, ...], score:
     gradient changed sign at those cells, and a resumed QAT run drifted from an uninterrupted one).
     A max does not depend on the order of the writes.
     """
-    linear = index[0]
-    for i, size in zip(index[1:], shape[1:], strict=True):
-        linear = linear * size + i
     tobj = score.new_zeros(math.prod(shape))
-    return tobj.scatter_reduce_(0, linear, score, reduce="amax").view(shape)
+    return tobj.scatter_reduce_(0, _cell_index(shape, index), score, reduce="amax").view(shape)
 
 
 class FocalLoss(nn.Module):
@@ -137,7 +155,7 @@ class YoloLoss:
             b, a, gj, gi = indices[i]
             n = b.shape[0]
             if n:
-                ps = pi[b, a, gj, gi]
+                ps = gather_cells(pi, (b, a, gj, gi))
                 t_xy, t_wh = ps[:, :2], ps[:, 2:4]
                 if self.decode == "darknet":
                     t_wh = t_wh.clamp(-10.0, 8.0)  # exp() must not overflow into inf/NaN IoUs
