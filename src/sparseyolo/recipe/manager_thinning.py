@@ -1,0 +1,94 @@
+"""Structured pruning's part of the :class:`~sparseyolo.recipe.manager.RecipeManager`: the channel
+dependency graph, when removed channels are cut out, and the cut itself (``thin``), which the model,
+the optimizer state, every modifier and the ``thinned`` subscribers follow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparseyolo.sparsity.channel_graph import ChannelGraph, trace_channel_groups
+from sparseyolo.sparsity.thinning import ThinningPlan, apply_thinning, plan_thinning, thin_optimizer
+from sparseyolo.utils.errors import ConfigError, SparseYoloError
+from sparseyolo.utils.logging import LOGGER
+
+
+class ThinningMixin:
+    """Mixed into the recipe manager; uses its ``model``, ``optimizer``, ``modifiers``,
+    ``pruning_modifiers``, ``qat_active``, ``emit`` and ``_require_attached``."""
+
+    model: nn.Module | None
+    optimizer: torch.optim.Optimizer | None
+    modifiers: list[Any]
+    example_inputs: Any
+    _graph: ChannelGraph | None
+
+    def _check_thinning_order(self) -> None:
+        """Thinning rebuilds layers, which QAT's wrapped layers do not survive: it must come first."""
+        qat = [m.start_epoch for m in self.modifiers if m.tag == "QuantizationModifier"]
+        if not qat:
+            return
+        for m in self.pruning_modifiers:
+            if getattr(m, "pruner", None) is None:
+                continue
+            thin_at = self.thinning_epoch(m.end_epoch)
+            if thin_at > max(min(qat), 0.0) + 1e-9:
+                raise ConfigError(
+                    f"{m.where}: !{m.tag} removes channels at epoch {thin_at:g}, after "
+                    f"quantization-aware training starts (epoch {min(qat):g}); end structured "
+                    "pruning (and thinning) before QuantizationModifier's start_epoch"
+                )
+
+    def channel_graph(self) -> ChannelGraph:
+        """The model's channel dependency groups (traced once, again after each thinning)."""
+        self._require_attached()
+        if self._graph is None:
+            self._graph = trace_channel_groups(self.model, self.example_inputs)
+        return self._graph
+
+    def thinning_epoch(self, pruning_end: float) -> float:
+        """When channels removed by a schedule ending at ``pruning_end`` are cut out: the first
+        ``LayerThinningModifier`` epoch at or after it, else ``pruning_end`` itself."""
+        return min(self._thinning_epochs_from(pruning_end), default=pruning_end)
+
+    def thinning_scheduled_after(self, pruning_end: float) -> bool:
+        return bool(self._thinning_epochs_from(pruning_end))
+
+    def _thinning_epochs_from(self, epoch: float) -> list[float]:
+        return [e for m in self.modifiers if m.tag == "LayerThinningModifier" for e in m.epochs if e + 1e-9 >= epoch]
+
+    def thin(self) -> ThinningPlan:
+        """Cut every channel that structured pruning has removed out of the model and optimizer.
+
+        Other modifiers' masks follow (by parameter name), then subscribers of ``thinned`` get the
+        plan. Returns the (possibly empty) plan.
+        """
+        self._require_attached()
+        pending = [m for m in self.pruning_modifiers if getattr(m, "pruner", None) is not None]
+        if self.qat_active and pending:
+            raise SparseYoloError("cannot thin a quantization-aware model; thinning must come before QAT starts")
+        keep: dict[int, torch.Tensor] = {}
+        for m in pending:
+            for gi, k in m.pruner.keep.items():
+                keep[gi] = keep[gi] & k if gi in keep else k.clone()
+        plan = plan_thinning(self.model, self.channel_graph(), keep) if keep else ThinningPlan()
+        if not plan:
+            LOGGER.info("recipe: no removed channels to cut out")
+            return plan
+        replaced = apply_thinning(self.model, plan)
+        if self.optimizer is not None:
+            thin_optimizer(self.optimizer, self.model, plan, replaced)
+        for m in pending:
+            m.mark_thinned()
+        for m in self.modifiers:
+            m.on_thinned(self, plan)
+        self._graph = None
+        removed = sum(plan.removed.values())
+        LOGGER.info(
+            f"recipe: thinned the model, {removed} channels removed from {len(plan.removed)} groups "
+            f"({len(plan.modules)} layers changed)"
+        )
+        self.emit("thinned", plan=plan)
+        return plan
