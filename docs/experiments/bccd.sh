@@ -397,3 +397,21 @@ done
 sparseyolo benchmark runs/train/bccd-tiny-base29-stage2/weights/best.onnx runs/train/bccd-tiny-cpq30-34/weights/best.onnx \
     runs/train/$R/weights/best.onnx runs/train/bccd-tiny-cpq30-w7pt-branch35/weights/best.onnx \
     --engine onnxruntime --img 416 --threads 2 --time 20 --warmup 3 --exact-file
+
+# stop 36 (the same Zen 3). Resume exactness with the loss fix: the channel-pruned QAT recipe in 14 epochs,
+# once uninterrupted (resume36-A) and once killed with kill -9 25 s into epochs 5, 8 and 9 (resume36-B;
+# each time resumed); then the final weights compared tensor by tensor. Equivalent to
+#   MODEL_ARGS="--weights $B29 --data $D --img 416 --cache ram --hyp pruned_quantized --recipe-args
+#   channel_sparsity=0.3,num_epochs=14,quantization_epochs=3" bash docs/experiments/resume_check.sh
+#   yolov3-tiny.channel_pruned_quantized.md 3,6,7
+A="--weights $B29 --data $D --img 416 --cache ram --hyp pruned_quantized --recipe yolov3-tiny.channel_pruned_quantized.md"
+A="$A --recipe-args channel_sparsity=0.3,num_epochs=14,quantization_epochs=3"
+sparseyolo train $A --name resume36-A
+sparseyolo train $A --name resume36-B            # killed 25 s into epoch 5
+sparseyolo train --resume runs/train/resume36-B/weights/last.pt   # killed 25 s into epoch 8 (the thinning epoch)
+sparseyolo train --resume runs/train/resume36-B/weights/last.pt   # killed 25 s into epoch 9
+sparseyolo train --resume runs/train/resume36-B/weights/last.pt
+# dense int8 for the speed row: post-training int8 of the baseline, then the three files interleaved
+mkdir -p /tmp/ptq && cp $B29 /tmp/ptq/base.pt && sparseyolo export --weights /tmp/ptq/base.pt --img-size 416 416 --int8 --data $D
+sparseyolo benchmark /tmp/ptq/base.onnx /tmp/ptq/base.int8.onnx runs/train/bccd-tiny-cpq30-w7pc35/weights/best.onnx \
+    --engine onnxruntime --threads 2 --time 20 --warmup 3 --exact-file --img 416
