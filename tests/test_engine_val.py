@@ -199,19 +199,21 @@ def test_picking_without_a_sibling(exports, tmp_path, openvino_prefers_qdq):
     assert note == "openvino: running alone.qlinear.onnx (QLinear): test rule, but there is no alone.onnx"
 
 
+def _val_qlinear(cli, exports, tmp_path, engine: str, *extra: str):
+    """``sparseyolo val`` of the QLinear export on ``engine``, ``extra`` flags appended: ``(rc, log)``."""
+    return cli(
+        "val", "--weights", exports["qlinear"], "--data", exports["data"], "--img", "64", "--batch-size", "4",
+        "--workers", "0", "--noplots", "--engine", engine, "--project", tmp_path, "--name", "val", *extra,
+    )  # fmt: skip
+
+
 def test_val_and_detect_log_the_file_used(exports, cli, tmp_path, openvino_prefers_qdq):
     """Given the QLinear file, an engine that prefers QDQ runs the QDQ one and says so."""
     _need("openvino")
-    rc, log = cli(
-        "val", "--weights", exports["qlinear"], "--data", exports["data"], "--img", "64", "--batch-size", "4",
-        "--workers", "0", "--noplots", "--engine", "openvino", "--project", tmp_path, "--name", "val",
-    )  # fmt: skip
+    rc, log = _val_qlinear(cli, exports, tmp_path, "openvino")
     assert rc == 0, log[-3000:]
     assert "openvino: running int8.onnx (QDQ) instead of int8.qlinear.onnx: test rule" in log
-    rc, log = cli(
-        "val", "--weights", exports["qlinear"], "--data", exports["data"], "--img", "64", "--workers", "0",
-        "--noplots", "--engine", "openvino", "--exact-file", "--project", tmp_path, "--name", "val",
-    )  # fmt: skip
+    rc, log = _val_qlinear(cli, exports, tmp_path, "openvino", "--exact-file")
     assert rc == 0 and "running int8.qlinear.onnx (QLinear) as named (--exact-file)" in log
     rc, log = cli(
         "detect", "--weights", exports["qlinear"], "--source", exports["images"], "--img", "64", "--engine", "OpenVINO",
@@ -225,19 +227,13 @@ def test_reference_engine_runs_the_qdq_file_and_refuses_qlinear(exports, cli, tm
     """``--engine onnxruntime-reference`` given the QLinear file runs its QDQ sibling (its exactness is
     tested in test_export.py) and scores what the QDQ file scores there; ``--exact-file`` on the QLinear
     file is one line saying why not."""
-    rc, log = cli(
-        "val", "--weights", exports["qlinear"], "--data", exports["data"], "--img", "64", "--batch-size", "4",
-        "--workers", "0", "--noplots", "--engine", "onnxruntime-reference", "--project", tmp_path, "--name", "val",
-    )  # fmt: skip
+    rc, log = _val_qlinear(cli, exports, tmp_path, "onnxruntime-reference")
     assert rc == 0, log[-3000:]
     assert "onnxruntime-reference: running int8.onnx (QDQ) instead of int8.qlinear.onnx" in log
     reference = val_map("qdq", "onnxruntime-reference")
     assert reference[0] > 0.2 and f"{reference[0]:.3g}" in log
     assert abs(reference[0] - val_map("qdq", "onnxruntime")[0]) <= 0.05  # the same int8 model
-    rc, log = cli(
-        "val", "--weights", exports["qlinear"], "--data", exports["data"], "--img", "64", "--workers", "0",
-        "--noplots", "--engine", "onnxruntime-reference", "--exact-file", "--project", tmp_path, "--name", "val",
-    )  # fmt: skip
+    rc, log = _val_qlinear(cli, exports, tmp_path, "onnxruntime-reference", "--exact-file")
     assert rc != 0 and "runs QDQ files only, and this one has QLinearConv" in log
 
 

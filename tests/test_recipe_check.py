@@ -279,3 +279,18 @@ def test_flops_count_the_convs_of_a_quantized_checkpoint(tiny):
     assert sum(v["flops"] for v in dense.values()) == pytest.approx(model.flops(128) * 1e9, rel=1e-6)
     # the model's own counter (model.info(), the trainer's "thinned model" line) counts them too
     assert quantized.flops(128) == pytest.approx(model.flops(128), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("keys", "per_channel"),
+    [("", False), ("per_channel: true, weight_bits: 7", True), ("tensorrt: true", True)],
+)
+def test_quantization_line_says_per_channel_as_the_qat_config_does(keys, per_channel):
+    """``tensorrt`` implies one weight scale per channel, as in the QAT config the run builds."""
+    from sparseyolo.analysis.recipe_check_describe import describe
+    from sparseyolo.recipe import Recipe
+
+    recipe = Recipe.load(f"modifiers:\n  - !QuantizationModifier {{start_epoch: 0, {keys}}}\n")
+    line = describe(recipe.manager().modifiers[0])
+    assert line.startswith("fuse conv_bn_relus, weights")
+    assert ("per channel" in line) == per_channel, line

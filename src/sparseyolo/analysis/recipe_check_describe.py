@@ -62,9 +62,12 @@ def describe(m: Any) -> str:
     if tag == "SetWeightDecayModifier":
         return f"weight_decay {m.weight_decay:g}"
     if tag == "QuantizationModifier":
+        from sparseyolo.quantization import QATConfig
+
+        per_channel = QATConfig(**m.config_dict()).per_channel  # the config decides (tensorrt implies it)
         return (
             f"fuse {m.model_fuse_fn_name or 'conv_bn_relus'}, weights {m.weight_bits} bit"
-            f"{' per channel' if m.per_channel or m.tensorrt else ''}, activations "
+            f"{' per channel' if per_channel else ''}, activations "
             f"{m.activation_bits} bit; BN stats frozen at {format_epoch(m.freeze_bn_stats_epoch)}, "
             f"observers off at {format_epoch(m.disable_quantization_observer_epoch)}"
         )
