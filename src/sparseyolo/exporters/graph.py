@@ -6,6 +6,8 @@
   narrower weight range such as 7 bits is exported) is folded first;
 - quantize float conv biases to int32 + DequantizeLinear (scale = input scale * weight scale), the
   form ONNX Runtime needs to run the conv with int8 kernels;
+- pad the input channels of an int8 conv to a multiple of 4 (the 3-channel first conv), which ONNX
+  Runtime's int8 kernels run faster;
 - remove dead nodes and initializers, and opset imports no node uses;
 - pin the IR version so older readers (DeepSparse 1.8 ships onnx<1.15) load the file.
 """
@@ -208,6 +210,58 @@ def quantize_conv_biases(model) -> int:
         idx = list(g.graph.node).index(conv)
         g.graph.node.insert(idx, dq)
     return count
+
+
+def pad_int8_conv_inputs(model, multiple: int = 4, min_out_channels: int = 16) -> int:
+    """Give each int8 conv (input and weight from DequantizeLinear) with at least ``min_out_channels``
+    outputs a multiple of ``multiple`` input channels; returns the number of convs padded.
+
+    The quantized input gets zero-point channels (a ``Pad`` before its DequantizeLinear) and the weight
+    zero-point channels, so every added product is exactly zero and the outputs do not change. Why:
+    ONNX Runtime's int8 convolution runs a 3-channel input (the image) slowly. On an AVX-512 VNNI Zen 4
+    (ONNX Runtime 1.32, 2 threads) YOLOv3-tiny's int8 first conv at 416 took 3.0 of the model's 11-12 ms
+    with 3 input channels, and padding it to 4 made the whole model 1.13x faster; with 8 output channels
+    (a thinned first conv) padding did not help (about 0.3 ms slower), hence ``min_out_channels``.
+    """
+    from onnx import helper
+
+    g = Graph(model)
+    padded = []
+    for conv in g.graph.node:
+        if conv.op_type != "Conv" or any(a.name == "group" and a.i != 1 for a in conv.attribute):
+            continue
+        x_dq, w_dq = g.producer.get(conv.input[0]), g.producer.get(conv.input[1])
+        if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+            continue
+        if g.sole_consumer(w_dq.output[0]) is not conv:
+            continue  # a shared weight keeps its shape for its other users
+        w = g.const(w_dq.input[0])
+        if w is None or w.ndim != 4 or w.dtype not in (np.int8, np.uint8) or w.shape[1] % multiple == 0:
+            continue
+        if w.shape[0] < min_out_channels:
+            continue
+        x_scale = g.const(x_dq.input[1])
+        x_zp = g.const(x_dq.input[2]) if len(x_dq.input) > 2 and x_dq.input[2] else None
+        w_zp = g.const(w_dq.input[2]) if len(w_dq.input) > 2 and w_dq.input[2] else np.zeros((), w.dtype)
+        if x_scale is None or np.size(x_scale) != 1 or w_zp is None or (x_zp is not None and np.size(x_zp) != 1):
+            continue  # per-axis input quantization would need its scales padded too
+        extra = -w.shape[1] % multiple
+        fill = np.broadcast_to(np.asarray(w_zp, w.dtype).reshape(-1, 1, 1, 1), (w.shape[0], extra, *w.shape[2:]))
+        base = conv.name.strip("/").replace("/", ".") or conv.output[0]
+        w_dq.input[0] = g.add_init(g.unique(base + ".weight_padded"), np.concatenate([w, fill], axis=1))
+        pads = g.add_init(g.unique(base + ".input_pads"), np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))
+        pad_out, dq_out = g.unique(base + ".input_padded"), g.unique(base + ".input_padded_dequantized")
+        pad_inputs = [x_dq.input[0], pads] + ([x_dq.input[2]] if x_zp is not None else [])
+        new_dq = helper.make_node("DequantizeLinear", [pad_out, *x_dq.input[1:]], [dq_out], name=dq_out)
+        padded.append((conv, [helper.make_node("Pad", pad_inputs, [pad_out], name=pad_out), new_dq]))
+        conv.input[0] = dq_out
+    for conv, nodes in padded:  # keep topological order: the new nodes go right before their conv
+        idx = list(g.graph.node).index(conv)
+        for node in reversed(nodes):
+            g.graph.node.insert(idx, node)
+    if padded:
+        remove_dead(model)
+    return len(padded)
 
 
 def remove_dead(model) -> None:

@@ -116,8 +116,9 @@ def export_onnx(
     A float model is exported FP32 with BatchNorm folded into the convs (on a copy: ``model`` is
     not touched). A QAT model (see :mod:`sparseyolo.quantization`) is exported as QDQ: int8
     weights + DequantizeLinear, uint8 activations with QuantizeLinear/DequantizeLinear pairs
-    carrying the learned scales, int32 conv biases. ``uint8_input`` (QAT only) removes the
-    first QuantizeLinear so the graph takes uint8 pixels (0-255).
+    carrying the learned scales, int32 conv biases; an int8 conv on the 3-channel image gets a fourth,
+    zero channel (:func:`~sparseyolo.exporters.graph.pad_int8_conv_inputs`). ``uint8_input`` (QAT only)
+    removes the first QuantizeLinear so the graph takes uint8 pixels (0-255).
     """
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise SparseYoloError(
@@ -173,6 +174,8 @@ def export_onnx(
         from sparseyolo.exporters.qlinear import make_uint8_input
 
         make_uint8_input(proto)
+    if qat:
+        G.pad_int8_conv_inputs(proto)  # after the uint8 input: the pad then reads the pixels themselves
     fmt = "qdq" if qat else "fp32"
     G.set_metadata(
         proto,
