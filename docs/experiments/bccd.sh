@@ -415,3 +415,27 @@ sparseyolo train --resume runs/train/resume36-B/weights/last.pt
 mkdir -p /tmp/ptq && cp $B29 /tmp/ptq/base.pt && sparseyolo export --weights /tmp/ptq/base.pt --img-size 416 416 --int8 --data $D
 sparseyolo benchmark /tmp/ptq/base.onnx /tmp/ptq/base.int8.onnx runs/train/bccd-tiny-cpq30-w7pc35/weights/best.onnx \
     --engine onnxruntime --threads 2 --time 20 --warmup 3 --exact-file --img 416
+
+# stop 37 (a 2-core AMD EPYC Zen 4: AVX-512F, AVX-512 VNNI, no AMX). The stage-2 baseline rebuilt with the
+# stop-29 commands; dense int8 is its post-training int8 (with the export's padded first conv); then #11's
+# BCCD int8 row. `recipe suggest` for 5.2x the dense FP32 model (1.8x the padded dense int8 one) wrote a plan
+# that cuts six groups by 75% (predicted score loss above the whole score); its run was stopped after 2 epochs
+# in favour of tiny-channel-keepstem.md (45% of every prunable conv but the first), timed beforehand on
+# random weights; then the ONNX files' mAP and speed, interleaved
+sparseyolo train --weights ../shared/weights/yolov3-tiny.weights --cfg yolov3-tiny $T --epochs 28 --cos-lr \
+    --hyp $E/hyp.bccd.yaml --rescale-pretrained --name bccd-tiny-base37
+sparseyolo train --weights runs/train/bccd-tiny-base37/weights/best.pt $T --epochs 30 --cos-lr \
+    --hyp $E/hyp.bccd-stage3.yaml --name bccd-tiny-base37-stage2
+B37=runs/train/bccd-tiny-base37-stage2/weights/best.pt
+sparseyolo recipe suggest --weights $B37 --data $D --engine onnxruntime --target-speedup 5.2 --int8 --img 416 \
+    --threads 2 --time 1.5 --save-dir runs/suggest/bccd37
+mkdir -p /tmp/ptq37 && cp $B37 /tmp/ptq37/base.pt
+sparseyolo export --weights /tmp/ptq37/base.pt --img-size 416 416 --int8 --data $D   # base.onnx, base.int8.onnx
+R=bccd-tiny-cpq45k37
+sparseyolo train --weights $B37 $T --hyp pruned_quantized --recipe $E/tiny-channel-keepstem.md --save-period 1 --name $R
+sparseyolo export --weights runs/train/$R/weights/best.pt --img-size 416 416
+sparseyolo val --weights runs/train/$R/weights/best.onnx --exact-file --data $D --img 416 --verbose
+sparseyolo analyze --weights runs/train/$R/weights/best.pt --img 416
+sparseyolo benchmark /tmp/ptq37/base.onnx /tmp/ptq37/base.int8.onnx runs/train/$R/weights/best.onnx \
+    --engine onnxruntime,openvino --threads 2 --time 20 --warmup 3 --exact-file --img 416
+python bench/int8_stem.py --cfg yolov3-tiny --img 416 --fractions 0 0.3 0.5 --threads 2
