@@ -36,23 +36,12 @@ import torch  # noqa: E402
 from sparseyolo.analysis.recipe_suggest import prunable_groups, thinned_copy  # noqa: E402
 from sparseyolo.analysis.recipe_suggest_timing import export_variant  # noqa: E402
 from sparseyolo.models.yolo import build_model  # noqa: E402
+from sparseyolo.runtime.sessions import ort_session  # noqa: E402
 from sparseyolo.sparsity.channel_graph import trace_channel_groups  # noqa: E402
 from sparseyolo.utils.errors import run_script  # noqa: E402
 from sparseyolo.utils.system import machine_line  # noqa: E402
 
-NO_PROPAGATION = "QDQPropagationTransformer"
-
-
-def session(path: Path, threads: int, disabled: str = "", profile: str | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    if disabled:
-        so.add_session_config_entry("optimization.disable_specified_optimizers", disabled)
-    if profile:
-        so.enable_profiling, so.profile_file_prefix = True, profile
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+NO_PROPAGATION = ("QDQPropagationTransformer",)
 
 
 def time_ms(sess, x: np.ndarray, seconds: float) -> float:
@@ -71,7 +60,7 @@ def time_ms(sess, x: np.ndarray, seconds: float) -> float:
 def first_conv_share(path: Path, threads: int, x: np.ndarray, runs: int = 20) -> float:
     """The fraction of kernel time spent in the first conv node (by ONNX Runtime's profiler)."""
     with tempfile.TemporaryDirectory() as tmp:
-        sess = session(path, threads, profile=str(Path(tmp) / "p"))
+        sess = ort_session(path, threads, profile_prefix=str(Path(tmp) / "p"))
         feed = {sess.get_inputs()[0].name: x}
         for _ in range(runs):
             sess.run(None, feed)
@@ -100,20 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     x = np.random.default_rng(0).random((1, 3, args.img, args.img), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        files = {"dense FP32": (export_variant(model, out / "fp32.onnx", args.img, False, "onnxruntime"), "")}
+        files = {"dense FP32": (export_variant(model, out / "fp32.onnx", args.img, False, "onnxruntime"), ())}
         for f in args.fractions:
             thin = thinned_copy(model, graph, {g.group: f for g in groups}, groups, 8) if f > 0 else model
             for stem_int8 in (True, False):
                 name = f"{f:.0%} channels, int8, first conv {'int8' if stem_int8 else 'float'}"
                 path = export_variant(thin, out / f"c{f}_{stem_int8}.onnx", args.img, True, "onnxruntime", stem_int8)
-                files[name] = (path, "")
-                files[name + f", {NO_PROPAGATION} off"] = (path, NO_PROPAGATION)
+                files[name] = (path, ())
+                files[name + f", {NO_PROPAGATION[0]} off"] = (path, NO_PROPAGATION)
         timed: dict[str, list[float]] = {k: [] for k in files}
         names = list(files)
         for r in range(args.rounds):
             for name in names[:: -1 if r % 2 else 1]:
                 path, disabled = files[name]
-                timed[name].append(time_ms(session(path, args.threads, disabled), x, args.time))
+                timed[name].append(time_ms(ort_session(path, args.threads, disabled_optimizers=disabled), x, args.time))
         base = statistics.median(timed["dense FP32"])
         print(f"\n{machine_line()}; onnxruntime, {args.threads} threads, {args.img} px, batch 1")
         print(f"{args.rounds} interleaved rounds of {args.time:g} s per file; medians of the rounds' p50 latencies\n")

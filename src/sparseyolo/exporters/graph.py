@@ -206,9 +206,8 @@ def quantize_conv_biases(model) -> int:
         )
         node.input[2] = out
         count += 1
-    for conv, dq in new_nodes:  # keep topological order: the DQ goes right before its conv
-        idx = list(g.graph.node).index(conv)
-        g.graph.node.insert(idx, dq)
+    for conv, dq in new_nodes:
+        insert_before(g.graph, conv, [dq])
     return count
 
 
@@ -255,13 +254,19 @@ def pad_int8_conv_inputs(model, multiple: int = 4, min_out_channels: int = 16) -
         new_dq = helper.make_node("DequantizeLinear", [pad_out, *x_dq.input[1:]], [dq_out], name=dq_out)
         padded.append((conv, [helper.make_node("Pad", pad_inputs, [pad_out], name=pad_out), new_dq]))
         conv.input[0] = dq_out
-    for conv, nodes in padded:  # keep topological order: the new nodes go right before their conv
-        idx = list(g.graph.node).index(conv)
-        for node in reversed(nodes):
-            g.graph.node.insert(idx, node)
+    for conv, nodes in padded:
+        insert_before(g.graph, conv, nodes)
     if padded:
         remove_dead(model)
     return len(padded)
+
+
+def insert_before(graph, anchor, nodes: list) -> None:
+    """Insert ``nodes`` (in order) right before ``anchor``, which keeps the graph topologically sorted
+    when they feed ``anchor`` and read only values produced before it."""
+    idx = list(graph.node).index(anchor)
+    for node in reversed(nodes):
+        graph.node.insert(idx, node)
 
 
 def remove_dead(model) -> None:

@@ -15,6 +15,8 @@ def ort_session(
     device: str = "cpu",
     label: str | Path | None = None,
     optimize: bool = True,
+    disabled_optimizers: tuple[str, ...] = (),
+    profile_prefix: str | None = None,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` over a file path or serialized model bytes.
 
@@ -24,6 +26,9 @@ def ort_session(
     (``None``/0 = ONNX Runtime's default: all physical cores), warnings off. ``device`` other than
     ``cpu``/``''`` puts CUDA first when this onnxruntime build has it. A model ONNX Runtime cannot
     load raises one :class:`WeightsError` line naming ``label`` (default: the path).
+    ``disabled_optimizers`` names ONNX Runtime graph transformers to skip (e.g.
+    ``QDQPropagationTransformer``); ``profile_prefix`` turns on ONNX Runtime's profiler (``end_profiling()``
+    returns the JSON file it wrote).
     """
     import onnxruntime as ort
 
@@ -35,6 +40,10 @@ def ort_session(
     opts.intra_op_num_threads = int(threads or 0)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if disabled_optimizers:
+        opts.add_session_config_entry("optimization.disable_specified_optimizers", ",".join(disabled_optimizers))
+    if profile_prefix:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
     providers = ["CPUExecutionProvider"]
     if str(device) not in ("cpu", "") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
