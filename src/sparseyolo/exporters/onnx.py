@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sparseyolo.exporters import graph as G
+from sparseyolo.exporters.pool_order import pool_before_activation
 from sparseyolo.models.common import fold_batchnorm
 from sparseyolo.quantization import disable_observers, is_qat_model
 from sparseyolo.utils.errors import SparseYoloError
@@ -117,7 +118,8 @@ def export_onnx(
     not touched). A QAT model (see :mod:`sparseyolo.quantization`) is exported as QDQ: int8
     weights + DequantizeLinear, uint8 activations with QuantizeLinear/DequantizeLinear pairs
     carrying the learned scales, int32 conv biases; an int8 conv on the 3-channel image gets a fourth,
-    zero channel (:func:`~sparseyolo.exporters.graph.pad_int8_conv_inputs`). ``uint8_input`` (QAT only)
+    zero channel (:func:`~sparseyolo.exporters.graph.pad_int8_conv_inputs`), and a MaxPool runs before the
+    activation in front of it (:mod:`~sparseyolo.exporters.pool_order`). ``uint8_input`` (QAT only)
     removes the first QuantizeLinear so the graph takes uint8 pixels (0-255).
     """
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
@@ -176,6 +178,7 @@ def export_onnx(
         make_uint8_input(proto)
     if qat:
         G.pad_int8_conv_inputs(proto)  # after the uint8 input: the pad then reads the pixels themselves
+        pool_before_activation(proto)
     fmt = "qdq" if qat else "fp32"
     G.set_metadata(
         proto,

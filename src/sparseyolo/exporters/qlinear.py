@@ -243,24 +243,26 @@ def make_uint8_input(proto, input_name: str | None = None) -> None:
     """Make the image input uint8 (0-255), removing its QuantizeLinear (SparseML's skip_onnx_input_quantize).
 
     The first layer then reads pixels directly with scale 1/255 and zero point 0, which is the
-    float preprocessing (divide by 255) done in integers. Raises if the input does not feed
-    QuantizeLinear nodes only.
+    float preprocessing (divide by 255) done in integers. A first layer left in float reads them through
+    one DequantizeLinear with that scale. Raises if the input feeds QuantizeLinear and other nodes.
     """
-    from onnx import TensorProto
+    from onnx import TensorProto, helper
 
     g = G.Graph(proto)
     inp = proto.graph.input[0] if input_name is None else next(i for i in proto.graph.input if i.name == input_name)
     users = g.consumers.get(inp.name, [])
-    if not users or any(u.op_type != "QuantizeLinear" for u in users):
+    quantizers = [u for u in users if u.op_type == "QuantizeLinear"]
+    if not users or quantizers and len(quantizers) != len(users):
         kinds = sorted({u.op_type for u in users})
-        raise SparseYoloError(
-            f"--uint8-input: input {inp.name!r} feeds {kinds}, not only QuantizeLinear; "
-            f"is the first layer quantized?"
-        )
+        raise SparseYoloError(f"--uint8-input: input {inp.name!r} feeds {kinds}: not one form (int8 or float)")
     new_scale = np.asarray(1.0 / 255.0, np.float32)
     scale = g.add_init(g.unique("input_uint8_scale"), new_scale)
     zero = g.add_init(g.unique("input_uint8_zero_point"), np.asarray(0, np.uint8))
-    for q in users:
+    if not quantizers:  # a float first layer
+        pixels = g.unique(inp.name + "_dequantized")
+        G.rename_input(g.graph, inp.name, pixels)
+        g.graph.node.insert(0, helper.make_node("DequantizeLinear", [inp.name, scale, zero], [pixels], name=pixels))
+    for q in quantizers:
         old_scale = float(np.asarray(g.const(q.input[1])).reshape(-1)[0])
         for node in list(g.consumers.get(q.output[0], [])):
             for i, name in enumerate(list(node.input)):
