@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -216,7 +217,8 @@ def test_export_int8_keeps_map_and_writes_agreeing_files(trained, cli):
     formats = [{p.key: p.value for p in onnx.load(f).metadata_props}["format"] for f in files]
     assert formats[:2] == ['"fp32"', '"qdq"'], formats
     types = [n.op_type for n in onnx.load(files[2]).graph.node]
-    assert types.count("QLinearConv") == 11  # every conv but the 2 float Detect-head convs
+    # every conv but the first (a MaxPool follows it: float with --first-conv auto) and the 2 Detect-head convs
+    assert types.count("QLinearConv") == 10 and types[0] == "Conv"
     image = cv2.imread(str(next((folder.parent / "shapes/images/train").glob("*.jpg"))))  # 64x64: no letterbox
     x = np.ascontiguousarray(image[None, :, :, ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
     runs = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"images": x}) for f in files]
@@ -225,13 +227,37 @@ def test_export_int8_keeps_map_and_writes_agreeing_files(trained, cli):
         assert np.abs(a - ref).mean() < 0.1 * np.abs(ref).mean()  # and close to FP32
 
 
+def test_ptq_quantizes_the_first_conv_unless_a_maxpool_follows_it():
+    from sparseyolo.exporters.ptq import ptq_submodules
+    from sparseyolo.models.yolo import build_model
+
+    tiny, v3 = build_model("yolov3-tiny", nc=3), build_model("yolov3", nc=3)  # model.1: MaxPool / a stride-2 conv
+    assert ptq_submodules(tiny)[0] == "model.1" and ptq_submodules(tiny, "int8")[0] == "model.0"
+    assert ptq_submodules(v3)[0] == "model.0" and ptq_submodules(v3, "float")[0] == "model.1"
+    assert ptq_submodules(v3)[-1] == f"model.{len(v3.model) - 2}"  # the Detect head stays float
+    with pytest.raises(CalibrationError, match="--first-conv must be one of auto, int8, float"):
+        ptq_submodules(tiny, "fp16")
+
+
+def test_export_first_conv_int8_quantizes_the_image_conv_too(trained, cli, tmp_path):
+    weights = tmp_path / "best.pt"
+    shutil.copy(trained["weights"], weights)
+    rc, out = cli(
+        "export", "--weights", weights, "--img", "64", "--int8", "--first-conv", "int8", "--data", trained["data"],
+        "--calib-images", "4", "--workers", "0", "--no-eval",
+    )  # fmt: skip
+    assert rc == 0, out[-3000:]
+    types = [n.op_type for n in onnx.load(tmp_path / "best.int8.qlinear.onnx").graph.node]
+    assert types.count("QLinearConv") == 11 and "Conv" not in types[:3]
+
+
 def test_quantize_post_training_api(trained):
     from sparseyolo.exporters.ptq import quantize_post_training
 
     model = trained["model"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images = (torch.rand(12, 3, 64, 64) * 255).to(torch.uint8)
-    q = quantize_post_training(model, images, method="mse", n_images=10)
+    q = quantize_post_training(model, images, method="mse", n_images=10, first_conv="int8")
     assert not is_qat_model(model) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert q.ptq_report.images == 10 and q.ptq_report.method == "mse"
     head = q.model[-1]
@@ -241,7 +267,10 @@ def test_quantize_post_training_api(trained):
     first = q.model[0].input_quant  # reads the image: exactly [0, 1], scale 1/255 (the uint8-input form)
     assert float(first.scale) == pytest.approx(1 / 255) and int(first.zero_point) == 0
     assert all(m.weight_fake_quant.per_channel for m in q.modules() if hasattr(m, "weight_fake_quant"))
-    q8 = quantize_post_training(model, images, weight_bits=8, bias_correction=False)
+    q8 = quantize_post_training(model, images, weight_bits=8, bias_correction=False, first_conv="int8")
+    default = quantize_post_training(model, images)  # the first conv stays float, the second reads int8
+    assert not any(isinstance(m, (ActivationQuantizer, WeightQuantizer)) for m in default.model[0].modules())
+    assert hasattr(default.model[2], "weight_fake_quant") and is_qat_model(default)
     for net, largest in ((q, 63), (q8, 127)):  # default 7: integers within -63..63 in the 8-bit grid
         conv = net.model[0]
         w = conv.conv.weight * conv.folded_scale().reshape(-1, 1, 1, 1)

@@ -47,6 +47,7 @@ class ExportOptions:
     no_eval: bool = False
     workers: int = 4
     weight_bits: int = 7  # exact on every CPU; 8 for VNNI targets (docs/quantization.md)
+    first_conv: str = "auto"  # PTQ: the 3-channel first conv in int8 or float (auto: float before a MaxPool)
 
 
 @dataclass
@@ -189,6 +190,7 @@ def _int8(o: ExportOptions, model, weights, img_size, device, logger) -> ExportO
         bias_correction=not o.no_bias_correction,
         n_images=o.calib_images,
         weight_bits=o.weight_bits,
+        first_conv=o.first_conv,
         device=device,
     )
     qdq = export_onnx(qmodel, weights.with_suffix(".int8.onnx"), uint8_input=o.uint8_input, **common)

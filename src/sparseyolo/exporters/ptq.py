@@ -45,13 +45,26 @@ def ptq_config(**overrides: object) -> QATConfig:
     return QATConfig.from_dict(values, where="PTQ config")
 
 
-def ptq_submodules(model: nn.Module) -> list[str]:
-    """Every layer of a DetectionModel but the Detect head (``model.0`` .. ``model.N-2``), as in the
-    shipped quantized recipes: the head's 1x1 output convs stay float."""
+FIRST_CONV_CHOICES = ("auto", "int8", "float")
+
+
+def ptq_submodules(model: nn.Module, first_conv: str = "auto") -> list[str]:
+    """Every layer of a DetectionModel but the Detect head (``model.0`` .. ``model.N-2``): the head's 1x1
+    output convs stay float. ``first_conv`` decides whether ``model.0``, the conv on the 3-channel
+    image, is quantized: ``int8``, ``float``, or ``auto``: float when a MaxPool follows it (YOLOv3-tiny),
+    int8 otherwise (YOLOv3, YOLOv3-SPP). Why: ONNX Runtime runs a 3-channel int8 conv slowly; a float one
+    pays for quantizing its output, which the export does after the MaxPool, on a quarter of the values
+    (docs/quantization.md, "ONNX Runtime: the first conv": 1.11x on dense YOLOv3-tiny, and without a
+    MaxPool 0.97x on YOLOv3-SPP)."""
+    if first_conv not in FIRST_CONV_CHOICES:
+        raise CalibrationError(f"--first-conv must be one of {', '.join(FIRST_CONV_CHOICES)}, got {first_conv!r}")
     layers = getattr(model, "model", None)
     if not isinstance(layers, nn.Sequential) or len(layers) < 2:
         return [name for name, m in model.named_children()] or [""]
-    return [f"model.{i}" for i in range(len(layers) - 1)]
+    if first_conv == "auto":
+        first_conv = "float" if len(layers) > 2 and isinstance(layers[1], nn.MaxPool2d) else "int8"
+    first = 1 if first_conv == "float" and len(layers) > 2 else 0
+    return [f"model.{i}" for i in range(first, len(layers) - 1)]
 
 
 def check_calib_images(n: object) -> int:
@@ -137,6 +150,7 @@ def quantize_post_training(
     weight_bits: int = 7,
     config: QATConfig | None = None,
     submodules: list[str] | None = None,
+    first_conv: str = "auto",
     device: str | torch.device | None = None,
     inplace: bool = False,
 ) -> nn.Module:
@@ -156,7 +170,8 @@ def quantize_post_training(
       which every int8 kernel computes exactly; 8 uses -127..127, which ONNX Runtime's int8
       convolutions on x86 CPUs without VNNI/AMX saturate (see docs/quantization.md).
     - ``config`` / ``submodules``: the quantization scheme and the layers to quantize; defaults
-      :func:`ptq_config` and :func:`ptq_submodules` (everything but the Detect head).
+      :func:`ptq_config` and :func:`ptq_submodules` (everything but the Detect head, and the first
+      conv as ``first_conv`` says: ``auto``, ``int8`` or ``float``).
     - ``inplace``: quantize ``model`` itself instead of a deep copy.
 
     The model runs in eval mode on ``device`` (default: where its parameters are). The returned model
@@ -179,7 +194,8 @@ def quantize_post_training(
     net = net.to(device).float().eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    prepare_qat(net, submodules if submodules is not None else ptq_submodules(net), config or ptq_config())
+    layers = submodules if submodules is not None else ptq_submodules(net, first_conv)
+    prepare_qat(net, layers, config or ptq_config())
     net.eval()
     start = time.perf_counter()
     report = calibrate(
@@ -209,6 +225,7 @@ def quantize_post_training(
 
 __all__ = [
     "DEFAULT_CALIB_IMAGES",
+    "FIRST_CONV_CHOICES",
     "CalibrationError",
     "CalibrationReport",
     "calibration_loader",
