@@ -52,8 +52,9 @@ def test_recipe_loads_with_the_documented_schedule(name):
         assert q.start_epoch == v["num_epochs"] - v["quantization_epochs"] > pruning.end_epoch
         detect = "model.28" if name.startswith("yolov3-spp") else "model.20"
         assert detect not in q.submodules and "model.1" in q.submodules  # the Detect head stays in float
-        # full-width models quantize their 3-channel stem conv too (faster than a float one on AVX2 and VNNI)
-        assert "model.0" in q.submodules
+        # the first conv: float where a MaxPool follows it (YOLOv3-tiny; ONNX Runtime runs that faster since the
+        # export moves the MaxPool before the activation), int8 before SPP's stride-2 conv (docs/quantization.md)
+        assert ("model.0" in q.submodules) == name.startswith("yolov3-spp")
         # the observers see at least one epoch of data before they are frozen
         assert (
             q.freeze_bn_stats_epoch >= q.start_epoch + 1 and q.disable_quantization_observer_epoch >= q.start_epoch + 1

@@ -365,9 +365,10 @@ def _time_layers(
 
 def _choose_stem(model: nn.Module, tmp_dir: Path, result: Suggestion, threads: int | None, time_s: float) -> None:
     """Quantize the first conv or keep it in float, whichever runs the dense int8 model faster on the
-    engine. Its 3 input channels suit int8 kernels badly, but a float stem's full-resolution output must
-    be quantized for the next layer; which costs more depends on the CPU and the width (a half-width
-    YOLOv3-tiny ran faster with a float stem on AVX2, the full-width one slower on AVX2 and on VNNI)."""
+    engine. Its 3 input channels suit int8 kernels badly; a float one costs float arithmetic at full
+    resolution, and quantizing its output for the next layer (after the MaxPool, which the export runs
+    before the activation). Which costs more depends on the engine and the CPU: on an AVX-512 VNNI Zen 4
+    ONNX Runtime ran YOLOv3-tiny faster with it in float (docs/quantization.md, "the first conv")."""
     if qat_submodules(model) is None:
         return  # not a YOLO layer list: everything is quantized
     files = [
