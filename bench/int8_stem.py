@@ -12,9 +12,12 @@ file, and the first conv's share of the int8-stem file's time (ONNX Runtime's pr
     python bench/int8_stem.py --cfg yolov3-tiny --img 416 --fractions 0 0.3 0.5 --threads 2
 
 Why: ONNX Runtime's int8 conv runs a 3-channel input slowly, so the first conv is a fixed cost that
-channel pruning does not shrink; and with the first conv in float, ONNX Runtime's QDQ propagation moves
-the next layer's QuantizeLinear in front of the MaxPool, which then runs as a slow uint8 NCHW MaxPool.
-Findings: docs/results.md, "#11 on an AVX-512 VNNI Zen 4 (stop 37)".
+channel pruning does not shrink. A float first conv avoids it. Before stop 38 ONNX Runtime's QDQ
+propagation then moved the next layer's QuantizeLinear in front of the MaxPool, which ran as a slow
+uint8 MaxPool on the full-size map; the export now runs that MaxPool before the activation
+(``exporters/pool_order.py``), which stops the propagation, so the rows with ``QDQPropagationTransformer``
+off should now time like the default ones. Findings: docs/quantization.md, "ONNX Runtime: the first
+conv", and docs/results.md (stops 37 and 38).
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time", type=float, default=3.0, help="seconds per file and round")
+    p.add_argument(
+        "--save-dir",
+        type=Path,
+        default=None,
+        help="keep the ONNX files here (e.g. for `sparseyolo benchmark --engine openvino`)",
+    )
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -88,13 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     groups = prunable_groups(model, graph)
     x = np.random.default_rng(0).random((1, 3, args.img, args.img), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        files = {"dense FP32": (export_variant(model, out / "fp32.onnx", args.img, False, "onnxruntime"), ())}
+        out = args.save_dir or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"dense FP32": (export_variant(model, out / "dense_fp32.onnx", args.img, False, "onnxruntime"), ())}
         for f in args.fractions:
             thin = thinned_copy(model, graph, {g.group: f for g in groups}, groups, 8) if f > 0 else model
             for stem_int8 in (True, False):
                 name = f"{f:.0%} channels, int8, first conv {'int8' if stem_int8 else 'float'}"
-                path = export_variant(thin, out / f"c{f}_{stem_int8}.onnx", args.img, True, "onnxruntime", stem_int8)
+                path = export_variant(
+                    thin,
+                    out / f"cut{round(100 * f)}_first_conv_{'int8' if stem_int8 else 'float'}.onnx",
+                    args.img,
+                    True,
+                    "onnxruntime",
+                    stem_int8,
+                )
                 files[name] = (path, ())
                 files[name + f", {NO_PROPAGATION[0]} off"] = (path, NO_PROPAGATION)
         timed: dict[str, list[float]] = {k: [] for k in files}

@@ -439,3 +439,20 @@ sparseyolo analyze --weights runs/train/$R/weights/best.pt --img 416
 sparseyolo benchmark /tmp/ptq37/base.onnx /tmp/ptq37/base.int8.onnx runs/train/$R/weights/best.onnx \
     --engine onnxruntime,openvino --threads 2 --time 20 --warmup 3 --exact-file --img 416
 python bench/int8_stem.py --cfg yolov3-tiny --img 416 --fractions 0 0.3 0.5 --threads 2
+
+# stop 38 (the same 2-core Zen 4). The export now runs each MaxPool before its activation (exact), which stops
+# ONNX Runtime's QDQ propagation from running a float first conv's MaxPool in uint8; PTQ leaves YOLOv3-tiny's
+# first conv float (--first-conv auto). Dense int8 both ways, stop 37's run re-exported, then the channel-pruned
+# QAT run with the first conv kept and in float (tiny-channel-floatstem.md), and the SPP first-conv timing
+mkdir -p /tmp/ptqf /tmp/ptqi && cp $B37 /tmp/ptqf/base.pt && cp $B37 /tmp/ptqi/base.pt
+sparseyolo export --weights /tmp/ptqf/base.pt --img-size 416 416 --int8 --data $D              # first conv float
+sparseyolo export --weights /tmp/ptqi/base.pt --img-size 416 416 --int8 --data $D --first-conv int8
+mkdir -p /tmp/k37 && cp runs/train/bccd-tiny-cpq45k37/weights/best.pt /tmp/k37/ && sparseyolo export --weights /tmp/k37/best.pt --img-size 416 416
+R=bccd-tiny-cpq45f38
+sparseyolo train --weights $B37 $T --hyp pruned_quantized --recipe $E/tiny-channel-floatstem.md --save-period 1 --name $R
+sparseyolo export --weights runs/train/$R/weights/best.pt --img-size 416 416
+sparseyolo val --weights runs/train/$R/weights/best.onnx --exact-file --data $D --img 416 --verbose
+sparseyolo analyze --weights runs/train/$R/weights/best.pt --img 416
+sparseyolo benchmark /tmp/ptqf/base.onnx /tmp/ptqi/base.int8.onnx /tmp/ptqf/base.int8.onnx /tmp/k37/best.onnx \
+    runs/train/$R/weights/best.onnx --engine onnxruntime,openvino --threads 2 --time 20 --warmup 3 --exact-file --img 416
+python bench/int8_stem.py --cfg yolov3-spp --img 512 --fractions 0 0.6 --rounds 1 --time 3
