@@ -455,4 +455,6 @@ sparseyolo val --weights runs/train/$R/weights/best.onnx --exact-file --data $D 
 sparseyolo analyze --weights runs/train/$R/weights/best.pt --img 416
 sparseyolo benchmark /tmp/ptqf/base.onnx /tmp/ptqi/base.int8.onnx /tmp/ptqf/base.int8.onnx /tmp/k37/best.onnx \
     runs/train/$R/weights/best.onnx --engine onnxruntime,openvino --threads 2 --time 20 --warmup 3 --exact-file --img 416
-python bench/int8_stem.py --cfg yolov3-spp --img 512 --fractions 0 0.6 --rounds 1 --time 3
+python bench/int8_stem.py --cfg yolov3-spp --img 512 --fractions 0 0.6 --rounds 1 --time 3 --save-dir /tmp/spp38
+sparseyolo benchmark /tmp/spp38/dense_fp32.onnx /tmp/spp38/cut0_first_conv_int8.onnx /tmp/spp38/cut60_first_conv_int8.onnx \
+    --engine onnxruntime,openvino --threads 2 --time 12 --warmup 3 --exact-file --img 512
