@@ -56,8 +56,12 @@ class WorkerClient:
         return reply
 
     def _tail(self, n: int = 2000) -> str:
+        """The worker's last stderr output; when DeepSparse's native code failed an assertion, that line
+        alone (its backtrace that follows is addresses and bytes)."""
         self._stderr.seek(0)
-        return self._stderr.read()[-n:].strip() or "(no output)"
+        text = self._stderr.read()
+        assertion = [line.strip() for line in text.splitlines() if line.strip().startswith("Assertion at ")]
+        return assertion[-1] if assertion else text[-n:].strip() or "(no output)"
 
     def close(self) -> None:
         if self.proc.poll() is None:
