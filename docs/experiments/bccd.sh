@@ -458,3 +458,5 @@ sparseyolo benchmark /tmp/ptqf/base.onnx /tmp/ptqi/base.int8.onnx /tmp/ptqf/base
 python bench/int8_stem.py --cfg yolov3-spp --img 512 --fractions 0 0.6 --rounds 1 --time 3 --save-dir /tmp/spp38
 sparseyolo benchmark /tmp/spp38/dense_fp32.onnx /tmp/spp38/cut0_first_conv_int8.onnx /tmp/spp38/cut60_first_conv_int8.onnx \
     --engine onnxruntime,openvino --threads 2 --time 12 --warmup 3 --exact-file --img 512
+mkdir -p /tmp/last38 && cp runs/train/$R/weights/last.pt /tmp/last38/ && sparseyolo export --weights /tmp/last38/last.pt --img-size 416 416
+sparseyolo val --weights /tmp/last38/last.onnx --exact-file --data $D --img 416     # last.pt: 0.773 / 0.426
