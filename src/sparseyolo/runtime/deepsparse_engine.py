@@ -82,26 +82,12 @@ def _deepsparse_copy(path: Path, shapes: Mapping[str, tuple[int, ...]], static: 
     return Path(tmp)
 
 
-def per_channel_qlinear_convs(path: Path) -> int:
-    """How many ``QLinearConv`` nodes of ``path`` have one weight scale per output channel."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(path)).graph
-    inits = {t.name: t for t in graph.initializer}
-    sizes = (
-        numpy_helper.to_array(inits[n.input[4]]).size
-        for n in graph.node
-        if n.op_type == "QLinearConv" and n.input[4] in inits
-    )
-    return sum(size > 1 for size in sizes)
-
-
 def explain_compile_error(path: Path, message: str) -> str:
-    """``message`` plus the known cause where the file shows it: DeepSparse 1.8 on an AVX-512 VNNI Zen 4
-    fails an assertion in its pooling code (``avx512_noninterleaved_layout.hpp:333``) on every QLinearConv
-    file with per-channel weight scales that we tried (YOLOv3-tiny, random and trained weights), and
-    compiles the same models quantized per tensor, and their QDQ files either way (stop 38)."""
+    """``message`` plus the known cause where the file shows it (``forms.PER_CHANNEL_DEEPSPARSE``): the
+    form picker already avoids such a file when its QDQ sibling exists, so this is the file named alone
+    or with ``--exact-file``."""
+    from sparseyolo.runtime.forms import per_channel_qlinear_convs
+
     try:
         per_channel = per_channel_qlinear_convs(path)
     except Exception:  # the file itself may be what failed to load; the message says so
@@ -110,8 +96,7 @@ def explain_compile_error(path: Path, message: str) -> str:
         return message
     return (
         f"{message} ({per_channel} QLinearConv nodes have per-channel weight scales, which DeepSparse 1.8 failed "
-        "to compile on AVX-512 CPUs in our tests: give it the QDQ file with --exact-file, or quantize with "
-        "per_channel: false)"
+        "to compile on AVX-512 CPUs in our tests: give it the QDQ file, or quantize with per_channel: false)"
     )
 
 

@@ -68,6 +68,45 @@ PREFERRED_INT8_FORM: dict[tuple[str, str], FormRule] = {
 }
 
 
+# DeepSparse 1.8 on an AVX-512 VNNI Zen 4 fails an assertion in its pooling code
+# (``avx512_noninterleaved_layout.hpp:333``) on every QLinearConv file with per-channel weight scales that we
+# tried (YOLOv3-tiny, random and trained weights), and compiles the same models quantized per tensor, and
+# their QDQ files either way (docs/results.md, stop 38). The shipped recipes and PTQ quantize per channel.
+PER_CHANNEL_DEEPSPARSE = FormRule(
+    "qdq",
+    "DeepSparse 1.8 fails to compile QLinearConv with per-channel weight scales on AVX-512 CPUs (stop 38), "
+    "and this file has them",
+)
+
+
+def per_channel_qlinear_convs(path: str | Path) -> int:
+    """How many ``QLinearConv`` nodes of ``path`` have one weight scale per output channel."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    sizes = (
+        numpy_helper.to_array(inits[n.input[4]]).size
+        for n in graph.node
+        if n.op_type == "QLinearConv" and n.input[4] in inits
+    )
+    return sum(size > 1 for size in sizes)
+
+
+def _deepsparse_cannot_compile(qlinear: Path, flags: dict[str, bool] | None = None) -> bool:
+    from sparseyolo.utils.system import isa_flags
+
+    f = isa_flags() if flags is None else flags
+    if not f.get("AVX-512F") or not qlinear.is_file():
+        return False
+    try:
+        return per_channel_qlinear_convs(qlinear) > 0
+    except Exception as e:  # an unreadable file is reported by the engine that loads it
+        LOGGER.debug(f"{qlinear}: {e}")
+        return False
+
+
 def cpu_class(flags: dict[str, bool] | None = None) -> str:
     """``"vnni"`` when this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX) or its
     flags cannot be read, else ``"avx2"``. ``flags``: ``utils.system.isa_flags()`` output, for tests."""
@@ -130,6 +169,9 @@ def pick_int8_file(
     if form not in INT8_FORMS:
         return path, None
     rule = form_rule(engine)
+    if engine == "deepsparse" and rule.form == "qlinear" and not exact:
+        if _deepsparse_cannot_compile(path if form == "qlinear" else int8_sibling(path)):
+            rule = PER_CHANNEL_DEEPSPARSE
     if exact:
         return path, f"{engine}: running {_label(path, form)} as named (--exact-file)"
     if rule.form is None or rule.form == form:
