@@ -83,7 +83,7 @@ def _deepsparse_copy(path: Path, shapes: Mapping[str, tuple[int, ...]], static: 
 
 
 def explain_compile_error(path: Path, message: str) -> str:
-    """``message`` plus the known cause where the file shows it (``forms.PER_CHANNEL_DEEPSPARSE``): the
+    """``message`` plus the known cause where the file shows it (``forms.PER_CHANNEL_QLINEAR``): the
     form picker already avoids such a file when its QDQ sibling exists, so this is the file named alone
     or with ``--exact-file``."""
     from sparseyolo.runtime.forms import per_channel_qlinear_convs

@@ -8,6 +8,7 @@ if not, how to install it; the benchmark reports a missing engine instead of cra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -249,6 +250,64 @@ class _OvRunner(Runner):
         self.request = self.compiled = None
 
 
+@functools.lru_cache(maxsize=1)
+def openvino_per_channel_qlinear_ok() -> bool:
+    """Whether the installed OpenVINO computes a ``QLinearConv`` with per-channel weight scales right.
+
+    OpenVINO 2026.4.1's ONNX reader scales the weights along their input channels instead of their output
+    channels (stop 39). The probe is a 1x1 conv, 2 channels in and out, all weights 1, scales (1, 2), on the
+    uint8 input (3, 5): right is (8, 16), the misread axis gives (13, 13).
+    """
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value, dtype) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+    inits = [
+        const("w", np.ones((2, 2, 1, 1)), np.int8),
+        const("w_scale", [1.0, 2.0], np.float32),
+        const("w_zero", [0, 0], np.int8),
+        const("scale", 1.0, np.float32),
+        const("zero", 0, np.uint8),
+    ]
+    conv = helper.make_node("QLinearConv", ["x", "scale", "zero", "w", "w_scale", "w_zero", "scale", "zero"], ["y"])
+    graph = helper.make_graph(
+        [conv],
+        "per_channel_probe",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 2, 1, 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU")
+        y = compiled(np.array([3, 5], np.uint8).reshape(1, 2, 1, 1))[0]
+    except Exception:  # refusing to compile it is as much a failure as a wrong value
+        return False
+    return np.asarray(y).reshape(-1).tolist() == [8, 16]
+
+
+def _refuse_per_channel_qlinear(path: Path) -> None:
+    """OpenVINO fails to compile, or silently miscomputes, a per-channel QLinearConv file
+    (:func:`openvino_per_channel_qlinear_ok`): stop here with one line that names the QDQ file."""
+    from sparseyolo.runtime.forms import int8_sibling, per_channel_qlinear_convs
+
+    try:
+        count = per_channel_qlinear_convs(path)
+    except Exception:  # not readable as ONNX here: OpenVINO's own error says what is wrong
+        return
+    if count and not openvino_per_channel_qlinear_ok():
+        raise SparseYoloError(
+            f"{path}: {count} QLinearConv nodes have per-channel weight scales, which this OpenVINO applies along "
+            f"the input channels (it fails, or computes wrong values); run the QDQ file {int8_sibling(path).name} "
+            "instead (val, detect and benchmark pick it unless --exact-file is given)"
+        )
+
+
 @ENGINES.register("openvino")
 class OpenVinoEngine(Engine):
     """OpenVINO CPU plugin with ``INFERENCE_NUM_THREADS`` = ``threads`` and the LATENCY hint (one stream).
@@ -271,6 +330,7 @@ class OpenVinoEngine(Engine):
     def _compile(self, path, batch_size, threads, shapes, dtypes, static, seed, dynamic=False, device="cpu"):
         import openvino as ov
 
+        _refuse_per_channel_qlinear(Path(path))
         core = ov.Core()
         try:
             model = core.read_model(str(path))

@@ -68,15 +68,29 @@ PREFERRED_INT8_FORM: dict[tuple[str, str], FormRule] = {
 }
 
 
-# DeepSparse 1.8 on an AVX-512 VNNI Zen 4 fails an assertion in its pooling code
-# (``avx512_noninterleaved_layout.hpp:333``) on every QLinearConv file with per-channel weight scales that we
-# tried (YOLOv3-tiny, random and trained weights), and compiles the same models quantized per tensor, and
-# their QDQ files either way (docs/results.md, stop 38). The shipped recipes and PTQ quantize per channel.
-PER_CHANNEL_DEEPSPARSE = FormRule(
-    "qdq",
-    "DeepSparse 1.8 fails to compile QLinearConv with per-channel weight scales on AVX-512 CPUs (stop 38), "
-    "and this file has them",
-)
+# Engines that cannot run QLinearConv with per-channel weight scales, which the shipped QAT recipes and PTQ
+# write (one scale per output channel, ONNX's axis 0 for QLinearConv's w_scale). Such a file goes to its QDQ
+# sibling on these engines unless --exact-file names it (docs/results.md, "Which int8 file each engine gets"):
+# - DeepSparse 1.8 on an AVX-512 VNNI Zen 4 fails an assertion in its pooling code
+#   (``avx512_noninterleaved_layout.hpp:333``) on every such file we tried (YOLOv3-tiny, random and trained
+#   weights), and compiles the same models quantized per tensor, and their QDQ files either way (stop 38);
+#   AVX2 CPUs were not tried, so the rule holds where AVX-512F is present;
+# - OpenVINO 2026.4.1's ONNX reader scales the weights along their input channels (axis 1) instead: it
+#   refuses a conv with more outputs than inputs and computes wrong values for a square one (stop 39;
+#   ``engines.openvino_per_channel_qlinear_ok`` checks the installed version). Not CPU-dependent.
+PER_CHANNEL_QLINEAR: dict[str, FormRule] = {
+    "deepsparse": FormRule(
+        "qdq",
+        "DeepSparse 1.8 fails to compile QLinearConv with per-channel weight scales on AVX-512 CPUs (stop 38), "
+        "and this file has them",
+    ),
+    "openvino": FormRule(
+        "qdq",
+        "OpenVINO's ONNX reader applies QLinearConv's per-channel weight scales along the wrong axis (stop 39), "
+        "and this file has them",
+    ),
+}
+_PER_CHANNEL_NEEDS_AVX512 = {"deepsparse"}
 
 
 def per_channel_qlinear_convs(path: str | Path) -> int:
@@ -94,11 +108,14 @@ def per_channel_qlinear_convs(path: str | Path) -> int:
     return sum(size > 1 for size in sizes)
 
 
-def _deepsparse_cannot_compile(qlinear: Path, flags: dict[str, bool] | None = None) -> bool:
+def cannot_run_per_channel_qlinear(engine: str, qlinear: Path, flags: dict[str, bool] | None = None) -> bool:
+    """Whether ``qlinear`` has per-channel QLinearConv weights and ``engine`` is listed in
+    :data:`PER_CHANNEL_QLINEAR` (for DeepSparse: on a CPU with AVX-512F)."""
     from sparseyolo.utils.system import isa_flags
 
-    f = isa_flags() if flags is None else flags
-    if not f.get("AVX-512F") or not qlinear.is_file():
+    if engine not in PER_CHANNEL_QLINEAR or not qlinear.is_file():
+        return False
+    if engine in _PER_CHANNEL_NEEDS_AVX512 and not (isa_flags() if flags is None else flags).get("AVX-512F"):
         return False
     try:
         return per_channel_qlinear_convs(qlinear) > 0
@@ -169,9 +186,10 @@ def pick_int8_file(
     if form not in INT8_FORMS:
         return path, None
     rule = form_rule(engine)
-    if engine == "deepsparse" and rule.form == "qlinear" and not exact:
-        if _deepsparse_cannot_compile(path if form == "qlinear" else int8_sibling(path)):
-            rule = PER_CHANNEL_DEEPSPARSE
+    runs_qlinear = rule.form == "qlinear" or (rule.form is None and form == "qlinear")
+    if runs_qlinear and not exact:
+        if cannot_run_per_channel_qlinear(engine, path if form == "qlinear" else int8_sibling(path)):
+            rule = PER_CHANNEL_QLINEAR[engine]
     if exact:
         return path, f"{engine}: running {_label(path, form)} as named (--exact-file)"
     if rule.form is None or rule.form == form:
