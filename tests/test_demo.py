@@ -18,8 +18,9 @@ import pytest
 from sparseyolo.cli.main import main
 from sparseyolo.demo import DemoStageError, demo_config, run_demo
 from sparseyolo.demo.pipeline import MARKER, prepare_out
-from sparseyolo.demo.settings import CHANNEL_RECIPE, channel_recipe_args, round_to_for_width
+from sparseyolo.demo.settings import CHANNEL_RECIPE, CHANNEL_SPARSITY, channel_recipe_args, round_to_for_width
 from sparseyolo.recipe import Recipe
+from sparseyolo.sparsity.channel_pruner import kept_channels
 from sparseyolo.utils.errors import ConfigError
 
 CPQ = "channel_pruned_quantized"
@@ -90,14 +91,18 @@ def test_fast_demo_end_to_end(fast_demo):
     # exported twice: at the training size (mAP) and at the larger benchmark size (speed)
     for name in ROWS[:2]:
         assert _input_hw(w[name] / small) == [cfg.img] * 2 and _input_hw(w[name] / big) == [cfg.bench_img] * 2
-    # the channel recipe was applied: every prunable conv has half the filters of the baseline's ...
+    # the channel recipe was applied: every prunable conv but the first (the narrowest, kept whole) lost
+    # the recipe's share of its filters, in multiples of round_to ...
     base, cpq = _conv_filters(w["baseline"] / big), _conv_filters(w[CPQ] / big)
     assert len(base) == len(cpq) == 11
-    assert sorted(cpq.values()) == sorted(c // 2 for c in base.values())
-    assert all(c % round_to_for_width(cfg.width) == 0 for c in cpq.values())
-    # ... so about a quarter of the FLOPs, int8 (QDQ and QLinearConv), not merely zeros in a dense model
-    assert _flops(w[CPQ] / big) < 0.35 * _flops(w["baseline"] / big)
-    assert _flops(w[CPQ] / big.replace(".onnx", ".qlinear.onnx")) < 0.35 * _flops(w["baseline"] / big)
+    r = round_to_for_width(cfg.width)
+    first, *rest = sorted(base.values())
+    assert sorted(cpq.values()) == sorted([first] + [kept_channels(c, CHANNEL_SPARSITY, r) for c in rest])
+    assert all(c % r == 0 for c in cpq.values())
+    # ... so under half the FLOPs (0.35 at the demo's width, 0.44 at the fast one's, where the whole first
+    # conv weighs more), int8 (QDQ and QLinearConv), not merely zeros in a dense model
+    assert _flops(w[CPQ] / big) < 0.5 * _flops(w["baseline"] / big)
+    assert _flops(w[CPQ] / big.replace(".onnx", ".qlinear.onnx")) < 0.5 * _flops(w["baseline"] / big)
     ops = {n.op_type for n in onnx.load(str(w[CPQ] / big.replace(".onnx", ".qlinear.onnx"))).graph.node}
     assert "QLinearConv" in ops
     qdq_ops = {n.op_type for n in onnx.load(str(w[CPQ] / big)).graph.node}

@@ -9,8 +9,8 @@ HELP = "run the whole workflow (train, prune, quantize, export, benchmark, repor
 
 EPILOG = """\
 Stages: 1 shapes dataset, 2 dense half-width YOLOv3-tiny baseline from scratch, 3 the
-yolov3-tiny.channel_pruned_quantized recipe from the baseline's best.pt (half the channels cut out,
-then int8 QAT), 4 ONNX export at the training size (for mAP) and at --bench-img (for speed; QDQ and
+yolov3-tiny.channel_pruned_quantized recipe from the baseline's best.pt (45% of the channels
+cut out, then int8 QAT), 4 ONNX export at the training size (for mAP) and at --bench-img (for speed; QDQ and
 QLinearConv for the QAT run), 5 mAP of each ONNX, interleaved ONNX Runtime benchmark and the report
 table (also in OUT/report.md, OUT/report.json, OUT/report.png).
 About 3.5 minutes on 2 idle CPU cores; --fast is a smoke run of under a minute (meaningless mAP).

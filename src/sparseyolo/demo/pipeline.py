@@ -5,8 +5,8 @@ Stages (each prints a heading; a failure stops the demo with the stage's name):
 1. data      - the built-in shapes dataset (:func:`sparseyolo.data.synthetic.make_shapes_dataset`);
 2. baseline  - a narrow YOLOv3-tiny trained from scratch;
 3. channel_pruned_quantized - ``yolov3-tiny.channel_pruned_quantized`` from the baseline's ``best.pt``
-               (shortened by recipe args): half the channels pruned and cut out (thinning), recovery,
-               int8 QAT;
+               (shortened by recipe args): 45% of the channels of every prunable conv but the first pruned and
+               cut out (thinning), recovery, int8 QAT;
 4. export    - ONNX of both runs at the training size (for mAP) and at the larger benchmark size
                (for speed): FP32, and QDQ + QLinearConv for the QAT run, with FLOPs and size;
 5. report    - mAP of each exported ONNX on the val split, interleaved ONNX Runtime benchmark at the
@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparseyolo.demo.settings import CHANNEL_RECIPE, DemoConfig, channel_recipe_args, hyp_dict, model_yaml, write_yaml
+from sparseyolo.demo.settings import (
+    CHANNEL_RECIPE,
+    CHANNEL_SPARSITY,
+    DemoConfig,
+    channel_recipe_args,
+    hyp_dict,
+    model_yaml,
+    write_yaml,
+)
 from sparseyolo.demo.stages import StageRunner, format_seconds
 from sparseyolo.utils.errors import ConfigError
 from sparseyolo.utils.logging import LOGGER
@@ -135,8 +143,8 @@ def training_stages(cfg: DemoConfig, out: Path) -> list[TrainStage]:
         TrainStage(
             "channel_pruned_quantized",
             f"channel pruned + quantized: {CHANNEL_RECIPE} from the baseline, {cfg.sparse_epochs} epochs "
-            f"(half the channels removed by epoch {args['pruning_end_epoch']:g}, int8 QAT for the last "
-            f"{args['quantization_epochs']:g})",
+            f"({CHANNEL_SPARSITY:.0%} of the channels removed by epoch {args['pruning_end_epoch']:g}, "
+            f"int8 QAT for the last {args['quantization_epochs']:g})",
             weights=base_best,
             recipe=CHANNEL_RECIPE,
             recipe_args=args,
