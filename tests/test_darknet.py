@@ -142,13 +142,14 @@ def test_written_cfg_parses_back_to_the_model(tmp_path, name):
 
 
 # ------------------------------------------------------------------------------- load and save
-def _check_loaded(model, pair: Pair):
-    """Every float of ``pair.weights`` went into ``model``, in Darknet order; anchors from the cfg."""
+def _check_loaded(model, pair: Pair, decode: str = "darknet"):
+    """Every float of ``pair.weights`` went into ``model``, in Darknet order; anchors and box decode from
+    the cfg."""
     data = pair.weights.read_bytes()
     _, offset = read_header(data, pair.weights)
     layout = darknet_layout(model)
     assert offset + 4 * sum(d.n_floats for d in layout) == len(data)
-    assert model.decode == "darknet" and model.yaml["decode"] == "darknet"
+    assert model.decode == decode and model.yaml["decode"] == decode
     # first BN bias = first floats after the header
     n0 = model.model[0].bn.num_features
     first = np.frombuffer(data, "<f4", n0, offset)
@@ -162,7 +163,7 @@ def test_generated_weights_load_every_float(generated):
     src, pair = generated
     model = pair.model()
     assert load_darknet_weights(model, pair.weights, pair.cfg) == GENERATED_HEADER
-    _check_loaded(model, pair)
+    _check_loaded(model, pair, decode=src.decode)  # "v5": the cfg says so (new_coords=1, scale_x_y=2)
     want = _comparable(src)
     got = _comparable(model)
     assert got.keys() == want.keys()
@@ -365,3 +366,39 @@ def test_tiny_detects_plausible_classes(tiny, shared_dir, image, expected):
     best = int(score.max(0).values.argmax())
     assert names[best] == expected
     assert float(score.max()) > 0.15
+
+
+def _detected(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)[0]
+
+
+@pytest.mark.parametrize("decode", ["v5", "darknet"])
+def test_the_cfg_carries_the_box_decode(tmp_path, decode):
+    """A model trained here (``v5``) is written as AlexeyAB Darknet's scaled-YOLOv4 decode: logistic
+    detection convs and ``[yolo] new_coords=1, scale_x_y=2``; an imported one as the classic ``[yolo]``.
+    Reading the pair back restores the decode, so the decoded boxes are the source model's."""
+    src = _randomize(build_model("yolov3-tiny", nc=3, width_multiple=0.25))
+    src.decode = decode
+    cfg, weights = save_darknet(src, tmp_path / "m.weights")
+    yolos = parse_cfg(cfg).yolos
+    assert [(y.new_coords, y.scale_x_y) for y in yolos] == [(1, 2.0) if decode == "v5" else (0, 1.0)] * 2
+    text = cfg.read_text()
+    assert text.count("activation=logistic") == (2 if decode == "v5" else 0)
+    back = build_model("yolov3-tiny", nc=3, width_multiple=0.25)
+    load_darknet_weights(back, weights, cfg)
+    assert back.decode == decode
+    x = torch.rand(1, 3, 64, 64)
+    assert (_detected(back, x) - _detected(src, x)).abs().max() < 1e-4
+
+
+def test_a_box_decode_we_do_not_run_is_refused_with_its_line(tmp_path):
+    src = _randomize(build_model("yolov3-tiny", nc=3, width_multiple=0.25))
+    cfg, weights = save_darknet(src, tmp_path / "m.weights")
+    text = cfg.read_text()
+    cfg.write_text(text.replace("scale_x_y=2.0", "scale_x_y=1.05", 1))
+    with pytest.raises(WeightsError, match=r"m\.cfg:\d+: \[yolo\] new_coords=1, scale_x_y=1\.05 is not a box decode"):
+        load_darknet_weights(build_model("yolov3-tiny", nc=3, width_multiple=0.25), weights, cfg)
+    cfg.write_text(text.replace("scale_x_y=2.0\nnew_coords=1\n", "", 1))  # one level classic, one v5
+    with pytest.raises(WeightsError, match="decode boxes in different ways"):
+        load_darknet_weights(build_model("yolov3-tiny", nc=3, width_multiple=0.25), weights, cfg)

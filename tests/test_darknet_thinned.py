@@ -111,9 +111,27 @@ def test_full_width_pair_and_wider_cfg(exported, tmp_path):
     load_darknet_weights(again, weights, cfg)
     assert not again.yaml.get("widths")
     x = torch.rand(1, 3, 64, 64)
-    full.decode = "darknet"
+    assert again.decode == full.decode == "v5"  # the cfg carries the decode (new_coords=1, scale_x_y=2)
     assert (outputs(again, x) - outputs(full, x)).abs().max() < 1e-4
     # a cfg wider than the model is another model, not a thinned export: refused, as before
     narrow = DetectionModel(model.yaml)
     with pytest.raises(WeightsError, match=r"full\.cfg:\d+: \[convolutional\] #0 is 16x3x3x3"):
         load_darknet_weights(narrow, weights, cfg)
+
+
+def test_a_renamed_pair_is_recognised_by_its_layers(exported, tmp_path):
+    """``export --format darknet`` names the pair after the checkpoint (``best.cfg``, ``best.weights``), a
+    name that is no registered model: the loader finds the model whose Darknet layers the cfg lists."""
+    name, model, cfg, weights = exported
+    renamed_cfg, renamed = tmp_path / "best.cfg", tmp_path / "best.weights"
+    renamed_cfg.write_bytes(cfg.read_bytes())
+    renamed.write_bytes(weights.read_bytes())
+    back, _ = load_model(renamed, cfg=str(renamed_cfg))
+    assert back.yaml["yaml_file"].startswith(name + ".")
+    x = torch.rand(1, 3, 64, 64)
+    assert (outputs(back, x) - outputs(model, x)).abs().max() < 1e-4
+    # a cfg that is none of the registered models still gets the error that says what to pass
+    alien = tmp_path / "alien.cfg"
+    alien.write_text(renamed_cfg.read_text().replace("size=3", "size=5", 1))  # a 5x5 first conv
+    with pytest.raises(WeightsError, match="cannot tell which model .* pass --cfg with one of"):
+        load_model(renamed, cfg=str(alien))

@@ -251,11 +251,10 @@ def _darknet(model, weights, img_size, qat: bool, logger) -> ExportOutcome:
 
     if qat:
         raise SparseYoloError(f"{weights}: a quantization-aware model has no Darknet form; export it to ONNX")
-    if model.decode != "darknet":
-        logger.warning(
-            f"export: {weights.name} decodes boxes as {model.decode!r}; Darknet's [yolo] layer decodes them "
-            "its own way, so Darknet itself will place this model's boxes differently (the weights and "
-            "raw outputs are exact; sparseyolo reads the pair back with --cfg)"
+    if model.decode == "v5":
+        logger.info(
+            f"export: {weights.name} decodes boxes as trained here ('v5'); the cfg says so in AlexeyAB Darknet's "
+            "terms (logistic detection convs, [yolo] new_coords=1, scale_x_y=2), which --cfg reads back"
         )
     out = weights.with_suffix(".weights") if weights.suffix != ".weights" else weights.with_suffix(".export.weights")
     cfg, written = save_darknet(model, out, img_size=max(img_size))

@@ -77,6 +77,25 @@ def check_against_cfg(model: nn.Module, layout: list[DarknetConv], cfg_path: str
     return anchors
 
 
+def cfg_decode(cfg: DarknetCfg) -> str:
+    """The box decode a cfg's ``[yolo]`` sections ask for: ``"v5"`` (``new_coords=1``, ``scale_x_y=2``),
+    ``"darknet"`` (neither); any other mix has no equivalent here and is refused with its line."""
+    kinds = set()
+    for y in cfg.yolos:
+        if y.new_coords == 1 and y.scale_x_y == 2.0:
+            kinds.add("v5")
+        elif y.new_coords == 0 and y.scale_x_y == 1.0:
+            kinds.add("darknet")
+        else:
+            raise WeightsError(
+                f"{cfg.path}:{y.line}: [yolo] new_coords={y.new_coords}, scale_x_y={y.scale_x_y:g} is not a box "
+                "decode sparseyolo runs (new_coords=1 with scale_x_y=2, or neither)"
+            )
+    if len(kinds) > 1:
+        raise WeightsError(f"{cfg.path}: its [yolo] layers decode boxes in different ways")
+    return kinds.pop() if kinds else "darknet"
+
+
 # ---------------------------------------------------------------------------------------------
 # load / save
 
@@ -103,7 +122,9 @@ def load_darknet_weights(
 
     Every float must be consumed: a short file raises :class:`WeightsError` naming the layer where
     data ran out, a long one the number of leftover floats. Nothing is changed on error. Sets
-    ``model.decode = "darknet"`` and keeps the header in ``model.darknet_header`` for re-export.
+    ``model.decode`` (``"darknet"``, or ``"v5"`` for a cfg in AlexeyAB's ``new_coords=1``, ``scale_x_y=2`` form,
+    as ``export --format darknet`` writes our trained models) and keeps the header in
+    ``model.darknet_header`` for re-export.
     A cfg whose ``filters=`` are fewer than the model's (a thinned export of the same model) resizes
     the model's layers to them first; ``model.yaml["widths"]`` then records the new sizes.
     """
@@ -129,7 +150,7 @@ def load_darknet_weights(
             model.model[-1].anchors.copy_(torch.tensor(anchors, dtype=torch.float32))
     if replaced and hasattr(model, "record_widths"):
         model.record_widths()  # checkpoints saved from this model rebuild the thinned layout
-    model.decode = "darknet"
+    model.decode = cfg_decode(cfg) if cfg is not None else "darknet"
     model.darknet_header = header
     LOGGER.info(
         f"Loaded {n_floats:,} floats from {path} (Darknet {header[0]}.{header[1]}.{header[2]}, "

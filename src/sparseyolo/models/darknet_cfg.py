@@ -78,6 +78,10 @@ class CfgYolo:
     mask: list[int]
     anchors: list[tuple[float, float]]  # this layer's anchors (w, h) in pixels (Darknet reads floats)
     classes: int
+    # AlexeyAB Darknet's scaled-YOLOv4 decode: new_coords=1 (the conv's logistic output, xy = scale_x_y * t -
+    # (scale_x_y - 1) / 2, wh = (2 t)^2 * anchor), scale_x_y 2 is our "v5" decode; 0 / 1.0: the classic one
+    new_coords: int = 0
+    scale_x_y: float = 1.0
 
 
 @dataclass
@@ -181,7 +185,17 @@ def parse_cfg(path: str | os.PathLike) -> DarknetCfg:
             mask = sec.get_ints("mask", p) or list(range(len(pairs)))
             if any(not 0 <= m < len(pairs) for m in mask):
                 raise ConfigError(f"{p}:{sec.line}: [yolo] mask {mask} exceeds the {len(pairs)} anchors")
-            yolos.append(CfgYolo(i, sec.line, mask, [pairs[m] for m in mask], sec.get_int("classes", 80, p)))
+            yolos.append(
+                CfgYolo(
+                    i,
+                    sec.line,
+                    mask,
+                    [pairs[m] for m in mask],
+                    sec.get_int("classes", 80, p),
+                    sec.get_int("new_coords", 0, p),
+                    (sec.get_floats("scale_x_y", p) or [1.0])[0],
+                )
+            )
             channels.append(prev)
         else:
             raise ConfigError(f"{p}:{sec.line}: unsupported Darknet layer [{sec.type}]")

@@ -117,17 +117,29 @@ def _write_block(w: _CfgWriter, module: nn.Module, prefix: str) -> None:
 
 
 def _write_detection(w: _CfgWriter, model: nn.Module, level: int) -> None:
-    """Detect ``level``'s linear 1x1 conv and its ``[yolo]`` section (all anchors, this level's mask)."""
+    """Detect ``level``'s 1x1 conv and its ``[yolo]`` section (all anchors, this level's mask).
+
+    A model that decodes boxes the classic Darknet way gets a linear conv and a plain ``[yolo]``. One that
+    decodes them as trained here (``"v5"``: ``xy = 2 sigmoid(t) - 0.5``, ``wh = (2 sigmoid(t))^2 anchor``)
+    gets AlexeyAB Darknet's form of that decode, as in its scaled-YOLOv4 cfgs: a logistic conv and
+    ``new_coords=1``, ``scale_x_y=2``, so Darknet places the boxes as we do and the reader restores the decode.
+    """
     detect = model.model[-1]
-    w.add("convolutional", **_conv_options(detect_conv(model, level), None))
+    options = _conv_options(detect_conv(model, level), None)
+    v5 = getattr(model, "decode", "v5") == "v5"
+    if v5:
+        options["activation"] = "logistic"
+    w.add("convolutional", **options)
     anchors = detect.anchors.reshape(-1, 2).tolist()
-    w.add(
-        "yolo",
-        mask=",".join(str(level * detect.na + a) for a in range(detect.na)),
-        anchors=",  ".join(f"{_number(aw)},{_number(ah)}" for aw, ah in anchors),
-        classes=detect.nc,
-        num=len(anchors),
-    )
+    yolo: dict[str, object] = {
+        "mask": ",".join(str(level * detect.na + a) for a in range(detect.na)),
+        "anchors": ",  ".join(f"{_number(aw)},{_number(ah)}" for aw, ah in anchors),
+        "classes": detect.nc,
+        "num": len(anchors),
+    }
+    if v5:
+        yolo.update(scale_x_y="2.0", new_coords=1)
+    w.add("yolo", **yolo)
 
 
 def _conv_options(item: DarknetConv, act: nn.Module | None) -> dict[str, object]:

@@ -200,9 +200,36 @@ def _yaml_for_darknet(path: Path, entry: ZooEntry | None, cfg, darknet_cfg: str 
     for stem in (path.stem, Path(darknet_cfg).stem if darknet_cfg else None):
         if stem in MODELS:
             return stem
+    if darknet_cfg:  # a renamed file, or one `export --format darknet` wrote (e.g. best.cfg of a thinned run)
+        name = _model_with_layers_of(darknet_cfg)
+        if name is not None:
+            return name
     raise WeightsError(
         f"cannot tell which model {path} holds; pass --cfg with one of " f"{', '.join(MODELS.names())} or a model YAML"
     )
+
+
+def _layer_signature(sections: list) -> list[tuple[str, str, str]]:
+    """Layer kinds with each conv's kernel size and stride: what a Darknet cfg fixes apart from widths."""
+    return [(s.type, s.options.get("size", ""), s.options.get("stride", "")) for s in sections]
+
+
+def _model_with_layers_of(darknet_cfg: str) -> str | None:
+    """The registered model whose Darknet layers (kinds, kernel sizes, strides) are those of ``darknet_cfg``,
+    whatever its filter counts (a thinned export keeps its layers); None when none or several match."""
+    from sparseyolo.models.darknet_cfg_export import darknet_cfg_sections
+
+    parsed = parse_cfg(darknet_cfg)
+    wanted = _layer_signature(parsed.layers)
+    found = []
+    for name in MODELS.names():
+        try:  # built for real: the [yolo] sections need the anchors' values (a second or so for YOLOv3)
+            model = DetectionModel(name, nc=parsed.yolos[0].classes if parsed.yolos else 80)
+            if _layer_signature(darknet_cfg_sections(model)[1:]) == wanted:
+                found.append(name)
+        except Exception as e:  # a model without a Darknet form cannot be the one
+            LOGGER.debug(f"{name}: {e}")
+    return found[0] if len(found) == 1 else None
 
 
 def _load_darknet(path: Path, entry: ZooEntry | None, cfg, nc: int | None) -> DetectionModel:
