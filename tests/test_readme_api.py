@@ -38,3 +38,27 @@ def test_api_rejects_unknown_train_options():
 
     with pytest.raises(TypeError, match="unknown options"):
         sparseyolo.train(data="x.yaml", imgsz=64)
+
+
+def _python_blocks_under(heading: str) -> list[str]:
+    section = README.read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_recipe_blocks_run_on_plain_cnns(capsys):
+    """The two blocks under "Recipes in your own training loop": the ten-line recipe on a plain
+    ``nn.Sequential``, then the structured block on a CNN with a residual add and a concat, whose
+    "the same training loop as above" is the first block's loop. The widths the second block prints
+    are the ones its comment promises."""
+    first, structured = _python_blocks_under("## Recipes in your own training loop")[:2]
+    namespace: dict = {}
+    exec(compile(first, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    loop = first[first.index("for epoch in range(manager.max_epochs):") :]
+    code = structured.replace("# ... the same training loop as above ...", loop.replace("16, 16)", "32, 32)"))
+    assert code != structured, "README: the structured block no longer says where the training loop goes"
+    capsys.readouterr()
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+    out = capsys.readouterr().out
+    promised = re.search(r"print\(\[m\.out_channels .*# (\[[\d, ]+\])", structured).group(1)
+    assert out.strip().splitlines()[-1] == promised
+    assert "thinned:" in out

@@ -145,26 +145,35 @@ def test_global_bn_gamma_and_round_to():
             assert m.out_channels % 8 == 0 and m.out_channels >= 8, name
 
 
-def test_channel_mask_type_prunes_input_channels():
+@pytest.mark.parametrize("mask_type", ["channel", "filter"])
+@pytest.mark.parametrize(
+    "tag",
+    ["StructuredPruningModifier", "GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier"],
+)
+def test_both_structures_on_every_pruning_modifier(tag, mask_type):
+    """``mask_type: channel`` (input channels) and ``filter`` (output channels) on each modifier that takes
+    them: the thinned non-YOLO CNN computes what the masked one did, and the right widths went."""
     torch.manual_seed(0)
     model = ResCatNet()
     _randomize_norms(model)
     masked, thinned, _, _ = _mask_then_thin(
         model,
         None,
-        Recipe.load("""
+        Recipe.load(f"""
 modifiers:
-  - !StructuredPruningModifier {params: [c.0.weight], init_sparsity: 0.25, final_sparsity: 0.25, mask_type: channel,
-                                start_epoch: 0, end_epoch: 0, update_frequency: 1}
-  - !LayerThinningModifier {start_epoch: 1}
+  - !{tag} {{params: [c.0.weight], init_sparsity: 0.25, final_sparsity: 0.25, mask_type: {mask_type},
+            start_epoch: 0, end_epoch: 0, update_frequency: 1}}
+  - !LayerThinningModifier {{start_epoch: 1}}
 """),
         size=16,
     )
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert (masked(x) - thinned(x)).abs().max() < 1e-4
-    # c reads 16 (stem/a group) + 24 (b) channels; a quarter of each group goes
-    assert model.c[0].in_channels == 12 + 18
+    if mask_type == "channel":  # c reads 16 (stem/a group) + 24 (b) channels; a quarter of each group goes
+        assert (model.c[0].in_channels, model.c[0].out_channels) == (12 + 18, 32)
+    else:  # a quarter of c's 32 filters, its BatchNorm entries and the linear head's inputs
+        assert (model.c[0].in_channels, model.c[0].out_channels, model.head[2].in_features) == (40, 24, 24)
 
 
 def test_round_to_that_leaves_no_channels():
@@ -188,6 +197,47 @@ def test_bad_structured_recipes():
         )
     with pytest.raises(ConfigError, match="importance must be one of l1, l2, bn_gamma"):
         _recipe(0.5, ", importance: taylor")
+
+
+BLOCKS_AFTER_THINNING = """
+modifiers:
+  - !GMPruningModifier {{params: __ALL_PRUNABLE__, init_sparsity: 0.3, final_sparsity: 0.3, mask_type: filter,
+                        round_to: {round_to}, start_epoch: 0, end_epoch: 1, update_frequency: 1}}
+  - !GMPruningModifier {{params: [model.13.conv.weight, model.14.conv.weight], init_sparsity: 0.05,
+                        final_sparsity: 0.5, mask_type: [1, 4], start_epoch: {start}, end_epoch: 3,
+                        update_frequency: 1}}
+"""
+
+
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_block_pruning_after_thinning_needs_widths_that_tile(round_to):
+    """``[1, 4]`` blocks scored after thinning need every thinned width to divide by 4: with round_to 1 the
+    recipe is refused when it is attached, naming both modifiers, instead of failing at the first block update
+    after thinning; with round_to 4 it runs and the block modifier reaches its target."""
+    model = build_model("yolov3-tiny", nc=3, width_multiple=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    manager = Recipe.load(BLOCKS_AFTER_THINNING.format(round_to=round_to, start=2)).manager()
+    if round_to == 1:
+        with pytest.raises(
+            ConfigError,
+            match=r"<recipe>:6: .*mask_type \[1, 4\] still updates model\.13\.conv\.weight "
+            r"after .* thins it at epoch 1.* round_to 1, not of 4",
+        ):
+            manager.attach(model, opt, steps_per_epoch=1, example_inputs=torch.zeros(1, 3, 64, 64))
+        # block pruning that ends before thinning scores nothing afterwards: accepted
+        early = BLOCKS_AFTER_THINNING.format(round_to=1, start=0).replace("end_epoch: 3", "end_epoch: 1")
+        Recipe.load(early).manager().attach(
+            build_model("yolov3-tiny", nc=3, width_multiple=0.5), None, 1, example_inputs=torch.zeros(1, 3, 64, 64)
+        )
+        return
+    manager.attach(model, opt, steps_per_epoch=1, example_inputs=torch.zeros(1, 3, 64, 64))
+    for _ in range(4):
+        opt.step()
+        manager.step()
+    manager.finalize()
+    w = model.model[13].conv.weight
+    assert w.shape[0] % 4 == 0 and w.shape[1] % 4 == 0
+    assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
 
 
 class Flat(nn.Module):

@@ -202,6 +202,7 @@ class RecipeManager(ThinningMixin):
         for m in self.modifiers:
             m.on_attach(self)
         self._check_thinning_order()
+        self._check_blocks_after_thinning()
         if state_dict is not None:
             self.load_state_dict(state_dict)
             self._phase_flags = (self.pruning_active, self.pruning_done, self.qat_active)

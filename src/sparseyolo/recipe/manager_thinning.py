@@ -41,6 +41,35 @@ class ThinningMixin:
                     "pruning (and thinning) before QuantizationModifier's start_epoch"
                 )
 
+    def _check_blocks_after_thinning(self) -> None:
+        """Block masks (``[1, 4]``) that still update after thinning score the thinned weights in blocks, so
+        every width a structured modifier leaves them must divide by the block: its ``round_to`` must."""
+        for s in self.pruning_modifiers:
+            if getattr(s, "pruner", None) is None:
+                continue
+            thin_at = self.thinning_epoch(s.end_epoch)
+            cut = set(s.pruner.keep)  # the groups this modifier may cut
+            graph = self.channel_graph()
+            for b in self.pruning_modifiers:
+                masker, mask = getattr(b, "masker", None), getattr(b, "mask", None)
+                if getattr(b, "structure", None) or masker is None or mask is None or mask.kind == "unstructured":
+                    continue
+                if b.end_epoch <= thin_at + 1e-9:  # no mask update after thinning: nothing is scored in blocks
+                    continue
+                bo, bi = mask.block
+                for name in masker.params:
+                    module = name.rpartition(".")[0]
+                    out_cut = graph.output_group.get(module) in cut
+                    in_cut = any(gi in cut for gi in graph.input_groups.get(module, []))
+                    side = bo if out_cut and s.round_to % bo else bi if in_cut and s.round_to % bi else 0
+                    if side:
+                        raise ConfigError(
+                            f"{b.where_key('mask_type')}: !{b.tag} mask_type {mask.to_recipe()} still updates "
+                            f"{name} after !{s.tag} ({s.where}) thins it at epoch {thin_at:g}, and the kept widths "
+                            f"are multiples of round_to {s.round_to}, not of {side}: set that modifier's round_to "
+                            f"to a multiple of {side}, or end the block pruning before thinning"
+                        )
+
     def channel_graph(self) -> ChannelGraph:
         """The model's channel dependency groups (traced once, again after each thinning)."""
         self._require_attached()

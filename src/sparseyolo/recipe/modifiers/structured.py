@@ -6,7 +6,8 @@
   together). Groups tied by the model's graph (residual adds) are always chosen together.
 * ``LayerThinningModifier``: cuts the removed channels out at ``start_epoch`` (and at each of
   ``update_epochs``). SparseML needed ``param_group_dependency_map`` to know what to thin; here the
-  dependencies come from the traced graph, and the map, when given, is only checked against it;
+  dependencies come from the traced graph; the map, when given, must name parameters of the model and is
+  otherwise unused (the graph decides what goes together);
   ``strict`` (default true) requires a filter / channel pruning schedule to end by its epochs.
 * ``BatchNormL1Modifier`` (ours): network slimming's L1 penalty on BatchNorm scales over an epoch
   range, which drives unimportant channels' gammas towards zero before ``importance: bn_gamma``
