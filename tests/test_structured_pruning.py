@@ -479,3 +479,71 @@ def test_cli_darknet_export_writes_thinned_filter_counts(tmp_path):
     with torch.no_grad():
         assert max((a - b).abs().max().item() for a, b in zip(model(x), back(x), strict=False)) < 1e-4
     assert back.decode == model.decode == "v5"  # and so the decoded boxes match too
+
+
+LATER_THINNING = """
+modifiers:
+  - !EpochRangeModifier {{start_epoch: 0, end_epoch: 4}}
+  - !StructuredPruningModifier {{params: [a.0.weight], init_sparsity: 0.25, final_sparsity: 0.25,
+                                start_epoch: 0, end_epoch: 0, update_frequency: 1}}
+  - !StructuredPruningModifier {{params: [c.0.weight], init_sparsity: 0.05, final_sparsity: 0.5,
+                                start_epoch: 1.5, end_epoch: 2.5, update_frequency: 0.5}}
+  - !LayerThinningModifier {{start_epoch: 1, update_epochs: [3], structure_type: filter{extra}}}
+"""
+
+
+def test_layer_thinning_at_start_and_update_epochs():
+    """SparseML's ``LayerThinningModifier`` keys: it thins at ``start_epoch`` and at each of ``update_epochs``;
+    a schedule that ends between them waits for the next one (its masks hold meanwhile), and a schedule that
+    starts after the first thinning chooses among the thinned model's channels."""
+    torch.manual_seed(0)
+    model = ResCatNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    manager = Recipe.load(LATER_THINNING.format(extra="")).manager()
+    thinned_at: list[float] = []
+    manager.subscribe("thinned", lambda **_: thinned_at.append(manager.epoch))
+    manager.attach(model, opt, steps_per_epoch=2, example_inputs=torch.zeros(1, 3, 16, 16))
+    widths = []
+    for _ in range(manager.max_epochs * 2):
+        opt.step()
+        manager.step()
+        widths.append((model.stem[0].out_channels, model.c[0].out_channels))
+    manager.finalize()
+    assert thinned_at == [1.0, 3.0]
+    # the stem / a / residual group loses a quarter at epoch 1; c keeps 32 filters (half masked) until epoch 3
+    assert widths[1] == widths[4] == (12, 32) and (model.stem[0].out_channels, model.c[0].out_channels) == (12, 16)
+
+
+def test_a_thinning_inside_another_structured_schedule_is_refused():
+    """Thinning cuts the model under every structured schedule; one still choosing channels then would
+    lose its choice, so the recipe is refused when it is attached, naming both."""
+    overlapping = LATER_THINNING.format(extra="").replace(
+        "start_epoch: 1.5, end_epoch: 2.5", "start_epoch: 0.5, end_epoch: 2"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"<recipe>:6: !StructuredPruningModifier chooses channels from epoch 0\.5 to 2, "
+        r"but the model is thinned at epoch 1 \(after !StructuredPruningModifier at <recipe>:4 ends\)",
+    ):
+        Recipe.load(overlapping).manager().attach(ResCatNet(), None, 2, example_inputs=torch.zeros(1, 3, 16, 16))
+
+
+def test_layer_thinning_strict_and_dependency_map_names():
+    model = ResCatNet()
+    nothing_ends = (
+        LATER_THINNING.format(extra="")
+        .replace("update_epochs: [3]", "update_epochs: []")
+        .replace("start_epoch: 1, update_epochs", "start_epoch: 0.5, update_epochs")
+    )
+    nothing_ends = nothing_ends.replace("end_epoch: 0, update_frequency: 1", "end_epoch: 1, update_frequency: 1")
+    with pytest.raises(
+        ConfigError, match=r"<recipe>:8: .*no filter or channel pruning ends by its epochs.*strict: false"
+    ):
+        Recipe.load(nothing_ends).manager().attach(model, None, 2, example_inputs=torch.zeros(1, 3, 16, 16))
+    relaxed = nothing_ends.replace("structure_type: filter", "structure_type: filter, strict: false")
+    Recipe.load(relaxed).manager().attach(ResCatNet(), None, 2, example_inputs=torch.zeros(1, 3, 16, 16))
+    bad_map = LATER_THINNING.format(extra=", param_group_dependency_map: {'a.0.weight,nope.weight': [c.0.weight]}")
+    with pytest.raises(ConfigError, match=r"<recipe>:8: params entry 'nope\.weight' matches no parameter"):
+        Recipe.load(bad_map).manager().attach(ResCatNet(), None, 2, example_inputs=torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ConfigError, match="structure_type must be 'filter' or 'channel'"):
+        Recipe.load(LATER_THINNING.format(extra="").replace("structure_type: filter", "structure_type: block"))

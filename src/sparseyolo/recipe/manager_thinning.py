@@ -26,7 +26,18 @@ class ThinningMixin:
     _graph: ChannelGraph | None
 
     def _check_thinning_order(self) -> None:
-        """Thinning rebuilds layers, which QAT's wrapped layers do not survive: it must come first."""
+        """Thinning rebuilds layers, which QAT's wrapped layers do not survive: it must come first. And a
+        thinning cuts the model under every structured schedule: none may be choosing channels then."""
+        structured = [m for m in self.pruning_modifiers if getattr(m, "pruner", None) is not None]
+        for a in structured:
+            thin_at = self.thinning_epoch(a.end_epoch)
+            for b in structured:
+                if b is not a and b.start_epoch <= thin_at + 1e-9 < b.end_epoch:
+                    raise ConfigError(
+                        f"{b.where}: !{b.tag} chooses channels from epoch {b.start_epoch:g} to {b.end_epoch:g}, but "
+                        f"the model is thinned at epoch {thin_at:g} (after !{a.tag} at {a.where} ends); end it by "
+                        "then, or start it after that thinning"
+                    )
         qat = [m.start_epoch for m in self.modifiers if m.tag == "QuantizationModifier"]
         if not qat:
             return
@@ -95,7 +106,13 @@ class ThinningMixin:
         plan. Returns the (possibly empty) plan.
         """
         self._require_attached()
-        pending = [m for m in self.pruning_modifiers if getattr(m, "pruner", None) is not None]
+        # only schedules that have ended are cut; one that has not started yet re-traces the thinned model
+        # (``on_thinned``), and one in progress at a thinning is refused at attach (_check_thinning_order)
+        pending = [
+            m
+            for m in self.pruning_modifiers
+            if getattr(m, "pruner", None) is not None and m.end_epoch <= self.epoch + 1e-9
+        ]
         if self.qat_active and pending:
             raise SparseYoloError("cannot thin a quantization-aware model; thinning must come before QAT starts")
         keep: dict[int, torch.Tensor] = {}
@@ -107,13 +124,13 @@ class ThinningMixin:
             LOGGER.info("recipe: no removed channels to cut out")
             return plan
         replaced = apply_thinning(self.model, plan)
+        self._graph = None  # the groups of the thinned model are traced again when next asked for
         if self.optimizer is not None:
             thin_optimizer(self.optimizer, self.model, plan, replaced)
         for m in pending:
             m.mark_thinned()
         for m in self.modifiers:
             m.on_thinned(self, plan)
-        self._graph = None
         removed = sum(plan.removed.values())
         LOGGER.info(
             f"recipe: thinned the model, {removed} channels removed from {len(plan.removed)} groups "

@@ -78,7 +78,9 @@ class PruningBase(Modifier):
         return self.masker is not None and self.masker.enabled
 
     def on_thinned(self, manager: RecipeManager, plan: Any) -> None:
-        if self.masker is not None:
+        if getattr(self, "pruner", None) is not None and not self.started:
+            self._build_pruner(manager)  # a later structured schedule: its groups are the thinned model's
+        elif self.masker is not None:
             self.masker.thin(manager.model, plan)
 
     def apply_masks(self) -> None:
@@ -255,18 +257,23 @@ class MagnitudePruningModifier(PruningBase):
         if not self.structure:
             self.masker = ParamMasker(named)
         elif not self.thinned:  # a resumed run past thinning has nothing left to mask
-            self.pruner = ChannelPruner(
-                manager.model,
-                manager.channel_graph(),
-                [n for n, _ in named],
-                self.structure,
-                self.importance,
-                self.round_to,
-                self.where_key(key),
-                explicit,
-            )
-            self.pruner.check_final(self.final_by_param)
-            self.masker = ParamMasker(self.pruner.mask_params())
+            self._pruner_args = ([n for n, _ in named], self.where_key(key), explicit)
+            self._build_pruner(manager)
+
+    def _build_pruner(self, manager: RecipeManager) -> None:
+        names, where, explicit = self._pruner_args
+        self.pruner = ChannelPruner(
+            manager.model,
+            manager.channel_graph(),
+            names,
+            self.structure,
+            self.importance,
+            self.round_to,
+            where,
+            explicit,
+        )
+        self.pruner.check_final(self.final_by_param)
+        self.masker = ParamMasker(self.pruner.mask_params())
 
     def on_start(self, manager: RecipeManager, epoch: float) -> None:
         assert self.masker is not None
