@@ -480,3 +480,6 @@ sparseyolo benchmark /tmp/s39/ptq/base.onnx /tmp/s39/ptq/base.int8.onnx /tmp/s39
     --engine onnxruntime,openvino --threads 2 --time 20 --warmup 3 --exact-file --img 416
 # OpenVINO and a per-channel QLinear file: picked for the QDQ sibling without --exact-file, refused in one line with it
 sparseyolo benchmark /tmp/s39/last/last.qlinear.onnx --engine openvino --threads 2 --time 2 --warmup 1 --img 416
+# the Darknet pair of the thinned model before QAT reads back as the .pt scores (0.827 / 0.454)
+mkdir -p /tmp/s39/dk && cp runs/train/$R/weights/epoch50.pt /tmp/s39/dk/ && sparseyolo export --weights /tmp/s39/dk/epoch50.pt --format darknet
+sparseyolo val --weights /tmp/s39/dk/epoch50.weights --cfg /tmp/s39/dk/epoch50.cfg --data $D --img 416
