@@ -296,11 +296,13 @@ def _refuse_per_channel_qlinear(path: Path) -> None:
     (:func:`openvino_per_channel_qlinear_ok`): stop here with one line that names the QDQ file."""
     from sparseyolo.runtime.forms import int8_sibling, per_channel_qlinear_convs
 
+    if openvino_per_channel_qlinear_ok():  # probed once per process; then no file needs reading here
+        return
     try:
         count = per_channel_qlinear_convs(path)
     except Exception:  # not readable as ONNX here: OpenVINO's own error says what is wrong
         return
-    if count and not openvino_per_channel_qlinear_ok():
+    if count:
         raise SparseYoloError(
             f"{path}: {count} QLinearConv nodes have per-channel weight scales, which this OpenVINO applies along "
             f"the input channels (it fails, or computes wrong values); run the QDQ file {int8_sibling(path).name} "
